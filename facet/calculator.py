@@ -1,0 +1,88 @@
+"""ASE calculator for Facet models, built on the frozen edge-list contract.
+
+Energies in eV, forces in eV/Å, stress in eV/Å^3 (ASE sign convention, Voigt order
+xx, yy, zz, yz, xz, xy).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from ase import Atoms
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
+from ase.stress import full_3x3_to_voigt_6_stress
+
+from facet.checkpoint import load_model
+from facet.contract import FacetPotential
+from facet.graph import build_graph
+from facet.model import Facet
+
+
+class FacetCalculator(Calculator):
+    """Energy, free energy, per-atom energies, forces and stress from a Facet model.
+
+    Args:
+        model: a ``Facet`` module or a checkpoint path.
+        dtype: ``"float64"`` (default, for reference numbers) or ``"float32"`` (faster).
+        device: torch device string.
+        script: evaluate the TorchScript-compiled contract instead of the eager module (same
+            numbers; what LAMMPS runs).
+    """
+
+    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
+
+    def __init__(
+        self,
+        model: Facet | str | os.PathLike,
+        dtype: str | torch.dtype = "float64",
+        device: str = "cpu",
+        script: bool = False,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        self.device = torch.device(device)
+        if isinstance(model, (str, os.PathLike)):
+            model = load_model(model, dtype=self.dtype)
+        elif next(model.parameters()).dtype != self.dtype:
+            raise ValueError(
+                f"model is {next(model.parameters()).dtype} but dtype={self.dtype} was asked; "
+                "build it with facet.build_model(config, dtype) or pass a checkpoint path"
+            )
+        self.model = model.to(self.device).eval()
+        self.config = model.config
+        self.potential = FacetPotential(self.model)
+        if script:
+            from facet.deploy.freeze import script_potential
+
+            self.potential = script_potential(self.model)
+
+    def calculate(self, atoms: Atoms | None = None, properties=None, system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        graph = build_graph(atoms, self.config.elements, self.config.r_max, self.config.min_distance)
+        dev, dt = self.device, self.dtype
+        species = torch.as_tensor(graph.species, device=dev)
+        centre = torch.as_tensor(graph.centre, device=dev)
+        neighbour = torch.as_tensor(graph.neighbour, device=dev)
+        rij = torch.as_tensor(graph.rij, dtype=dt, device=dev)
+        n = graph.num_atoms
+        e_atoms, dE_drij = self.potential(species, centre, neighbour, rij, n)
+        e_atoms = e_atoms.detach().to(torch.float64)
+        g = dE_drij.detach().to(torch.float64)
+        rij64 = rij.detach().to(torch.float64)
+        forces = torch.zeros(n, 3, dtype=torch.float64, device=dev)
+        forces.index_add_(0, centre, g).index_add_(0, neighbour, -g)
+        energies = e_atoms.cpu().numpy()
+        self.results["energies"] = energies
+        self.results["energy"] = float(energies.sum())
+        self.results["free_energy"] = self.results["energy"]
+        self.results["forces"] = forces.cpu().numpy()
+        if atoms.pbc.all():
+            virial = (rij64.T @ g).cpu().numpy()
+            stress = 0.5 * (virial + virial.T) / atoms.get_volume()
+            self.results["stress"] = full_3x3_to_voigt_6_stress(stress)
+        elif properties and "stress" in properties:
+            raise PropertyNotImplementedError("stress needs a fully periodic cell")
+

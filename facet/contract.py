@@ -1,0 +1,89 @@
+"""The frozen contract every runtime shares, and forces/stress from it.
+
+``FacetPotential(species, pair_i, pair_j, rij, nlocal) -> (e_local[nlocal], dE_local/drij[P, 3])``
+for all atoms a process can see (local first, then ghosts), with ``E_local = sum of e_local``.
+Forces: ``F_i += dE/dr_ij``, ``F_j -= dE/dr_ij`` per pair. Virial ``W = -sum r_ij (x) dE/dr_ij``;
+stress ``sigma = (1/V) sum r_ij (x) dE/dr_ij`` (eV/Å^3, ASE sign: negative under compression).
+
+Units: Å, eV, eV/Å, eV/Å^3.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from facet.model import Facet
+
+
+class FacetPotential(nn.Module):
+    """TorchScript-able wrapper of a Facet model implementing the edge-list contract."""
+
+    def __init__(self, model: Facet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        species: torch.Tensor,
+        pair_i: torch.Tensor,
+        pair_j: torch.Tensor,
+        rij: torch.Tensor,
+        nlocal: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        rij = rij.detach().requires_grad_(True)
+        energies = self.model(species, pair_i, pair_j, rij)
+        e_local = energies[:nlocal]
+        if rij.shape[0] == 0:
+            return e_local.detach(), torch.zeros_like(rij)
+        total = e_local.sum()
+        grads = torch.autograd.grad([total], [rij], allow_unused=True)
+        g = grads[0]
+        if g is None:
+            g = torch.zeros_like(rij)
+        return e_local.detach(), g
+
+
+def forces_from_pair_gradients(
+    dE_drij: torch.Tensor, centre: torch.Tensor, neighbour: torch.Tensor, n_atoms: int
+) -> torch.Tensor:
+    """Atomic forces (eV/Å) from dE/dr_ij: ``F_i += g_ij``, ``F_j -= g_ij``."""
+    f = torch.zeros(n_atoms, 3, dtype=dE_drij.dtype, device=dE_drij.device)
+    f = f.index_add(0, centre, dE_drij)
+    return f.index_add(0, neighbour, -dE_drij)
+
+
+def virial_from_pair_gradients(rij: torch.Tensor, dE_drij: torch.Tensor) -> torch.Tensor:
+    """``sum r_ij (x) dE/dr_ij`` (eV), i.e. dE/d(strain) = -virial; symmetric for a rotation-
+    invariant energy."""
+    return rij.transpose(0, 1) @ dE_drij
+
+
+def energy_forces_stress(
+    model: Facet,
+    species: torch.Tensor,
+    centre: torch.Tensor,
+    neighbour: torch.Tensor,
+    rij: torch.Tensor,
+    volume: float | torch.Tensor | None = None,
+    create_graph: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Per-atom energies, total energy, forces and (if ``volume``) stress of one structure or a
+    batch of disjoint structures (then pass per-structure sums yourself).
+
+    ``create_graph=True`` keeps the graph for training on forces/stress.
+    """
+    if not rij.requires_grad:
+        rij = rij.requires_grad_(True)
+    energies = model(species, centre, neighbour, rij)
+    total = energies.sum()
+    n = species.shape[0]
+    if rij.shape[0] == 0:
+        g = torch.zeros_like(rij)
+    else:
+        (g,) = torch.autograd.grad(total, rij, create_graph=create_graph)
+    forces = forces_from_pair_gradients(g, centre, neighbour, n)
+    stress = None
+    if volume is not None:
+        stress = virial_from_pair_gradients(rij, g) / volume
+    return energies, total, forces, stress

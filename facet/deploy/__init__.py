@@ -1,0 +1,1 @@
+"""Freezing Facet models to TorchScript and deploying them to LAMMPS."""

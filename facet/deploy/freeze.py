@@ -1,0 +1,46 @@
+"""Freeze a Facet model to the TorchScript edge-list contract.
+
+e3nn modules mix scripted and traced (code-generated) parts; ``e3nn.util.jit.compile`` compiles
+each in its own mode before scripting the whole, so it is used instead of a bare
+``torch.jit.script``.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import torch
+from e3nn.util import jit as e3nn_jit
+
+from facet.contract import FacetPotential
+from facet.model import Facet
+
+
+def script_potential(model: Facet) -> torch.jit.ScriptModule:
+    """TorchScript of ``FacetPotential(model)`` with gradients off for the weights (inference)."""
+    model = copy.deepcopy(model).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return e3nn_jit.compile(FacetPotential(model))
+
+
+def script_model(model: Facet) -> torch.jit.ScriptModule:
+    """TorchScript of the bare model with its layer-by-layer entry points (``embed``,
+    ``edge_features``, ``layer``, ``readout``), for runtimes that exchange features between
+    layers."""
+    model = copy.deepcopy(model).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return e3nn_jit.compile(model)
+
+
+def to_bytes(module: torch.jit.ScriptModule) -> bytes:
+    """Serialise a ScriptModule to bytes (``torch.jit.load(io.BytesIO(b))`` reads it back)."""
+    buf = io.BytesIO()
+    torch.jit.save(module, buf)
+    return buf.getvalue()
+
+
+def from_bytes(data: bytes, device: str | torch.device = "cpu") -> torch.jit.ScriptModule:
+    return torch.jit.load(io.BytesIO(data), map_location=device)

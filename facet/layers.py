@@ -1,0 +1,203 @@
+"""Message passing and node update blocks of Facet.
+
+Conventions: an edge (i, j) has centre i and neighbour j, ``r_ij = x_j - x_i`` (Å); messages flow
+from j to i and are summed at i. Node features are e3nn irreps arrays ``[n_nodes, irreps.dim]``.
+"""
+
+from __future__ import annotations
+
+import torch
+from e3nn import o3
+from torch import nn
+
+from facet.config import FacetConfig
+from facet.radial import RadialWeights
+from facet.s2 import GridMLP, S2Mixing
+
+
+def uvu_instructions(
+    irreps_in: o3.Irreps, irreps_sh: o3.Irreps, irreps_target: o3.Irreps
+) -> tuple[o3.Irreps, list[tuple[int, int, int, str, bool]]]:
+    """Channel-wise ("uvu") tensor-product paths: each (l1 x l2 -> l3) allowed by parity and present
+    in the target gets its own output block of multiplicity mul(l1); blocks sorted by irrep."""
+    targets = {ir for _, ir in o3.Irreps(irreps_target)}
+    irreps_mid = []
+    instructions = []
+    for i1, (mul, ir1) in enumerate(irreps_in):
+        for i2, (_, ir2) in enumerate(irreps_sh):
+            for ir_out in ir1 * ir2:
+                if ir_out in targets:
+                    instructions.append((i1, i2, len(irreps_mid), "uvu", True))
+                    irreps_mid.append((mul, ir_out))
+    irreps_mid = o3.Irreps(irreps_mid)
+    irreps_sorted, perm, _ = irreps_mid.sort()
+    instructions = [(a, b, perm[c], mode, w) for a, b, c, mode, w in instructions]
+    return irreps_sorted, instructions
+
+
+class Interaction(nn.Module):
+    """Equivariant convolution: ``m_i = sum_j TP(h_j, Y(r_ij); w(|r_ij|)) / avg_num_neighbors^p``,
+    then a linear map to the target irreps plus a linear residual adapter of the input.
+
+    ``w`` comes from learnable radial splines (``RadialWeights``): no radial MLP.
+    """
+
+    def __init__(
+        self,
+        irreps_in: o3.Irreps,
+        irreps_sh: o3.Irreps,
+        irreps_out: o3.Irreps,
+        r_max: float,
+        num_radial: int,
+        radial_basis: str,
+        envelope_p: int,
+        avg_num_neighbors: float,
+        radial_power: float,
+    ) -> None:
+        super().__init__()
+        irreps_mid, instructions = uvu_instructions(irreps_in, irreps_sh, irreps_out)
+        self.tp = o3.TensorProduct(
+            irreps_in,
+            irreps_sh,
+            irreps_mid,
+            instructions,
+            shared_weights=False,
+            internal_weights=False,
+        )
+        self.radial = RadialWeights(
+            r_max, num_radial, self.tp.weight_numel, basis=radial_basis, p=envelope_p
+        )
+        self.linear_out = o3.Linear(irreps_mid, irreps_out)
+        self.resid = o3.Linear(irreps_in, irreps_out)
+        self.inv_norm = float(avg_num_neighbors) ** (-float(radial_power))
+
+    def forward(
+        self,
+        h: torch.Tensor,
+        sh: torch.Tensor,
+        r: torch.Tensor,
+        centre: torch.Tensor,
+        neighbour: torch.Tensor,
+    ) -> torch.Tensor:
+        w = self.radial(r)
+        msg = self.tp(h[neighbour], sh, w)
+        agg = torch.zeros(h.shape[0], msg.shape[1], dtype=msg.dtype, device=msg.device)
+        agg = agg.index_add(0, centre, msg) * self.inv_norm
+        return self.linear_out(agg) + self.resid(h)
+
+
+class E3LayerNorm(nn.Module):
+    """Layer norm that keeps equivariance: scalars are centred and scaled by their std; all l > 0
+    components together are scaled by their RMS (no centring). eps inside and outside the sqrt."""
+
+    def __init__(self, irreps: o3.Irreps, eps: float = 1e-6) -> None:
+        super().__init__()
+        irreps = o3.Irreps(irreps)
+        self.num_scalars = sum(mul for mul, ir in irreps if ir.l == 0)
+        if irreps[0].ir.l != 0 and self.num_scalars:
+            raise ValueError("E3LayerNorm expects the scalars first in the irreps")
+        self.dim = irreps.dim
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x[:, : self.num_scalars]
+        s = s - s.mean(dim=1, keepdim=True)
+        s = s / (torch.sqrt(s.pow(2).mean(dim=1, keepdim=True) + self.eps) + self.eps)
+        if self.num_scalars == self.dim:
+            return s
+        v = x[:, self.num_scalars :]
+        v = v / (torch.sqrt(v.pow(2).mean(dim=1, keepdim=True) + self.eps) + self.eps)
+        return torch.cat([s, v], dim=1)
+
+
+def channel_gain_index(irreps: o3.Irreps) -> torch.Tensor:
+    """For every component of ``irreps``, the index of its irrep channel (for per-channel gains)."""
+    idx = []
+    channel = 0
+    for mul, ir in o3.Irreps(irreps):
+        for _ in range(mul):
+            idx.extend([channel] * ir.dim)
+            channel += 1
+    return torch.tensor(idx, dtype=torch.long)
+
+
+def pad_index(irreps_in: o3.Irreps, irreps_out: o3.Irreps) -> torch.Tensor:
+    """Gather index for the padded residual: copy channels of the same irrep type (truncate or
+    zero-pad the multiplicity), zeros where the input has no such irrep. -1 marks a zero."""
+    irreps_in, irreps_out = o3.Irreps(irreps_in), o3.Irreps(irreps_out)
+    starts = {}
+    offset = 0
+    for mul, ir in irreps_in:
+        starts.setdefault(ir, (offset, mul))
+        offset += mul * ir.dim
+    idx = []
+    for mul, ir in irreps_out:
+        start, mul_in = starts.get(ir, (0, 0))
+        for u in range(mul):
+            for m in range(ir.dim):
+                idx.append(start + u * ir.dim + m if u < mul_in else -1)
+    return torch.tensor(idx, dtype=torch.long)
+
+
+class FacetLayer(nn.Module):
+    """One Facet layer: ``x = Mix(Interaction(h))``; ``h_new = LN(x) * gain + Pad(h)``.
+
+    Mix is the S2-grid MLP for layers with l > 0 outputs and a plain MLP for scalar-only layers.
+    The per-channel gain starts at ``resid_init`` (0: the ReZero start of the reference).
+    """
+
+    def __init__(
+        self,
+        irreps_in: o3.Irreps,
+        irreps_out: o3.Irreps,
+        irreps_sh: o3.Irreps,
+        cfg: FacetConfig,
+    ) -> None:
+        super().__init__()
+        irreps_in, irreps_out = o3.Irreps(irreps_in), o3.Irreps(irreps_out)
+        self.irreps_in, self.irreps_out = irreps_in, irreps_out
+        self.interaction = Interaction(
+            irreps_in,
+            irreps_sh,
+            irreps_out,
+            r_max=cfg.r_max,
+            num_radial=cfg.num_radial,
+            radial_basis=cfg.radial_basis,
+            envelope_p=cfg.envelope_p,
+            avg_num_neighbors=cfg.avg_num_neighbors,
+            radial_power=cfg.radial_power,
+        )
+        self.scalar_only = irreps_out.lmax == 0
+        if self.scalar_only:
+            d = irreps_out.dim
+            self.mix: nn.Module = GridMLP([d] * (cfg.final_mlp_layers + 1))
+        else:
+            self.mix = S2Mixing(
+                irreps_out,
+                irreps_out,
+                lmax=irreps_out.lmax,
+                res=tuple(cfg.s2_res),
+                mlp_hidden=list(cfg.s2_mlp_hidden),
+                heads=cfg.s2_heads,
+                identity=cfg.s2_identity,
+            )
+        self.norm = E3LayerNorm(irreps_out)
+        self.register_buffer("gain_index", channel_gain_index(irreps_out), persistent=False)
+        self.gain = nn.Parameter(torch.full((irreps_out.num_irreps,), float(cfg.resid_init)))
+        pidx = pad_index(irreps_in, irreps_out)
+        self.register_buffer("pad_src", pidx.clamp(min=0), persistent=False)
+        self.register_buffer(
+            "pad_mask", (pidx >= 0).to(torch.get_default_dtype()), persistent=False
+        )
+
+    def forward(
+        self,
+        h: torch.Tensor,
+        sh: torch.Tensor,
+        r: torch.Tensor,
+        centre: torch.Tensor,
+        neighbour: torch.Tensor,
+    ) -> torch.Tensor:
+        x = self.mix(self.interaction(h, sh, r, centre, neighbour))
+        resid = h[:, self.pad_src] * self.pad_mask
+        return self.norm(x) * self.gain[self.gain_index] + resid
