@@ -51,7 +51,7 @@ def save_model(
         "dtype": str(dtype).replace("torch.", ""),
         "provenance": {
             "facet_version": _version(),
-            "torch_version": torch.__version__,
+            "torch_version": str(torch.__version__),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
             "host": platform.node(),
             "training": extra or {},

@@ -85,5 +85,6 @@ def energy_forces_stress(
     forces = forces_from_pair_gradients(g, centre, neighbour, n)
     stress = None
     if volume is not None:
-        stress = virial_from_pair_gradients(rij, g) / volume
+        w = virial_from_pair_gradients(rij, g)
+        stress = 0.5 * (w + w.transpose(0, 1)) / volume
     return energies, total, forces, stress

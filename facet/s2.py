@@ -122,9 +122,10 @@ class S2Mixing(nn.Module):
         coeffs = torch.cat(blocks, dim=-1)
         grid = coeffs @ self.to_grid  # [n, u, n_grid]
         if not self.identity:
-            g = grid.transpose(1, 2).reshape(n, -1, self.heads, u // self.heads)
+            n_grid = self.to_grid.shape[1]
+            g = grid.transpose(1, 2).reshape(n, n_grid, self.heads, u // self.heads)
             g = self.mlp(g)
-            grid = g.reshape(n, -1, u).transpose(1, 2)
+            grid = g.reshape(n, n_grid, u).transpose(1, 2)
         back = grid @ self.from_grid  # [n, u, dim]
         parts = [x[:, : self.num_scalars_in]]
         start = 0

@@ -74,10 +74,9 @@ def _run_deck(tmp_path: Path, nranks: int, extra: tuple[str, ...] = ()) -> tuple
         pytest.skip("mpirun not found")
     deck = tmp_path / "in.lj"
     deck.write_text(DECK)
-    cmd = [mpirun, "-np", str(nranks), str(LMP), *extra,
-           "-in", str(deck), "-log", "none", "-nocite", "-echo", "none"]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True,
-                          timeout=60)
+    quiet = ["-log", "none", "-nocite", "-echo", "none"]
+    cmd = [mpirun, "-np", str(nranks), str(LMP), *extra, "-in", str(deck), *quiet]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
     m = re.search(r"^FACET_RESULT (\S+) (\S+) (\S+)$", proc.stdout, re.M)
     assert m, f"no result line in output of {' '.join(cmd)}:\n{proc.stdout}"
@@ -85,8 +84,7 @@ def _run_deck(tmp_path: Path, nranks: int, extra: tuple[str, ...] = ()) -> tuple
 
 
 def _lmp_help() -> str:
-    proc = subprocess.run([str(LMP), "-h"], env=_env(), capture_output=True, text=True,
-                          timeout=30)
+    proc = subprocess.run([str(LMP), "-h"], env=_env(), capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 

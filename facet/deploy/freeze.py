@@ -22,7 +22,7 @@ def script_potential(model: Facet) -> torch.jit.ScriptModule:
     model = copy.deepcopy(model).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    return e3nn_jit.compile(FacetPotential(model))
+    return torch.jit.script(e3nn_jit.compile(FacetPotential(model)))
 
 
 def script_model(model: Facet) -> torch.jit.ScriptModule:
@@ -32,7 +32,7 @@ def script_model(model: Facet) -> torch.jit.ScriptModule:
     model = copy.deepcopy(model).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    return e3nn_jit.compile(model)
+    return torch.jit.script(e3nn_jit.compile(model))
 
 
 def to_bytes(module: torch.jit.ScriptModule) -> bytes:

@@ -1,0 +1,1 @@
+"""Reference data sets for Facet (generated offline; nothing is downloaded)."""
