@@ -61,7 +61,8 @@ class FacetCalculator(Calculator):
     def calculate(self, atoms: Atoms | None = None, properties=None, system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
-        graph = build_graph(atoms, self.config.elements, self.config.r_max, self.config.min_distance)
+        cfg = self.config
+        graph = build_graph(atoms, cfg.elements, cfg.r_max, cfg.min_distance)
         dev, dt = self.device, self.dtype
         species = torch.as_tensor(graph.species, device=dev)
         centre = torch.as_tensor(graph.centre, device=dev)

@@ -73,7 +73,9 @@ def check_min_distance(rij: np.ndarray, centre: np.ndarray, neighbour: np.ndarra
         )
 
 
-def build_graph(atoms: Atoms, elements: list[str], r_max: float, min_distance: float = 0.1) -> Graph:
+def build_graph(
+    atoms: Atoms, elements: list[str], r_max: float, min_distance: float = 0.1
+) -> Graph:
     """Radius graph of ``atoms`` at cutoff ``r_max`` (Å), full neighbour list, with vesin."""
     species = species_indices(atoms.get_chemical_symbols(), elements)
     positions = np.ascontiguousarray(atoms.get_positions(), dtype=np.float64)

@@ -78,12 +78,14 @@ class Interaction(nn.Module):
         r: torch.Tensor,
         centre: torch.Tensor,
         neighbour: torch.Tensor,
+        n_out: int,
     ) -> torch.Tensor:
+        """Messages into the first ``n_out`` nodes (all edge centres must be < n_out)."""
         w = self.radial(r)
         msg = self.tp(h[neighbour], sh, w)
-        agg = torch.zeros(h.shape[0], msg.shape[1], dtype=msg.dtype, device=msg.device)
+        agg = torch.zeros(n_out, msg.shape[1], dtype=msg.dtype, device=msg.device)
         agg = agg.index_add(0, centre, msg) * self.inv_norm
-        return self.linear_out(agg) + self.resid(h)
+        return self.linear_out(agg) + self.resid(h[:n_out])
 
 
 class E3LayerNorm(nn.Module):
@@ -197,7 +199,11 @@ class FacetLayer(nn.Module):
         r: torch.Tensor,
         centre: torch.Tensor,
         neighbour: torch.Tensor,
+        n_out: int = -1,
     ) -> torch.Tensor:
-        x = self.mix(self.interaction(h, sh, r, centre, neighbour))
-        resid = h[:, self.pad_src] * self.pad_mask
+        """New features of the first ``n_out`` nodes (all nodes if negative); edges must be
+        centred on those nodes, neighbours may be any node of ``h``."""
+        n = h.shape[0] if n_out < 0 else n_out
+        x = self.mix(self.interaction(h, sh, r, centre, neighbour, n))
+        resid = h[:n, self.pad_src] * self.pad_mask
         return self.norm(x) * self.gain[self.gain_index] + resid

@@ -58,7 +58,7 @@ class Facet(nn.Module):
                 )
         self.irreps_chain = [str(i) for i in chain]
         self.layers = nn.ModuleList(
-            [FacetLayer(a, b, self.irreps_sh, config) for a, b in zip(chain[:-1], chain[1:])]
+            [FacetLayer(a, b, self.irreps_sh, config) for a, b in zip(chain[:-1], chain[1:], strict=True)]
         )
         self.feature_dims = [irreps.dim for irreps in chain]
         self.readout_weight = nn.Parameter(
@@ -92,11 +92,13 @@ class Facet(nn.Module):
         r: torch.Tensor,
         centre: torch.Tensor,
         neighbour: torch.Tensor,
+        n_out: int = -1,
     ) -> torch.Tensor:
-        """Apply layer ``index`` to node features ``h``."""
+        """Apply layer ``index``: new features of the first ``n_out`` nodes (all if negative)
+        from ``h`` of all nodes; edges must be centred on those first ``n_out`` nodes."""
         for i, layer in enumerate(self.layers):
             if i == index:
-                return layer(h, sh, r, centre, neighbour)
+                return layer(h, sh, r, centre, neighbour, n_out)
         raise IndexError("layer index out of range")
 
     @torch.jit.export

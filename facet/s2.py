@@ -24,9 +24,9 @@ def s2_grid_matrices(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense ``to_grid [(lmax+1)^2, n_grid]`` and ``from_grid [n_grid, (lmax+1)^2]`` matrices.
 
-    Normalisation: a grid function is ``f(x) = sqrt(4 pi) sum c_lm Y_lm(x)`` with integral-normalised
-    Y (so a constant coefficient c maps to the constant c), and ``from_grid`` inverts it exactly for
-    band-limited input (requires an even beta resolution).
+    Normalisation: a grid function is ``f(x) = sqrt(4 pi) sum c_lm Y_lm(x)`` with
+    integral-normalised Y (so a constant coefficient c maps to the constant c), and ``from_grid``
+    inverts it exactly for band-limited input (requires an even beta resolution).
     """
     res_beta, res_alpha = int(res[0]), int(res[1])
     if res_beta % 2:

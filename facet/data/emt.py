@@ -171,15 +171,15 @@ def generate(seed: int = 0, size: str = "default") -> list[Atoms]:
     for el in ELEMENTS:
         for k in range(s.bulk_per_element):
             atoms = bulk_cell(el, LATTICE[el], k % 3)
-            random_strain(atoms, rng, iso=0.05, shear=0.02)
-            rattle(atoms, rng, rng.uniform(0.02, 0.15))
+            random_strain(atoms, rng, iso=0.04, shear=0.015)
+            rattle(atoms, rng, rng.uniform(0.01, 0.1))
             frames.append(tag(label(atoms), "bulk"))
     # 2. random alloys
     for k in range(s.alloys):
         symbols = pick_elements(rng)
         atoms = random_alloy(bulk_cell(symbols[0], LATTICE[symbols[0]], k % 3), rng, symbols)
-        random_strain(atoms, rng, iso=0.04, shear=0.02)
-        rattle(atoms, rng, rng.uniform(0.02, 0.15))
+        random_strain(atoms, rng, iso=0.03, shear=0.015)
+        rattle(atoms, rng, rng.uniform(0.01, 0.1))
         frames.append(tag(label(atoms), "alloy"))
     # 3. vacancies (one or two removed sites), pure and alloyed
     vac_cells = [[el] for el in ELEMENTS for _ in range(s.vacancies_per_element)]
@@ -191,13 +191,13 @@ def generate(seed: int = 0, size: str = "default") -> list[Atoms]:
         nvac = 1 + int(rng.integers(2))
         del atoms[[int(i) for i in rng.choice(len(atoms), size=nvac, replace=False)]]
         random_strain(atoms, rng, iso=0.02, shear=0.01)
-        rattle(atoms, rng, rng.uniform(0.02, 0.12))
+        rattle(atoms, rng, rng.uniform(0.01, 0.08))
         frames.append(tag(label(atoms), "vacancy"))
     # 4. surfaces (no stress label: the vacuum makes the cell stress meaningless)
     for k in range(s.slabs):
         symbols = [ELEMENTS[k % len(ELEMENTS)]] if k % 2 == 0 else pick_elements(rng, 2, 3)
         slab = make_slab(rng, symbols)
-        rattle(slab, rng, rng.uniform(0.02, 0.12))
+        rattle(slab, rng, rng.uniform(0.01, 0.08))
         frames.append(tag(label(slab, stress=False), "surface"))
     # 5. MD snapshots at several temperatures
     for temperature in s.md_temperatures:

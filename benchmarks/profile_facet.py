@@ -1,0 +1,287 @@
+"""Where the time of one Facet-S energy+forces evaluation goes (CPU), to guide optimisation.
+
+Three views of the same evaluation (rattled fcc Cu, weights perturbed off the ReZero start, as in
+bench_worker.py), all on the same machine in one run:
+
+1. phases, by wall clock (median of --repeats calls): neighbour list + graph (vesin), tensor
+   set-up, model forward, autograd backward (dE/dr_ij), forces/virial scatter;
+2. per model part, forward and backward: torch.profiler with a record_function range around every
+   submodule's forward; backward autograd nodes are attributed to the part whose forward op
+   created them (same sequence number), so "backward" of a part is the gradient of that part;
+3. the top aten operators by self CPU time (forward and backward together).
+
+    .venv/bin/python benchmarks/profile_facet.py                 # 500 atoms, float64, 1 thread
+    .venv/bin/python benchmarks/profile_facet.py --size 108 --dtype float32 --threads 2
+
+Output: tables on stdout; JSON in benchmarks/results/ (and a Chrome trace with --trace).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime as _dt
+import json
+import os
+import re
+import sys
+import time
+
+import numpy as np
+import torch
+from torch.autograd.profiler import record_function
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from bench_worker import make_cu  # noqa: E402
+
+import facet  # noqa: E402
+from facet.graph import build_graph  # noqa: E402
+
+PREFIX = "facet::"
+
+
+# ------------------------------------------------------------------------------ part names
+def part_of(qualname: str, module: torch.nn.Module) -> str:
+    """Coarse part name of a submodule, layer index kept: 'L0 interaction.tp' etc."""
+    qualname = re.sub(r"\._compiled_main\w*", "", qualname)  # e3nn's generated fx modules
+    m = re.match(r"layers\.(\d+)\.?(.*)", qualname)
+    if m:
+        return f"L{m.group(1)} {m.group(2) or '(layer: residual, gain)'}"
+    return qualname or "(model: embedding, readout)"
+
+
+def category(part: str) -> str:
+    """Part -> component, summed over layers (the first layer's input is scalars only)."""
+    p = re.sub(r"^L\d+ ", "", part)
+    table = [
+        (r"^spherical_harmonics", "spherical harmonics Y(r_ij) (e3nn)"),
+        (r"^interaction\.tp$", "TensorProduct h_j x Y(r_ij) (layers.py Interaction, e3nn)"),
+        (r"^interaction\.radial", "radial splines + envelope (radial.py)"),
+        (r"^interaction\.(linear_out|resid)$", "o3.Linear after message / residual adapter"),
+        (r"^interaction$", "gather h[neighbour] + index_add to centres (Interaction)"),
+        (r"^mix\.(proj_up|proj_down)$", "S2 block: o3.Linear proj_up/proj_down (s2.py)"),
+        (r"^mix\.mlp", "S2 block / final MLP: grid MLP (s2.py GridMLP)"),
+        (r"^mix$", "S2 block: to_grid / from_grid matmuls, reshapes (s2.py)"),
+        (r"^norm$", "E3LayerNorm"),
+        (r"^\(layer", "layer residual pad + gain"),
+        (r"^\(model", "embedding + readout"),
+    ]
+    for pat, name in table:
+        if re.search(pat, p):
+            return name
+    return p
+
+
+def attach_ranges(model: torch.nn.Module) -> list:
+    """A record_function range (named PREFIX + part) around every submodule's forward."""
+    handles = []
+    stack: list = []
+
+    def pre(name):
+        def hook(mod, inp):
+            rf = record_function(PREFIX + name)
+            rf.__enter__()
+            stack.append(rf)
+
+        return hook
+
+    def post(mod, inp, out):
+        stack.pop().__exit__(None, None, None)
+
+    for qualname, mod in model.named_modules():
+        name = part_of(qualname, mod)
+        handles.append(mod.register_forward_pre_hook(pre(name)))
+        handles.append(mod.register_forward_hook(post))
+    return handles
+
+
+# ------------------------------------------------------------------------------ evaluation
+def make_model(dtype: torch.dtype, seed: int) -> facet.Facet:
+    torch.manual_seed(seed)
+    model = facet.build_model(facet.facet_s(["Cu"]), dtype)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model.eval()
+
+
+def evaluate(model, atoms, dtype, timer: dict | None = None):
+    """The FacetCalculator's steps (build_graph, contract forward + autograd, scatter), timed."""
+    t = [time.perf_counter()]
+
+    def tick(name):
+        now = time.perf_counter()
+        if timer is not None:
+            timer[name].append(now - t[0])
+        t[0] = now
+
+    cfg = model.config
+    with record_function(PREFIX + "phase: neighbour list"):
+        graph = build_graph(atoms, cfg.elements, cfg.r_max, cfg.min_distance)
+        rij_np = graph.rij
+    tick("neighbour list + graph (vesin, numpy)")
+    species = torch.as_tensor(graph.species)
+    centre = torch.as_tensor(graph.centre)
+    neighbour = torch.as_tensor(graph.neighbour)
+    rij = torch.as_tensor(rij_np, dtype=dtype).requires_grad_(True)
+    tick("tensor set-up")
+    with record_function(PREFIX + "phase: forward"):
+        e = model(species, centre, neighbour, rij)
+        total = e.sum()
+    tick("model forward")
+    with record_function(PREFIX + "phase: backward"):
+        (g,) = torch.autograd.grad([total], [rij])
+    tick("autograd backward (dE/dr_ij)")
+    g = g.detach().to(torch.float64)
+    n = graph.num_atoms
+    forces = torch.zeros(n, 3, dtype=torch.float64)
+    forces.index_add_(0, centre, g).index_add_(0, neighbour, -g)
+    virial = rij.detach().to(torch.float64).T @ g
+    tick("forces + virial scatter")
+    return float(total), forces, virial, len(centre)
+
+
+def attribute(prof) -> tuple[dict, dict]:
+    """Self CPU time (us) per part, forward and backward, from the profiler's event tree."""
+    events = prof.events()
+    fwd = collections.Counter()
+    bwd = collections.Counter()
+    seq_part: dict[int, str] = {}
+
+    def enclosing(ev) -> str | None:
+        p = ev.cpu_parent
+        while p is not None:
+            if p.name.startswith(PREFIX) and not p.name.startswith(PREFIX + "phase"):
+                return p.name[len(PREFIX):]
+            p = p.cpu_parent
+        return None
+
+    # forward: every aten op's self time goes to its innermost range; remember its sequence nr
+    for ev in events:
+        if ev.name.startswith(PREFIX) or ev.name.startswith("autograd::engine"):
+            continue
+        part = enclosing(ev)
+        if part is None:
+            continue
+        fwd[part] += ev.self_cpu_time_total
+        if ev.sequence_nr >= 0:
+            seq_part.setdefault(ev.sequence_nr, part)
+    # backward: an engine node "autograd::engine::evaluate_function: XBackward0" and all its
+    # children belong to the part whose forward op has the same sequence number
+    for ev in events:
+        if not ev.name.startswith("autograd::engine::evaluate_function"):
+            continue
+        part = seq_part.get(ev.sequence_nr, "(unattributed backward)")
+        bwd[part] += ev.cpu_time_total
+    return dict(fwd), dict(bwd)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=500)
+    ap.add_argument("--dtype", default="float64", choices=["float64", "float32"])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=3, help="timed calls for the phase table")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--top", type=int, default=20)
+    ap.add_argument("--trace", action="store_true", help="also write a Chrome trace")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype)
+    model = make_model(dtype, args.seed)
+    atoms = make_cu(args.size, args.seed)
+    lines = []
+    p = lines.append
+    p(f"command: python benchmarks/profile_facet.py {' '.join(sys.argv[1:])}")
+    p(f"Facet-S ({facet.count_parameters(model)} params), {len(atoms)} atoms fcc Cu, "
+      f"{args.dtype}, {torch.get_num_threads()} thread(s), torch {torch.__version__}")
+
+    # 1. phases (no profiler, no hooks)
+    evaluate(model, make_cu(32, args.seed), dtype)  # warm-up: code generation etc.
+    evaluate(model, atoms, dtype)
+    timer: dict = collections.defaultdict(list)
+    for _ in range(args.repeats):
+        _, _, _, n_edges = evaluate(model, atoms, dtype, timer)
+    med = {k: float(np.median(v)) for k, v in timer.items()}
+    tot = sum(med.values())
+    p(f"{n_edges} edges ({n_edges / len(atoms):.0f}/atom)")
+    p("")
+    p(f"1. Phases (median of {args.repeats} calls, wall clock): total {tot:.3f} s = "
+      f"{1e3 * tot / len(atoms):.2f} ms/atom")
+    p("| phase | s | % |")
+    p("|---|---:|---:|")
+    for k, v in med.items():
+        p(f"| {k} | {v:.3f} | {100 * v / tot:.1f} |")
+
+    # 2. + 3. one profiled call
+    handles = attach_ranges(model)
+    evaluate(model, atoms, dtype)  # warm the hooks
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=False) as prof:
+        evaluate(model, atoms, dtype)
+    for h in handles:
+        h.remove()
+    fwd, bwd = attribute(prof)
+    phase = {ev.key: ev.cpu_time_total for ev in prof.key_averages()
+             if ev.key.startswith(PREFIX + "phase")}
+    prof_total = sum(phase.values())
+    cats_f: collections.Counter = collections.Counter()
+    cats_b: collections.Counter = collections.Counter()
+    for k, v in fwd.items():
+        cats_f[category(k)] += v
+    for k, v in bwd.items():
+        cats_b[category(k)] += v
+    p("")
+    p("2. By model component, summed over the 3 layers (profiled call; backward = gradient of "
+      "that component; % of the profiled total incl. neighbour list: "
+      f"{prof_total / 1e6:.3f} s)")
+    p("| component | forward ms | backward ms | total ms | % |")
+    p("|---|---:|---:|---:|---:|")
+    comps = sorted(set(cats_f) | set(cats_b), key=lambda c: -(cats_f[c] + cats_b[c]))
+    for c in comps:
+        t = cats_f[c] + cats_b[c]
+        p(f"| {c} | {cats_f[c] / 1e3:.0f} | {cats_b[c] / 1e3:.0f} | {t / 1e3:.0f} | "
+          f"{100 * t / prof_total:.1f} |")
+    nl = phase.get(PREFIX + "phase: neighbour list", 0.0)
+    p(f"| neighbour list + graph (vesin) | {nl / 1e3:.0f} | – | {nl / 1e3:.0f} | "
+      f"{100 * nl / prof_total:.1f} |")
+    p("")
+    p("   per layer and part (forward + backward ms):")
+    p("| part | forward ms | backward ms |")
+    p("|---|---:|---:|")
+    parts = sorted(set(fwd) | set(bwd), key=lambda k: -(fwd.get(k, 0) + bwd.get(k, 0)))
+    for k in parts[: args.top]:
+        p(f"| {k} | {fwd.get(k, 0) / 1e3:.0f} | {bwd.get(k, 0) / 1e3:.0f} |")
+
+    p("")
+    p(f"3. Top {args.top} operators by self CPU time (forward + backward)")
+    p("| operator | self ms | % | calls |")
+    p("|---|---:|---:|---:|")
+    ka = [e for e in prof.key_averages() if not e.key.startswith(PREFIX)]
+    ka.sort(key=lambda e: -e.self_cpu_time_total)
+    self_total = sum(e.self_cpu_time_total for e in ka)
+    for e in ka[: args.top]:
+        p(f"| {e.key} | {e.self_cpu_time_total / 1e3:.0f} | "
+          f"{100 * e.self_cpu_time_total / self_total:.1f} | {e.count} |")
+    text = "\n".join(lines)
+    print(text, flush=True)
+
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = f"profile-{args.size}-{args.dtype}-{stamp}.json"
+    out = args.out or os.path.join(HERE, "results", name)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as fh:
+        json.dump({"args": vars(args), "phases_s": med, "forward_us": fwd, "backward_us": bwd,
+                   "components_forward_us": dict(cats_f), "components_backward_us": dict(cats_b),
+                   "table": text}, fh, indent=1)
+    if args.trace:
+        prof.export_chrome_trace(out.replace(".json", ".trace.json"))
+    print(f"saved {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

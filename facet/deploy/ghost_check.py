@@ -1,0 +1,120 @@
+"""Is the ghost shell a rank sees deep enough for an L-layer model? A check from geometry alone.
+
+An L-layer model is exact on a rank when every atom within L-1 hops (edges of length < r_max) of a
+local atom has its complete neighbour list, i.e. the ball of radius r_max around it lies inside
+the region where the rank has atoms. LAMMPS' ML-IAP coupling does not tell the Python model the
+communication cutoff, so this module infers it from what it does see: relative positions
+(reconstructed from r_ij along the edge graph) and hop counts.
+
+LAMMPS' ghost region of an orthogonal subdomain is the subdomain grown by the comm cutoff along
++-x, +-y, +-z, so a ball lies inside it iff it passes the six face tests: for each axis direction
+u, every atom a with hop <= L-1 must satisfy ``x_a.u + r_max <= max_b x_b.u`` over present atoms b
+(the outermost atoms lie inside the true region, so the test is sufficient). Directions in which
+the material itself ends within r_max of the local atoms (free surfaces, vacuum) carry no ghost
+shell to be short of and are skipped. For triclinic boxes the faces are tilted; the axis tests
+still catch a shell that is short by more than the tilt allows (tested on sheared cells).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import breadth_first_order, connected_components
+
+
+@dataclass
+class ShellReport:
+    ok: bool
+    deficit: float  # largest shortfall (Å) of the ghost shell, 0 when ok
+    n_checked: int  # atoms within L-1 hops whose neighbourhoods were checked
+
+
+AXES = np.concatenate([np.eye(3), -np.eye(3)])
+
+
+def hop_distances(nlocal: int, ntotal: int, pair_i: np.ndarray, pair_j: np.ndarray, max_hops: int):
+    """Hops from the local atoms along edges (``max_hops + 1`` for farther/unreached atoms)."""
+    hops = np.full(ntotal, max_hops + 1, dtype=np.int64)
+    hops[:nlocal] = 0
+    frontier = np.zeros(ntotal, dtype=bool)
+    frontier[:nlocal] = True
+    for h in range(1, max_hops + 1):
+        reach = np.zeros(ntotal, dtype=bool)
+        reach[pair_j[frontier[pair_i]]] = True
+        new = reach & (hops > h)
+        hops[new] = h
+        frontier = new
+    return hops
+
+
+def _bfs_levels(graph, root: int, ntotal: int) -> np.ndarray:
+    """Hop distance of every node from ``root`` (-1 where unreached), level-synchronous."""
+    level = np.full(ntotal, -1, dtype=np.int64)
+    level[root] = 0
+    frontier = np.array([root])
+    d = 0
+    while frontier.size:
+        d += 1
+        nb = graph[frontier].indices
+        nb = np.unique(nb[level[nb] < 0])
+        level[nb] = d
+        frontier = nb
+    return level
+
+
+def reconstruct_positions(ntotal: int, pair_i: np.ndarray, pair_j: np.ndarray, rij: np.ndarray):
+    """Positions up to one translation per connected component, and the component labels."""
+    graph = coo_matrix(
+        (np.arange(1, len(pair_i) + 1), (pair_i, pair_j)), shape=(ntotal, ntotal)
+    ).tocsr()
+    n_comp, labels = connected_components(graph, directed=False)
+    pos = np.zeros((ntotal, 3))
+    for root in np.unique(labels, return_index=True)[1]:
+        order, pred = breadth_first_order(graph, root, directed=True, return_predecessors=True)
+        nodes = order[1:]
+        # id of the edge pred -> node (stored in the CSR data as edge id + 1)
+        edge = np.asarray(graph[pred[nodes], nodes]).ravel() - 1
+        depth = _bfs_levels(graph, root, ntotal)
+        for d in range(1, int(depth[nodes].max(initial=0)) + 1):
+            sel = depth[nodes] == d
+            pos[nodes[sel]] = pos[pred[nodes[sel]]] + rij[edge[sel]]
+    return pos, labels
+
+
+def check_ghost_shell(
+    nlocal: int,
+    ntotal: int,
+    pair_i: np.ndarray,
+    pair_j: np.ndarray,
+    rij: np.ndarray,
+    r_max: float,
+    num_layers: int,
+) -> ShellReport:
+    """Check that all atoms within ``num_layers - 1`` hops of local atoms see complete
+    neighbourhoods (radius ``r_max``, Å)."""
+    if num_layers <= 1 or ntotal == nlocal or len(pair_i) == 0:
+        return ShellReport(True, 0.0, 0)
+    pair_i = np.asarray(pair_i, dtype=np.int64)
+    pair_j = np.asarray(pair_j, dtype=np.int64)
+    hops = hop_distances(nlocal, ntotal, pair_i, pair_j, num_layers - 1)
+    pos, labels = reconstruct_positions(ntotal, pair_i, pair_j, rij)
+    u = AXES
+    deficit = 0.0
+    n_checked = 0
+    for comp in np.unique(labels[:nlocal]):
+        members = labels == comp
+        inner = members & (hops <= num_layers - 1)
+        if not inner.any():
+            continue
+        proj = pos[members] @ u.T  # [m, n_dir]
+        reach = proj.max(axis=0)  # support function of the present atoms
+        local_reach = (pos[: nlocal][members[:nlocal]] @ u.T).max(axis=0)
+        # a shell exists in direction u only if atoms extend >= r_max beyond the local ones
+        shelled = reach - local_reach >= r_max
+        need = (pos[inner] @ u.T).max(axis=0) + r_max
+        short = np.where(shelled, need - reach, 0.0)
+        deficit = max(deficit, float(short.max()))
+        n_checked += int(inner.sum())
+    return ShellReport(deficit <= 1e-9, max(deficit, 0.0), n_checked)

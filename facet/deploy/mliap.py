@@ -1,0 +1,191 @@
+"""The object LAMMPS loads for ``pair_style mliap unified <file>.pt 1``.
+
+It carries the frozen TorchScript contract as bytes plus metadata, is unpickled by LAMMPS'
+embedded Python (``torch.load(weights_only=False)``), loads the TorchScript lazily on the rank's
+device, and in ``compute_forces`` maps LAMMPS' pair list onto the contract:
+species = ``elems``, pairs = ``pair_i``/``pair_j``, ``rij = x_j - x_i``; it writes
+``dE_local/drij`` with ``update_pair_forces`` (LAMMPS applies them to local and ghost atoms and
+folds ghost forces back with ``newton pair on``; the virial follows from the pair forces) and the
+per-atom energies of the listed local atoms.
+
+Multi-layer exactness on a rank needs ghost atoms' features, hence ``ghostneigh = 1`` and a ghost
+shell (``comm_modify cutoff``) of at least ``num_layers * r_max + skin``; both are checked.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+try:  # the base class exists only where LAMMPS' Python module is installed
+    from lammps.mliap.mliap_unified_abc import MLIAPUnified
+except ImportError:  # pragma: no cover - lets facet-deploy write files without LAMMPS
+    class MLIAPUnified:  # type: ignore[no-redef]
+        def __init__(self, interface, element_types, ndescriptors, nparams, rcutfac):
+            self.interface = interface
+            self.element_types = element_types
+            self.ndescriptors = ndescriptors
+            self.nparams = nparams
+            self.rcutfac = rcutfac
+
+
+class FacetLAMMPSError(RuntimeError):
+    """A configuration error detected inside LAMMPS (printed by LAMMPS before it stops)."""
+
+
+def local_rank() -> int:
+    """Node-local MPI rank from the launcher's environment (Open MPI, MPICH/Hydra, SLURM)."""
+    for key in ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID", "PMI_LOCAL_RANK"):
+        if key in os.environ:
+            return int(os.environ[key])
+    return 0
+
+
+def pick_device(requested: str) -> torch.device:
+    """``cpu``, or ``cuda`` with one GPU per rank chosen from the node-local rank."""
+    if requested == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise FacetLAMMPSError(
+            "this model was deployed for CUDA but torch sees no GPU on this node; "
+            "redeploy with `facet-deploy --device cpu` or run on a GPU node"
+        )
+    return torch.device("cuda", local_rank() % torch.cuda.device_count())
+
+
+class FacetMLIAP(MLIAPUnified):
+    """ML-IAP unified model wrapping a frozen Facet contract (see module docstring)."""
+
+    def __init__(
+        self,
+        script_bytes: bytes,
+        elements: list[str],
+        r_max: float,
+        num_layers: int,
+        dtype: str = "float64",
+        device: str = "cpu",
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        # ndescriptors = nparams = 1 (unused); LAMMPS' pair cutoff is 2 * rcutfac
+        super().__init__(None, list(elements), 1, 1, 0.5 * float(r_max))
+        self.script_bytes = script_bytes
+        self.r_max = float(r_max)
+        self.num_layers = int(num_layers)
+        self.dtype_name = dtype
+        self.device_name = device
+        self.metadata = dict(metadata or {})
+        self.check_ghost_shell = True
+        self._init_runtime()
+
+    # -- state that must not be pickled --------------------------------------------------------
+    def _init_runtime(self) -> None:
+        self._module = None
+        self._device = None
+        self._checked_ntotal = -1
+        self.calls = 0
+        self.model_seconds = 0.0
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        for key in ("_module", "_device", "interface"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.interface = None
+        self._init_runtime()
+
+    # -- ML-IAP interface ----------------------------------------------------------------------
+    def compute_descriptors(self, data) -> None:
+        pass
+
+    def compute_gradients(self, data) -> None:
+        pass
+
+    def _load(self) -> None:
+        import io
+
+        self._device = pick_device(self.device_name)
+        self._dtype = getattr(torch, self.dtype_name)
+        self._module = torch.jit.load(io.BytesIO(self.script_bytes), map_location=self._device)
+        self._module.eval()
+
+    def compute_forces(self, data) -> None:
+        if self._module is None:
+            self._load()
+        nlistatoms = data.nlistatoms
+        if data.npairs == 0 or data.rij is None or nlistatoms == 0:
+            # no pairs on this rank: isolated atoms carry only their reference energies
+            self._isolated_energies(data)
+            return
+        nlocal, ntotal = data.nlocal, data.ntotal
+        pair_i = np.asarray(data.pair_i)
+        pair_j = np.asarray(data.pair_j)
+        rij_np = np.asarray(data.rij)
+        if self.num_layers > 1 and ntotal > nlocal:
+            self._check_ghosts(data, nlocal, ntotal, pair_i, pair_j, rij_np)
+        t0 = time.perf_counter()
+        dev = self._device
+        species = torch.from_numpy(np.asarray(data.elems)).to(dev, torch.long).clamp_(min=0)
+        pi = torch.from_numpy(pair_i).to(dev, torch.long)
+        pj = torch.from_numpy(pair_j).to(dev, torch.long)
+        rij = torch.from_numpy(rij_np).to(dev, self._dtype)
+        e_local, dE_drij = self._module(species, pi, pj, rij, nlocal)
+        fij = np.ascontiguousarray(dE_drij.detach().to("cpu", torch.float64).numpy())
+        iatoms = np.asarray(data.iatoms)[:nlistatoms]
+        eatoms = e_local.detach().to("cpu", torch.float64).numpy()[iatoms]
+        self.model_seconds += time.perf_counter() - t0
+        self.calls += 1
+        data.update_pair_forces(fij)
+        data.eatoms = np.ascontiguousarray(eatoms)
+        data.energy = float(eatoms.sum())
+
+    def _isolated_energies(self, data) -> None:
+        n = data.nlistatoms
+        if n == 0:
+            data.energy = 0.0
+            return
+        dev = self._device
+        elems = np.asarray(data.elems)[np.asarray(data.iatoms)[:n]]
+        species = torch.from_numpy(elems).to(dev, torch.long)
+        empty = torch.zeros(0, dtype=torch.long, device=dev)
+        rij = torch.zeros(0, 3, dtype=self._dtype, device=dev)
+        e, _ = self._module(species, empty, empty, rij, n)
+        eatoms = np.ascontiguousarray(e.detach().to("cpu", torch.float64).numpy())
+        data.eatoms = eatoms
+        data.energy = float(eatoms.sum())
+
+    def _check_ghosts(self, data, nlocal, ntotal, pair_i, pair_j, rij) -> None:
+        if data.natomneigh <= data.nlistatoms:
+            raise FacetLAMMPSError(
+                f"this Facet model has {self.num_layers} message-passing layers and needs the "
+                "neighbour lists of ghost atoms: use `pair_style mliap unified <file> 1` "
+                "(ghostneigh = 1)"
+            )
+        if not self.check_ghost_shell or ntotal == self._checked_ntotal:
+            return
+        from facet.deploy.ghost_check import check_ghost_shell
+
+        report = check_ghost_shell(nlocal, ntotal, pair_i, pair_j, rij, self.r_max,
+                                   self.num_layers)
+        if not report.ok:
+            need = self.num_layers * self.r_max
+            raise FacetLAMMPSError(
+                f"the ghost-atom shell is {report.deficit:.2f} Å too thin for this "
+                f"{self.num_layers}-layer Facet model (receptive field {need:g} Å): results "
+                f"near subdomain or periodic boundaries would be wrong. Add "
+                f"`comm_modify cutoff {recommended_comm_cutoff(self.r_max, self.num_layers)}` "
+                "(at least num_layers * r_max + neighbor skin + 1 Å) to the input deck"
+            )
+        self._checked_ntotal = ntotal
+
+
+def recommended_comm_cutoff(r_max: float, num_layers: int, skin: float = 2.0) -> float:
+    """Ghost cutoff (Å) for an L-layer model: L * r_max + skin, plus 1 Å so the shell can be
+    verified from atom positions (outermost atoms lie up to ~one spacing inside the shell)."""
+    return float(np.ceil(num_layers * r_max + skin + 1.0))

