@@ -13,6 +13,7 @@ from torch import nn
 from facet.config import FacetConfig
 from facet.radial import RadialWeights
 from facet.s2 import GridMLP, S2Mixing
+from facet.tensor_product import UVUTensorProduct
 
 
 def uvu_instructions(
@@ -56,13 +57,8 @@ class Interaction(nn.Module):
     ) -> None:
         super().__init__()
         irreps_mid, instructions = uvu_instructions(irreps_in, irreps_sh, irreps_out)
-        self.tp = o3.TensorProduct(
-            irreps_in,
-            irreps_sh,
-            irreps_mid,
-            instructions,
-            shared_weights=False,
-            internal_weights=False,
+        self.tp = UVUTensorProduct(
+            irreps_in, irreps_sh, irreps_mid, [(a, b, c) for a, b, c, _, _ in instructions]
         )
         self.radial = RadialWeights(
             r_max, num_radial, self.tp.weight_numel, basis=radial_basis, p=envelope_p
@@ -81,11 +77,9 @@ class Interaction(nn.Module):
         n_out: int,
     ) -> torch.Tensor:
         """Messages into the first ``n_out`` nodes (all edge centres must be < n_out)."""
-        w = self.radial(r)
-        msg = self.tp(h[neighbour], sh, w)
-        agg = torch.zeros(n_out, msg.shape[1], dtype=msg.dtype, device=msg.device)
-        agg = agg.index_add(0, centre, msg) * self.inv_norm
-        return self.linear_out(agg) + self.resid(h[:n_out])
+        basis = self.radial.enveloped_basis(r)
+        agg = self.tp(h, neighbour, centre, n_out, sh, basis, self.radial.coefficients)
+        return self.linear_out(agg * self.inv_norm) + self.resid(h[:n_out])
 
 
 class E3LayerNorm(nn.Module):

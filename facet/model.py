@@ -58,7 +58,10 @@ class Facet(nn.Module):
                 )
         self.irreps_chain = [str(i) for i in chain]
         self.layers = nn.ModuleList(
-            [FacetLayer(a, b, self.irreps_sh, config) for a, b in zip(chain[:-1], chain[1:], strict=True)]
+            [
+                FacetLayer(a, b, self.irreps_sh, config)
+                for a, b in zip(chain[:-1], chain[1:], strict=True)
+            ]
         )
         self.feature_dims = [irreps.dim for irreps in chain]
         self.readout_weight = nn.Parameter(

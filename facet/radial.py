@@ -110,6 +110,9 @@ class RadialWeights(nn.Module):
         self.envelope = PolynomialEnvelope(r_max, p)
         self.coefficients = nn.Parameter(torch.randn(num_basis, num_weights) * std)
 
+    def enveloped_basis(self, r: torch.Tensor) -> torch.Tensor:
+        """``envelope(r) * basis(r)``, ``[n_edges, num_basis]``; weights = this @ coefficients."""
+        return self.basis(r) * self.envelope(r).unsqueeze(-1)
+
     def forward(self, r: torch.Tensor) -> torch.Tensor:
-        b = self.basis(r) * self.envelope(r).unsqueeze(-1)
-        return b @ self.coefficients
+        return self.enveloped_basis(r) @ self.coefficients
