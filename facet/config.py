@@ -45,7 +45,7 @@ class FacetConfig:
     final_scalars: int = 64
     sh_lmax: int = 2
     radial_basis: str = "bspline"
-    num_radial: int = 12
+    num_radial: int = 8
     envelope_p: int = 6
     avg_num_neighbors: float = 40.0
     radial_power: float = 0.7

@@ -119,17 +119,18 @@ class S2Mixing(nn.Module):
         for d in self.block_dims:
             blocks.append(up[:, start : start + u * d].reshape(n, u, d))
             start += u * d
-        coeffs = torch.cat(blocks, dim=-1)
-        grid = coeffs @ self.to_grid  # [n, u, n_grid]
+        coeffs = torch.cat(blocks, dim=-1)  # [n, u, dim]
+        # grid values with the channel axis last ([n, n_grid, u]): the per-point MLP then acts on
+        # contiguous rows and no grid-sized tensor is ever transposed
+        grid = torch.matmul(self.to_grid.t(), coeffs.transpose(1, 2))
         if not self.identity:
             n_grid = self.to_grid.shape[1]
-            g = grid.transpose(1, 2).reshape(n, n_grid, self.heads, u // self.heads)
-            g = self.mlp(g)
-            grid = g.reshape(n, n_grid, u).transpose(1, 2)
-        back = grid @ self.from_grid  # [n, u, dim]
+            g = self.mlp(grid.reshape(n, n_grid, self.heads, u // self.heads))
+            grid = g.reshape(n, n_grid, u)
+        back = torch.matmul(self.from_grid.t(), grid)  # [n, dim, u]
         parts = [x[:, : self.num_scalars_in]]
         start = 0
         for d in self.block_dims:
-            parts.append(back[:, :, start : start + d].reshape(n, u * d))
+            parts.append(back[:, start : start + d, :].transpose(1, 2).reshape(n, u * d))
             start += d
         return self.proj_down(torch.cat(parts, dim=-1))

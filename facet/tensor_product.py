@@ -4,9 +4,11 @@ harmonics.
 ``out[e, u, k] = w[e, u, p] * sqrt(2 l3 + 1) * sum_ij C^p[i, j, k] x[e, u, i] Y[e, j]`` for every
 path p = (l1 x l2 -> l3), C^p the Wigner-3j symbols. Numerically identical to e3nn's
 ``TensorProduct(..., "uvu", shared_weights=False)`` with component/element normalisation (tested),
-but organised as one small matmul and one batched matmul per input irrep block instead of
-per-path slices, which avoids the zero-filled slice gradients that dominate e3nn's backward pass
-on CPU. Output layout: e3nn irreps (mul-major blocks) in the order of ``irreps_out``.
+but computed per node: the tensor product is linear in the radial weights, so the radial
+coefficients are applied after a per-node batched matmul over neighbour slots (see ``forward``).
+No per-edge message tensor is formed, which saves memory and the many edge-sized passes of
+e3nn's per-path implementation. Output layout: e3nn irreps (mul-major blocks) in the order of
+``irreps_out``.
 """
 
 from __future__ import annotations
@@ -45,19 +47,22 @@ class UVUTensorProduct(nn.Module):
         d2 = self.irreps_in2.dim
         self.weight_numel = 0
         couplings: list[torch.Tensor] = []
+        paths_of_k: list[torch.Tensor] = []
         # per input block with paths: x offset, mul, d1, K (its paths' output components),
-        # offset of its coupling [d2, d1, n_paths, K] in the flat buffer, of its weight columns,
-        # its number of paths
-        self.blocks: list[tuple[int, int, int, int, int, int, int]] = []
+        # offset of its coupling [d2, d1, K] in the flat buffer, of its weight columns, its
+        # number of paths, offset of its entries in paths_of_k
+        self.blocks: list[tuple[int, int, int, int, int, int, int, int]] = []
         by_out: dict[int, tuple[int, int, int]] = {}
         c_off = 0
+        k_off = 0
         for i1, (mul, ir1) in enumerate(self.irreps_in1):
             paths = [ins for ins in instructions if ins[0] == i1]
             if not paths:
                 continue
             d1 = ir1.dim
             k_total = sum(self.irreps_out[i_out].ir.dim for _, _, i_out in paths)
-            coupling = torch.zeros(d2, d1, len(paths), k_total, dtype=torch.float64)
+            coupling = torch.zeros(d2, d1, k_total, dtype=torch.float64)
+            path_of_k = torch.zeros(k_total, dtype=torch.long)
             k0 = 0
             for p, (_, i2, i_out) in enumerate(paths):
                 ir2 = self.irreps_in2[i2].ir
@@ -70,14 +75,17 @@ class UVUTensorProduct(nn.Module):
                     raise ValueError(f"output block {i_out} has two paths")
                 c = o3.wigner_3j(ir1.l, ir2.l, ir3.l, dtype=torch.float64) * math.sqrt(ir3.dim)
                 j0 = in2_offsets[i2]
-                coupling[j0 : j0 + ir2.dim, :, p, k0 : k0 + ir3.dim] = c.permute(1, 0, 2)
+                coupling[j0 : j0 + ir2.dim, :, k0 : k0 + ir3.dim] = c.permute(1, 0, 2)
+                path_of_k[k0 : k0 + ir3.dim] = p
                 by_out[i_out] = (len(self.blocks), k0, ir3.dim)
                 k0 += ir3.dim
             self.blocks.append(
-                (in1_offsets[i1], mul, d1, k_total, c_off, self.weight_numel, len(paths))
+                (in1_offsets[i1], mul, d1, k_total, c_off, self.weight_numel, len(paths), k_off)
             )
             couplings.append(coupling.reshape(-1))
-            c_off += d2 * d1 * len(paths) * k_total
+            paths_of_k.append(path_of_k)
+            c_off += d2 * d1 * k_total
+            k_off += k_total
             self.weight_numel += len(paths) * mul
         if sorted(by_out) != list(range(len(self.irreps_out))):
             raise ValueError("every output block needs exactly one path")
@@ -85,7 +93,7 @@ class UVUTensorProduct(nn.Module):
         # (output blocks of [mul, d3] in irreps_out order): one gather instead of many slices
         block_starts = []
         pos = 0
-        for _, mul, _, k_total, _, _, _ in self.blocks:
+        for _, mul, _, k_total, _, _, _, _ in self.blocks:
             block_starts.append((pos, mul, k_total))
             pos += mul * k_total
         perm = []
@@ -95,8 +103,9 @@ class UVUTensorProduct(nn.Module):
             for u in range(mul):
                 perm.extend(start + u * k_total + k0 + m for m in range(d3))
         self.d2 = d2
-        self.register_buffer("couplings", torch.cat(couplings).to(dtype), persistent=False)
         self.register_buffer("out_perm", torch.tensor(perm, dtype=torch.long), persistent=False)
+        self.register_buffer("couplings", torch.cat(couplings).to(dtype), persistent=False)
+        self.register_buffer("paths_of_k", torch.cat(paths_of_k), persistent=False)
 
     def forward(
         self,
@@ -108,25 +117,39 @@ class UVUTensorProduct(nn.Module):
         basis: torch.Tensor,
         coefficients: torch.Tensor,
     ) -> torch.Tensor:
-        """Aggregated messages ``sum_{edges e into i} TP(h[neighbour_e], y_e; w_e)`` for the
-        first ``n_out`` nodes, ``[n_out, irreps_out.dim]`` in e3nn layout.
+        """Aggregated messages for the first ``n_out`` nodes, ``[n_out, irreps_out.dim]``.
 
-        Weights ``w = basis @ coefficients`` are folded into the node features before one
-        batched matmul per input block, and every block is aggregated on its own: the only
-        edge-sized tensors are each block's messages, written once; the e3nn reordering is
-        applied to the (node-sized) sums.
+        Node-level formulation: with ``w_e = basis_e @ C`` linear in the radial basis,
+        ``agg_n[k, u] = sum_b C[b, p(k), u] S_n[b, k, u]`` where
+        ``S_n[b, k, u] = sum_{e in n} sum_i basis[e, b] T[e, i, k] x[e, i, u]`` and
+        ``T_e = Y_e @ coupling``. S is one batched matmul per node over its (zero-padded)
+        neighbour slots, so no per-edge message tensor is ever formed: the edge-sized tensors
+        kept for the backward pass are ``basis (x) T`` and the gathered neighbour features.
         """
-        n = y.shape[0]
+        n_edges = y.shape[0]
+        nb = basis.shape[1]
+        counts = torch.bincount(centre, minlength=n_out)
+        max_nb = int(counts.max()) if n_edges > 0 else 1
+        order = torch.argsort(centre, stable=True)
+        offsets = torch.cumsum(counts, 0) - counts
+        slot = torch.empty_like(centre)
+        slot[order] = torch.arange(n_edges, device=centre.device) - offsets[centre[order]]
+        pos = centre * max_nb + slot  # position of each edge in the padded [n_out, max_nb] grid
+        n_pad = n_out * max_nb
         sums: list[torch.Tensor] = []
         for blk in self.blocks:
-            start, mul, d1, k_total, c_off, w0, n_paths = blk
-            size = self.d2 * d1 * n_paths * k_total
-            coupling = self.couplings[c_off : c_off + size].reshape(self.d2, size // self.d2)
-            t = (y @ coupling).reshape(n, d1 * n_paths, k_total)
-            xb = h[:, start : start + mul * d1][neighbour].reshape(n, mul, d1, 1)
-            w = (basis @ coefficients[:, w0 : w0 + n_paths * mul]).reshape(n, n_paths, mul)
-            xw = (xb * w.transpose(1, 2).unsqueeze(2)).reshape(n, mul, d1 * n_paths)
-            msg = torch.bmm(xw, t).reshape(n, mul * k_total)  # [E, mul * K]
-            agg = torch.zeros(n_out, mul * k_total, dtype=msg.dtype, device=msg.device)
-            sums.append(agg.index_add(0, centre, msg))
+            start, mul, d1, k_total, c_off, w0, n_paths, ko = blk
+            coupling = self.couplings[c_off : c_off + self.d2 * d1 * k_total]
+            t = (y @ coupling.reshape(self.d2, d1 * k_total)).reshape(n_edges, d1, 1, k_total)
+            a = (t * basis.reshape(n_edges, 1, nb, 1)).reshape(n_edges, d1, nb * k_total)
+            a_pad = torch.zeros(n_pad, d1, nb * k_total, dtype=a.dtype, device=a.device)
+            a_pad = a_pad.index_put((pos,), a).reshape(n_out, max_nb * d1, nb * k_total)
+            x = h[:, start : start + mul * d1].reshape(-1, mul, d1).transpose(1, 2)
+            x_pad = torch.zeros(n_pad, d1, mul, dtype=h.dtype, device=h.device)
+            x_pad = x_pad.index_put((pos,), x[neighbour]).reshape(n_out, max_nb * d1, mul)
+            s = torch.bmm(a_pad.transpose(1, 2), x_pad).reshape(n_out, nb, k_total, mul)
+            c = coefficients[:, w0 : w0 + n_paths * mul].reshape(nb, n_paths, mul)
+            c = c[:, self.paths_of_k[ko : ko + k_total], :]  # [nb, K, mul]
+            agg = (s * c).sum(1)  # [n_out, K, mul]
+            sums.append(agg.transpose(1, 2).reshape(n_out, mul * k_total))
         return torch.cat(sums, dim=1).index_select(1, self.out_perm)

@@ -11,6 +11,7 @@ Every frame depends only on the seed and the size, so the file is regenerated bi
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -137,7 +138,9 @@ def md_snapshots(
     """Langevin MD with EMT (2 fs, friction 0.02/fs); yield labelled snapshots."""
     atoms = atoms.copy()
     atoms.calc = EMT()
-    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
+    with warnings.catch_warnings():  # newer ASE prefers thermalize_momenta (same sampling)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
     Stationary(atoms)
     dyn = Langevin(
         atoms,

@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d = p.add_argument_group("data")
     d.add_argument("--train", required=True, help="training frames (extxyz)")
-    d.add_argument("--valid", help="validation frames (extxyz); default: split off the training file")
+    d.add_argument("--valid",
+                   help="validation frames (extxyz); default: split off the training file")
     d.add_argument("--valid-fraction", type=float, default=0.1,
                    help="fraction of --train held out for validation when --valid is not given")
     d.add_argument("--energy-key", default="energy", help="info key of the total energy (eV)")
@@ -143,15 +144,18 @@ def load_data(args: argparse.Namespace, keys: LabelKeys):
 
 
 def init_reference(model, graphs: list[GraphFrame]) -> dict[str, float]:
-    """Per-species energy shift from a least-squares fit of the training energies, and the
-    per-species scale from the RMS of the training forces."""
+    """Per-species energy shift from a least-squares fit of the training energies, the
+    per-species scale from the RMS of the training forces, and a readout 10x smaller than its
+    default init, so that the untrained model starts close to the fitted reference energies
+    (measured: lower energy and stress errors early in training, same force error)."""
     mu = fit_reference_energies(graphs, model.num_species)
     rms = forces_rms(graphs)
     with torch.no_grad():
         model.species_shift.copy_(torch.as_tensor(mu))
         if rms is not None and rms > 0:
             model.species_scale.fill_(rms)
-    return {e: float(v) for e, v in zip(model.config.elements, mu)}
+        model.readout_weight.mul_(0.1)
+    return {e: float(v) for e, v in zip(model.config.elements, mu, strict=True)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -232,8 +236,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         trainer.load_state(state, str(state_path(args.resume)))
         log(f"resumed from {args.resume} at epoch {trainer.epoch}, step {trainer.step}")
     trainer.fit()
-    if trainer.epoch and (not trainer.history or trainer.history[-1]["epoch"] != trainer.epoch):
-        trainer.save_checkpoint("last.pt")
 
     final = final_report(trainer, args)
     log(f"done in {time.perf_counter() - t_start:.0f} s; checkpoint {Path(args.out) / 'last.pt'}")

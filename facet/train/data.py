@@ -148,7 +148,9 @@ def labelled_frames(
             if not atoms.pbc.all():
                 stress = None  # no volume: a stress label is meaningless here
         if stress is None and require_stress:
-            raise DataError(f"{where}: no stress label '{keys.stress}' (or the cell is not periodic)")
+            raise DataError(
+                f"{where}: no stress label '{keys.stress}' (or the cell is not periodic)"
+            )
         out.append(LabelledFrame(atoms, energy, forces, stress, where))
     return out
 
@@ -280,14 +282,18 @@ def collate(frames: Sequence[GraphFrame]) -> Batch:
     zeros_f = [torch.zeros(f.num_atoms, 3, dtype=dtype) for f in frames]
     return Batch(
         species=torch.cat([f.species for f in frames]),
-        centre=torch.cat([f.centre + int(o) for f, o in zip(frames, offsets)]),
-        neighbour=torch.cat([f.neighbour + int(o) for f, o in zip(frames, offsets)]),
+        centre=torch.cat([f.centre + int(o) for f, o in zip(frames, offsets, strict=True)]),
+        neighbour=torch.cat(
+            [f.neighbour + int(o) for f, o in zip(frames, offsets, strict=True)]
+        ),
         rij=torch.cat([f.rij for f in frames]),
         node_batch=torch.repeat_interleave(torch.arange(len(frames)), torch.tensor(sizes)),
         edge_batch=torch.repeat_interleave(torch.arange(len(frames)), torch.tensor(n_edges)),
         num_atoms=torch.tensor(sizes, dtype=dtype),
         energy=torch.tensor([f.energy for f in frames], dtype=dtype),
-        forces=torch.cat([f.forces if f.forces is not None else z for f, z in zip(frames, zeros_f)]),
+        forces=torch.cat(
+            [f.forces if f.forces is not None else z for f, z in zip(frames, zeros_f, strict=True)]
+        ),
         forces_mask=torch.cat(
             [torch.full((f.num_atoms,), f.forces is not None, dtype=torch.bool) for f in frames]
         ),

@@ -213,12 +213,14 @@ class Trainer:
         return metrics, kept
 
     # ----------------------------------------------------------------- loop
-    def fit(self) -> list[dict[str, Any]]:
-        """Train until ``options.epochs`` epochs are complete; returns the metric history."""
+    def fit(self, until: int | None = None) -> list[dict[str, Any]]:
+        """Train until ``options.epochs`` (or ``until``, if smaller) epochs are complete; returns
+        the metric history. The schedule always follows ``options.epochs``."""
         o = self.options
         self.out.mkdir(parents=True, exist_ok=True)
         w = o.weights
-        while self.epoch < o.epochs:
+        stop = o.epochs if until is None else min(until, o.epochs)
+        while self.epoch < stop:
             t0 = time.perf_counter()
             train_metrics = self.train_epoch()
             row: dict[str, Any] = {"epoch": self.epoch, "step": self.step,
@@ -250,7 +252,7 @@ class Trainer:
 
     # ----------------------------------------------------------------- files
     def write_metrics(self) -> None:
-        summary = {"epochs": self.history, "meta": _jsonable(self.meta),
+        summary = {"epochs": _no_nan(self.history), "meta": _jsonable(self.meta),
                    "options": dataclasses.asdict(self.options)}
         (self.out / "metrics.json").write_text(json.dumps(summary, indent=1, default=str))
         keys: list[str] = []
@@ -357,6 +359,17 @@ class _null:
 
     def __exit__(self, *exc):
         return False
+
+
+def _no_nan(x: Any) -> Any:
+    """NaN -> None (strict JSON), recursively."""
+    if isinstance(x, dict):
+        return {k: _no_nan(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_no_nan(v) for v in x]
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    return x
 
 
 def _jsonable(x: Any) -> Any:
