@@ -99,7 +99,8 @@ class FacetMLIAP(MLIAPUnified):
         self.path = None
         self._checked_ntotal = -1
         self.calls = 0
-        self.model_seconds = 0.0
+        self.model_seconds = 0.0  # time inside the frozen module (and its tensor conversions)
+        self.atom_counts = (0, 0)  # (local atoms, atoms whose features were computed), last call
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -171,6 +172,7 @@ class FacetMLIAP(MLIAPUnified):
         eatoms = e_local.detach().to("cpu", torch.float64).numpy()[iatoms]
         self.model_seconds += time.perf_counter() - t0
         self.calls += 1
+        self.atom_counts = (nlocal, ntotal)
         data.update_pair_forces(fij)
         _write_eatoms(data, eatoms)
         data.energy = float(eatoms.sum())
@@ -245,6 +247,7 @@ class FacetMLIAP(MLIAPUnified):
         grads = torch.autograd.grad([e_local.sum()], [rij, anchor], allow_unused=True)
         self.model_seconds += time.perf_counter() - t0
         self.calls += 1
+        self.atom_counts = (nlocal, nlocal)
         nlist = data.nlistatoms
         iatoms = as_tensor(data.iatoms, dev, torch.long, data.natomneigh)[:nlist]
         eatoms = e_local.detach()[iatoms].to(torch.float64).contiguous()

@@ -1,0 +1,40 @@
+"""facet-deploy: the written ML-IAP object, the printed deck lines, bad checkpoints."""
+
+from __future__ import annotations
+
+import pickle
+
+import torch
+
+import facet
+from facet.deploy.cli import main as deploy_main
+from facet.deploy.mliap import FacetMLIAP, recommended_comm_cutoff
+
+
+def test_deploy_writes_object_and_deck_lines(tiny_model, tmp_path, capsys):
+    ckpt = facet.save_model(tiny_model, tmp_path / "m.pt")
+    assert deploy_main([str(ckpt), "--dtype", "float32"]) == 0
+    out = capsys.readouterr().out
+    deployed = tmp_path / "m-mliap.pt"
+    assert f"pair_style mliap unified {deployed} 1" in out
+    assert "pair_coeff * * Cu Au" in out
+    cut = recommended_comm_cutoff(tiny_model.r_max, tiny_model.num_interactions)
+    assert cut >= tiny_model.num_interactions * tiny_model.r_max + 2.0
+    assert f"comm_modify cutoff {cut:g}" in out
+    obj = torch.load(deployed, weights_only=False)
+    assert isinstance(obj, FacetMLIAP)
+    assert obj.element_types == ["Cu", "Au"]
+    assert obj.rcutfac == tiny_model.r_max / 2  # LAMMPS' cutoff is 2 * rcutfac
+    assert obj.ndescriptors == 1 and obj.nparams == 1
+    assert obj.dtype_name == "float32" and obj.num_layers == tiny_model.num_interactions
+    # the lazily built runtime state is not pickled
+    again = pickle.loads(pickle.dumps(obj))
+    assert again._module is None and again.script_bytes == obj.script_bytes
+
+
+def test_deploy_bad_checkpoint_exits_2(tmp_path, capsys):
+    (tmp_path / "bad.pt").write_bytes(b"not a model")
+    assert deploy_main([str(tmp_path / "bad.pt")]) == 2
+    assert "cannot read" in capsys.readouterr().err
+    assert deploy_main([str(tmp_path / "missing.pt")]) == 2
+    assert "does not exist" in capsys.readouterr().err
