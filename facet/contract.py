@@ -17,11 +17,18 @@ from facet.model import Facet
 
 
 class FacetPotential(nn.Module):
-    """TorchScript-able wrapper of a Facet model implementing the edge-list contract."""
+    """TorchScript-able wrapper of a Facet model implementing the edge-list contract.
+
+    Only what the local energies depend on is computed: with L layers, layer k needs outputs for
+    atoms within L-1-k hops of a local atom, so atoms are ordered by hop distance and each layer
+    runs on a shrinking prefix (all atoms local in ASE: no change; on a LAMMPS rank the ghost
+    shell L * r_max deep is mostly left alone).
+    """
 
     def __init__(self, model: Facet) -> None:
         super().__init__()
         self.model = model
+        self.num_layers = len(model.layers)
 
     def forward(
         self,
@@ -32,16 +39,53 @@ class FacetPotential(nn.Module):
         nlocal: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         rij = rij.detach().requires_grad_(True)
-        energies = self.model(species, pair_i, pair_j, rij)
-        e_local = energies[:nlocal]
+        e_local = self.local_energies(species, pair_i, pair_j, rij, nlocal)
         if rij.shape[0] == 0:
             return e_local.detach(), torch.zeros_like(rij)
-        total = e_local.sum()
-        grads = torch.autograd.grad([total], [rij], allow_unused=True)
+        grads = torch.autograd.grad([e_local.sum()], [rij], allow_unused=True)
         g = grads[0]
         if g is None:
             g = torch.zeros_like(rij)
         return e_local.detach(), g
+
+    def local_energies(
+        self,
+        species: torch.Tensor,
+        pair_i: torch.Tensor,
+        pair_j: torch.Tensor,
+        rij: torch.Tensor,
+        nlocal: int,
+    ) -> torch.Tensor:
+        """Energies (eV) of the first ``nlocal`` atoms, computing only what they depend on."""
+        n = species.shape[0]
+        n_layers = self.num_layers
+        if nlocal == n:
+            return self.model(species, pair_i, pair_j, rij)
+        # hop distance from the local atoms (capped at n_layers)
+        hop = torch.full((n,), n_layers, dtype=torch.long, device=species.device)
+        hop[:nlocal] = 0
+        for d in range(1, n_layers):
+            reached = pair_j[hop[pair_i] == d - 1]
+            hop[reached] = torch.clamp(hop[reached], max=d)
+        order = torch.argsort(hop, stable=True)  # locals keep indices 0..nlocal-1
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(n, device=species.device)
+        counts = torch.bincount(hop, minlength=n_layers + 1)
+        within = torch.cumsum(counts, 0)  # within[k] = number of atoms with hop <= k
+        pi = rank[pair_i]
+        pj = rank[pair_j]
+        sp = species[order]
+        # edges whose centre has hop <= n_layers - 1 are all any layer uses
+        n_centres = int(within[n_layers - 1])
+        used = torch.nonzero(pi < n_centres).squeeze(1)
+        pi, pj = pi[used], pj[used]
+        sh, r = self.model.edge_features(rij[used])
+        h = self.model.embed(sp)
+        for k, layer in enumerate(self.model.layers):
+            n_out = int(within[n_layers - 1 - k])
+            sel = torch.nonzero(pi < n_out).squeeze(1)
+            h = layer(h, sh[sel], r[sel], pi[sel], pj[sel], n_out)
+        return self.model.readout(h, sp[:nlocal])
 
 
 def forces_from_pair_gradients(
