@@ -98,6 +98,7 @@ class FacetMLIAP(MLIAPUnified):
         self._device = None
         self.path = None
         self._checked_ntotal = -1
+        self._n_computed = 0
         self.calls = 0
         self.model_seconds = 0.0  # time inside the frozen module (and its tensor conversions)
         self.atom_counts = (0, 0)  # (local atoms, atoms whose features were computed), last call
@@ -172,7 +173,8 @@ class FacetMLIAP(MLIAPUnified):
         eatoms = e_local.detach().to("cpu", torch.float64).numpy()[iatoms]
         self.model_seconds += time.perf_counter() - t0
         self.calls += 1
-        self.atom_counts = (nlocal, ntotal)
+        # atoms whose features the contract computes: those within L-1 hops of a local atom
+        self.atom_counts = (nlocal, self._n_computed or ntotal)
         data.update_pair_forces(fij)
         _write_eatoms(data, eatoms)
         data.energy = float(eatoms.sum())
@@ -215,6 +217,7 @@ class FacetMLIAP(MLIAPUnified):
                 "(at least num_layers * r_max + neighbor skin + 1 Å) to the input deck"
             )
         self._checked_ntotal = ntotal
+        self._n_computed = report.n_checked
 
 
     # -- kokkos path: layer by layer with halo exchange ---------------------------------------
