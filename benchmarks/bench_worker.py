@@ -17,11 +17,13 @@ Usage: python bench_worker.py --model {facet,mace-small,mace-medium} --size N [-
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import math
 import os
 import platform
+import resource
 import sys
 import time
 
@@ -100,9 +102,12 @@ def facet_calculator(dtype_name: str, seed: int):
             p.add_(0.1 * torch.randn_like(p))
     info = {
         "name": "Facet-S",
+        "source": os.path.dirname(facet.__file__),
         "params": facet.count_parameters(model),
         "r_max": model.config.r_max,
-        "versions": {"torch": torch.__version__, "e3nn": _version("e3nn"), "facet": facet.__version__},
+        "versions": {
+            "torch": torch.__version__, "e3nn": _version("e3nn"), "facet": facet.__version__
+        },
     }
     return FacetCalculator(model, dtype=dtype_name), info
 
@@ -240,10 +245,8 @@ def main() -> None:
     from ase.calculators.calculator import all_changes
 
     torch.set_num_threads(args.threads)
-    try:
+    with contextlib.suppress(RuntimeError):
         torch.set_num_interop_threads(1)
-    except RuntimeError:
-        pass
 
     t0 = time.perf_counter()
     if args.model == "facet":
@@ -252,10 +255,14 @@ def main() -> None:
         calc, info = mace_calculator(args.model, args.dtype, args.seed, args.cache)
     t_build = time.perf_counter() - t0
 
+    cpu_times: list[float] = []
+
     def evaluate(atoms) -> float:
+        c = time.process_time()  # user + system CPU time of all threads of this process
         t = time.perf_counter()
         calc.calculate(atoms, ["energy", "forces"], all_changes)
         dt = time.perf_counter() - t
+        cpu_times.append(time.process_time() - c)
         f = calc.results["forces"]
         assert f.shape == (len(atoms), 3) and np.isfinite(f).all() and math.isfinite(
             calc.results["energy"]
@@ -271,6 +278,8 @@ def main() -> None:
     hwm_reset = reset_peak_rss()
     rss_before = proc_status_mb()["VmRSS"]
     first = evaluate(atoms) if args.warmup == "full" else None
+    faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    cpu_times.clear()
     times: list[float] = []
     spent = 0.0
     while len(times) < args.repeats:
@@ -280,8 +289,10 @@ def main() -> None:
         dt = evaluate(atoms)
         times.append(dt)
         spent += dt
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0
     st = proc_status_mb()
     med = float(np.median(times))
+    med_cpu = float(np.median(cpu_times))
     out = {
         "model": args.model,
         "model_info": info,
@@ -298,6 +309,10 @@ def main() -> None:
         "n_repeats": len(times),
         "median_s": med,
         "ms_per_atom": 1e3 * med / len(atoms),
+        "cpu_times_s": cpu_times,
+        "median_cpu_s": med_cpu,
+        "cpu_ms_per_atom": 1e3 * med_cpu / len(atoms),
+        "minor_page_faults_per_call": faults / len(times),
         "rss_before_mb": rss_before,
         "peak_rss_mb": st["VmHWM"] if hwm_reset else None,
         "peak_rss_delta_mb": (st["VmHWM"] - rss_before) if hwm_reset else None,

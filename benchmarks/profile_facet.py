@@ -12,6 +12,7 @@ bench_worker.py), all on the same machine in one run:
 
     .venv/bin/python benchmarks/profile_facet.py                 # 500 atoms, float64, 1 thread
     .venv/bin/python benchmarks/profile_facet.py --size 108 --dtype float32 --threads 2
+    .venv/bin/python benchmarks/profile_facet.py --facet-commit HEAD   # committed code only
 
 Output: tables on stdout; JSON in benchmarks/results/ (and a Chrome trace with --trace).
 """
@@ -19,11 +20,13 @@ Output: tables on stdout; JSON in benchmarks/results/ (and a Chrome trace with -
 from __future__ import annotations
 
 import argparse
+import atexit
 import collections
 import datetime as _dt
 import json
 import os
 import re
+import shutil
 import sys
 import time
 
@@ -33,44 +36,32 @@ from torch.autograd.profiler import record_function
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from bench_worker import make_cu  # noqa: E402
+from bench_worker import make_cu, proc_status_mb, reset_peak_rss  # noqa: E402
 
-import facet  # noqa: E402
-from facet.graph import build_graph  # noqa: E402
+facet = None  # imported in main(), after --facet-commit has chosen the source
+build_graph = None
 
 PREFIX = "facet::"
 
 
 # ------------------------------------------------------------------------------ part names
 def part_of(qualname: str, module: torch.nn.Module) -> str:
-    """Coarse part name of a submodule, layer index kept: 'L0 interaction.tp' etc."""
-    qualname = re.sub(r"\._compiled_main\w*", "", qualname)  # e3nn's generated fx modules
+    """Part name of a submodule: layer index, path inside the layer, class, e.g.
+    'L1 interaction.tp [UVUTensorProduct]'. Its time is the module's *exclusive* time: ops of
+    its own forward that are not inside a child module."""
+    if "_compiled_main" in qualname:  # e3nn's generated fx module: counted in its parent
+        return ""
+    cls = type(module).__name__
     m = re.match(r"layers\.(\d+)\.?(.*)", qualname)
     if m:
-        return f"L{m.group(1)} {m.group(2) or '(layer: residual, gain)'}"
-    return qualname or "(model: embedding, readout)"
+        path = m.group(2) or "(layer itself: residual pad, gain)"
+        return f"L{m.group(1)} {path} [{cls}]"
+    return f"{qualname or '(model itself: embedding, readout)'} [{cls}]"
 
 
 def category(part: str) -> str:
-    """Part -> component, summed over layers (the first layer's input is scalars only)."""
-    p = re.sub(r"^L\d+ ", "", part)
-    table = [
-        (r"^spherical_harmonics", "spherical harmonics Y(r_ij) (e3nn)"),
-        (r"^interaction\.tp$", "TensorProduct h_j x Y(r_ij) (layers.py Interaction, e3nn)"),
-        (r"^interaction\.radial", "radial splines + envelope (radial.py)"),
-        (r"^interaction\.(linear_out|resid)$", "o3.Linear after message / residual adapter"),
-        (r"^interaction$", "gather h[neighbour] + index_add to centres (Interaction)"),
-        (r"^mix\.(proj_up|proj_down)$", "S2 block: o3.Linear proj_up/proj_down (s2.py)"),
-        (r"^mix\.mlp", "S2 block / final MLP: grid MLP (s2.py GridMLP)"),
-        (r"^mix$", "S2 block: to_grid / from_grid matmuls, reshapes (s2.py)"),
-        (r"^norm$", "E3LayerNorm"),
-        (r"^\(layer", "layer residual pad + gain"),
-        (r"^\(model", "embedding + readout"),
-    ]
-    for pat, name in table:
-        if re.search(pat, p):
-            return name
-    return p
+    """Part -> component summed over layers (drops the layer index)."""
+    return re.sub(r"^L\d+ ", "", part)
 
 
 def attach_ranges(model: torch.nn.Module) -> list:
@@ -91,13 +82,15 @@ def attach_ranges(model: torch.nn.Module) -> list:
 
     for qualname, mod in model.named_modules():
         name = part_of(qualname, mod)
+        if not name:  # e3nn's generated submodule: counted in its parent
+            continue
         handles.append(mod.register_forward_pre_hook(pre(name)))
         handles.append(mod.register_forward_hook(post))
     return handles
 
 
 # ------------------------------------------------------------------------------ evaluation
-def make_model(dtype: torch.dtype, seed: int) -> facet.Facet:
+def make_model(dtype: torch.dtype, seed: int):
     torch.manual_seed(seed)
     model = facet.build_model(facet.facet_s(["Cu"]), dtype)
     with torch.no_grad():
@@ -106,8 +99,13 @@ def make_model(dtype: torch.dtype, seed: int) -> facet.Facet:
     return model.eval()
 
 
-def evaluate(model, atoms, dtype, timer: dict | None = None):
-    """The FacetCalculator's steps (build_graph, contract forward + autograd, scatter), timed."""
+def evaluate(model, atoms, dtype, timer: dict | None = None, mem: dict | None = None):
+    """The FacetCalculator's steps (build_graph, contract forward + autograd, scatter), timed;
+    ``mem`` gets the RSS growth (MB) kept after the forward pass (tensors saved for backward)
+    and the peak growth up to the end of the backward pass."""
+    if mem is not None:
+        reset_peak_rss()
+        rss0 = proc_status_mb()["VmRSS"]
     t = [time.perf_counter()]
 
     def tick(name):
@@ -130,23 +128,32 @@ def evaluate(model, atoms, dtype, timer: dict | None = None):
         e = model(species, centre, neighbour, rij)
         total = e.sum()
     tick("model forward")
+    if mem is not None:
+        st = proc_status_mb()
+        mem["after forward"].append(st["VmRSS"] - rss0)
+        mem["peak in forward"].append(st["VmHWM"] - rss0)
     with record_function(PREFIX + "phase: backward"):
         (g,) = torch.autograd.grad([total], [rij])
     tick("autograd backward (dE/dr_ij)")
+    if mem is not None:
+        mem["peak up to end of backward"].append(proc_status_mb()["VmHWM"] - rss0)
     g = g.detach().to(torch.float64)
     n = graph.num_atoms
     forces = torch.zeros(n, 3, dtype=torch.float64)
     forces.index_add_(0, centre, g).index_add_(0, neighbour, -g)
     virial = rij.detach().to(torch.float64).T @ g
     tick("forces + virial scatter")
-    return float(total), forces, virial, len(centre)
+    return float(total.detach()), forces, virial, len(centre)
 
 
-def attribute(prof) -> tuple[dict, dict]:
-    """Self CPU time (us) per part, forward and backward, from the profiler's event tree."""
+def attribute(prof) -> tuple[dict, dict, dict]:
+    """Self CPU time (us) per part, forward and backward, and the memory (bytes) each part's
+    forward allocated and did not free (its outputs and what autograd saved for backward),
+    from the profiler's event tree."""
     events = prof.events()
     fwd = collections.Counter()
     bwd = collections.Counter()
+    fwd_mem = collections.Counter()
     seq_part: dict[int, str] = {}
 
     def enclosing(ev) -> str | None:
@@ -165,6 +172,7 @@ def attribute(prof) -> tuple[dict, dict]:
         if part is None:
             continue
         fwd[part] += ev.self_cpu_time_total
+        fwd_mem[part] += ev.self_cpu_memory_usage
         if ev.sequence_nr >= 0:
             seq_part.setdefault(ev.sequence_nr, part)
     # backward: an engine node "autograd::engine::evaluate_function: XBackward0" and all its
@@ -174,7 +182,7 @@ def attribute(prof) -> tuple[dict, dict]:
             continue
         part = seq_part.get(ev.sequence_nr, "(unattributed backward)")
         bwd[part] += ev.cpu_time_total
-    return dict(fwd), dict(bwd)
+    return dict(fwd), dict(bwd), dict(fwd_mem)
 
 
 def main() -> None:
@@ -187,7 +195,23 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=20)
     ap.add_argument("--trace", action="store_true", help="also write a Chrome trace")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--facet-commit", default=None, metavar="REV",
+                    help="profile facet/ as of this git revision instead of the working tree")
     args = ap.parse_args()
+
+    global facet, build_graph
+    source = "working tree"
+    if args.facet_commit:
+        from bench_model import facet_snapshot
+
+        src, commit = facet_snapshot(args.facet_commit)
+        sys.path.insert(0, src)
+        atexit.register(shutil.rmtree, src, True)
+        source = f"git {commit}"
+    import facet as _facet
+    from facet.graph import build_graph as _build_graph
+
+    facet, build_graph = _facet, _build_graph
 
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
@@ -196,6 +220,7 @@ def main() -> None:
     lines = []
     p = lines.append
     p(f"command: python benchmarks/profile_facet.py {' '.join(sys.argv[1:])}")
+    p(f"Facet code: {source}")
     p(f"Facet-S ({facet.count_parameters(model)} params), {len(atoms)} atoms fcc Cu, "
       f"{args.dtype}, {torch.get_num_threads()} thread(s), torch {torch.__version__}")
 
@@ -203,8 +228,9 @@ def main() -> None:
     evaluate(model, make_cu(32, args.seed), dtype)  # warm-up: code generation etc.
     evaluate(model, atoms, dtype)
     timer: dict = collections.defaultdict(list)
+    mem: dict = collections.defaultdict(list)
     for _ in range(args.repeats):
-        _, _, _, n_edges = evaluate(model, atoms, dtype, timer)
+        _, _, _, n_edges = evaluate(model, atoms, dtype, timer, mem)
     med = {k: float(np.median(v)) for k, v in timer.items()}
     tot = sum(med.values())
     p(f"{n_edges} edges ({n_edges / len(atoms):.0f}/atom)")
@@ -215,47 +241,58 @@ def main() -> None:
     p("|---|---:|---:|")
     for k, v in med.items():
         p(f"| {k} | {v:.3f} | {100 * v / tot:.1f} |")
+    p("")
+    p("   memory (RSS growth over the start of the call, max over calls): " + ", ".join(
+        f"{k} {max(v):.0f} MB ({1024 * max(v) / len(atoms):.0f} KB/atom)" for k, v in mem.items()))
 
     # 2. + 3. one profiled call
     handles = attach_ranges(model)
     evaluate(model, atoms, dtype)  # warm the hooks
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], record_shapes=False) as prof:
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=False,
+                 profile_memory=True) as prof:
         evaluate(model, atoms, dtype)
     for h in handles:
         h.remove()
-    fwd, bwd = attribute(prof)
+    fwd, bwd, fwd_mem = attribute(prof)
     phase = {ev.key: ev.cpu_time_total for ev in prof.key_averages()
              if ev.key.startswith(PREFIX + "phase")}
     prof_total = sum(phase.values())
     cats_f: collections.Counter = collections.Counter()
     cats_b: collections.Counter = collections.Counter()
+    cats_m: collections.Counter = collections.Counter()
+    for k, v in fwd_mem.items():
+        cats_m[category(k)] += v
     for k, v in fwd.items():
         cats_f[category(k)] += v
     for k, v in bwd.items():
         cats_b[category(k)] += v
     p("")
-    p("2. By model component, summed over the 3 layers (profiled call; backward = gradient of "
-      "that component; % of the profiled total incl. neighbour list: "
+    p("2. By model component (module path inside a layer [class]), summed over the layers; "
+      "exclusive times (a container's row has only its own ops, not its children's); backward = "
+      "gradient of that component (profiled call; % of the profiled total incl. neighbour list: "
       f"{prof_total / 1e6:.3f} s)")
-    p("| component | forward ms | backward ms | total ms | % |")
-    p("|---|---:|---:|---:|---:|")
+    p("   (kept MB: memory the component's forward allocated and did not free: its outputs "
+      "and the tensors autograd saved for the backward pass)")
+    p("| component | forward ms | backward ms | total ms | % | kept MB |")
+    p("|---|---:|---:|---:|---:|---:|")
     comps = sorted(set(cats_f) | set(cats_b), key=lambda c: -(cats_f[c] + cats_b[c]))
     for c in comps:
         t = cats_f[c] + cats_b[c]
         p(f"| {c} | {cats_f[c] / 1e3:.0f} | {cats_b[c] / 1e3:.0f} | {t / 1e3:.0f} | "
-          f"{100 * t / prof_total:.1f} |")
+          f"{100 * t / prof_total:.1f} | {cats_m[c] / 2**20:.0f} |")
     nl = phase.get(PREFIX + "phase: neighbour list", 0.0)
     p(f"| neighbour list + graph (vesin) | {nl / 1e3:.0f} | – | {nl / 1e3:.0f} | "
-      f"{100 * nl / prof_total:.1f} |")
+      f"{100 * nl / prof_total:.1f} | – |")
     p("")
     p("   per layer and part (forward + backward ms):")
-    p("| part | forward ms | backward ms |")
-    p("|---|---:|---:|")
+    p("| part | forward ms | backward ms | kept MB |")
+    p("|---|---:|---:|---:|")
     parts = sorted(set(fwd) | set(bwd), key=lambda k: -(fwd.get(k, 0) + bwd.get(k, 0)))
     for k in parts[: args.top]:
-        p(f"| {k} | {fwd.get(k, 0) / 1e3:.0f} | {bwd.get(k, 0) / 1e3:.0f} |")
+        p(f"| {k} | {fwd.get(k, 0) / 1e3:.0f} | {bwd.get(k, 0) / 1e3:.0f} | "
+          f"{fwd_mem.get(k, 0) / 2**20:.0f} |")
 
     p("")
     p(f"3. Top {args.top} operators by self CPU time (forward + backward)")
@@ -275,7 +312,8 @@ def main() -> None:
     out = args.out or os.path.join(HERE, "results", name)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as fh:
-        json.dump({"args": vars(args), "phases_s": med, "forward_us": fwd, "backward_us": bwd,
+        json.dump({"args": vars(args), "phases_s": med, "memory_mb": dict(mem),
+                   "forward_us": fwd, "backward_us": bwd, "forward_kept_bytes": fwd_mem,
                    "components_forward_us": dict(cats_f), "components_backward_us": dict(cats_b),
                    "table": text}, fh, indent=1)
     if args.trace:

@@ -17,7 +17,7 @@ mace_version=0.3.16
 
 check() {
   "$venv/bin/python" - <<EOF 2>/dev/null
-import torch, mace
+import torch, mace, e3nn
 from e3nn import o3
 from mace.modules import ScaleShiftMACE
 from mace.calculators import MACECalculator

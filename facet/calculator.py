@@ -14,7 +14,7 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from facet.checkpoint import load_model
-from facet.contract import FacetPotential
+from facet.contract import FacetPotential, upper_symmetric, virial_from_pair_gradients
 from facet.graph import build_graph
 from facet.model import Facet
 
@@ -81,8 +81,8 @@ class FacetCalculator(Calculator):
         self.results["free_energy"] = self.results["energy"]
         self.results["forces"] = forces.cpu().numpy()
         if atoms.pbc.all():
-            virial = (rij64.T @ g).cpu().numpy()
-            stress = 0.5 * (virial + virial.T) / atoms.get_volume()
+            stress = upper_symmetric(virial_from_pair_gradients(rij64, g)) / atoms.get_volume()
+            stress = stress.cpu().numpy()
             self.results["stress"] = full_3x3_to_voigt_6_stress(stress)
         elif properties and "stress" in properties:
             raise PropertyNotImplementedError("stress needs a fully periodic cell")

@@ -3,7 +3,8 @@
 ``FacetPotential(species, pair_i, pair_j, rij, nlocal) -> (e_local[nlocal], dE_local/drij[P, 3])``
 for all atoms a process can see (local first, then ghosts), with ``E_local = sum of e_local``.
 Forces: ``F_i += dE/dr_ij``, ``F_j -= dE/dr_ij`` per pair. Virial ``W = -sum r_ij (x) dE/dr_ij``;
-stress ``sigma = (1/V) sum r_ij (x) dE/dr_ij`` (eV/Å^3, ASE sign: negative under compression).
+stress ``sigma = (1/V) sum r_ij (x) dE/dr_ij`` (eV/Å^3, ASE sign: negative under compression;
+off-diagonal components from the upper triangle, as LAMMPS tallies them).
 
 Units: Å, eV, eV/Å, eV/Å^3.
 """
@@ -98,9 +99,20 @@ def forces_from_pair_gradients(
 
 
 def virial_from_pair_gradients(rij: torch.Tensor, dE_drij: torch.Tensor) -> torch.Tensor:
-    """``sum r_ij (x) dE/dr_ij`` (eV), i.e. dE/d(strain) = -virial; symmetric for a rotation-
-    invariant energy."""
+    """``W_ab = sum r_ij,a dE/dr_ij,b`` (eV), i.e. dE/d(strain) = -virial.
+
+    W is symmetric for an exactly rotation-invariant energy; the S2-grid layer makes it so only
+    up to grid aliasing. Stresses everywhere (ASE calculator, training, LAMMPS' ``v_tally``) use
+    the upper triangle ``W_xy, W_xz, W_yz`` for the off-diagonal components, so that every
+    runtime reports the same numbers.
+    """
     return rij.transpose(0, 1) @ dE_drij
+
+
+def upper_symmetric(w: torch.Tensor) -> torch.Tensor:
+    """The symmetric matrix whose upper triangle is that of ``w`` (LAMMPS' virial convention)."""
+    upper = torch.triu(w)
+    return upper + torch.triu(w, 1).transpose(-1, -2)
 
 
 def energy_forces_stress(
@@ -129,6 +141,5 @@ def energy_forces_stress(
     forces = forces_from_pair_gradients(g, centre, neighbour, n)
     stress = None
     if volume is not None:
-        w = virial_from_pair_gradients(rij, g)
-        stress = 0.5 * (w + w.transpose(0, 1)) / volume
+        stress = upper_symmetric(virial_from_pair_gradients(rij, g)) / volume
     return energies, total, forces, stress

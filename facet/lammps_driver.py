@@ -158,9 +158,9 @@ class FacetLammps:
         assert self.prism is not None
         energy = float(self.lmp.get_thermo("pe"))
         forces = self.prism.vector_to_ase(self._gather("f", 3))
-        p = np.array([[self.lmp.get_thermo(f"p{a}{b}") for b in "xyz"] for a in "xyz"],
-                     dtype=float)
-        p = 0.5 * (p + p.T)
+        p = np.zeros((3, 3))
+        for a, b in ((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2)):
+            p[a, b] = p[b, a] = self.lmp.get_thermo("p" + "xyz"[a] + "xyz"[b])
         rot = self.prism.rot_mat
         stress = -(rot @ p @ rot.T) / BAR_PER_EV_A3
         pe_atom = np.asarray(self.lmp.numpy.extract_compute("facet_pe", 1, 1)).copy()

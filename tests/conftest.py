@@ -38,6 +38,17 @@ def triclinic_alloy(seed: int = 0, repeat=(2, 2, 2)) -> Atoms:
     return atoms
 
 
+def lammps_frame(atoms: Atoms) -> Atoms:
+    """``atoms`` rotated so that the cell is lower-triangular (a along x, b in the xy plane), the
+    orientation LAMMPS stores. The S2-grid layer is rotation-equivariant only up to grid
+    aliasing, so runtimes are compared in one frame."""
+    rcell, q = atoms.cell.standard_form()
+    out = atoms.copy()
+    out.positions = atoms.positions @ q.T
+    out.set_cell(rcell, scale_atoms=False)
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_config() -> facet.FacetConfig:
     return facet.facet_tiny(["Cu", "Au"])

@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import randomized_model, triclinic_alloy
+from conftest import lammps_frame, randomized_model, triclinic_alloy
 from lammps_utils import JOBS, mpirun, require_lammps, run_driver
 
 import facet
@@ -40,7 +40,7 @@ def kk_workdir(tmp_path_factory):
     model = randomized_model(facet.facet_tiny(["Cu", "Au", "Ag"]), seed=11)
     facet.save_model(model, d / "model.pt")
     assert deploy_main([str(d / "model.pt"), "-o", str(d / "model-mliap.pt")]) == 0
-    atoms = triclinic_alloy(seed=2, repeat=(3, 3, 3))
+    atoms = lammps_frame(triclinic_alloy(seed=2, repeat=(3, 3, 3)))
     atoms.symbols[::5] = "Ag"
     import ase.io
 

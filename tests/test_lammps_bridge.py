@@ -14,7 +14,7 @@ import pytest
 import torch
 from ase.filters import FrechetCellFilter
 from ase.optimize import BFGS
-from conftest import randomized_model, triclinic_alloy
+from conftest import lammps_frame, randomized_model, triclinic_alloy
 from lammps_utils import env, mpirun, require_lammps, run_driver
 
 import facet
@@ -37,7 +37,7 @@ def workdir(tmp_path_factory, lmp_exe):
     model = randomized_model(cfg, seed=3)
     facet.save_model(model, d / "model.pt")
     assert deploy_main([str(d / "model.pt"), "-o", str(d / "model-mliap.pt")]) == 0
-    atoms = triclinic_alloy(seed=5, repeat=(3, 3, 3))
+    atoms = lammps_frame(triclinic_alloy(seed=5, repeat=(3, 3, 3)))
     atoms.symbols[::7] = "Ag"
     ase.io.write(d / "alloy.xyz", atoms)
     return d, model, atoms
@@ -152,7 +152,7 @@ create_box 2 box
 create_atoms 1 box
 set type 1 type/fraction 2 0.3 1234
 mass * 63.5
-pair_style mliap unified {model} 1
+pair_style mliap unified {model} {ghostneigh}
 pair_coeff * * {elements}
 {comm}
 run 0
@@ -161,7 +161,7 @@ run 0
 
 def run_bad_deck(d, lmp_exe, **kw):
     fields = {"newton": "newton on", "model": d / "model-mliap.pt", "elements": "Cu Au",
-              "comm": "comm_modify cutoff 11"}
+              "comm": "comm_modify cutoff 11", "ghostneigh": 1}
     fields.update(kw)
     (d / "in.bad").write_text(DECK.format(**fields))
     proc = subprocess.run([str(lmp_exe), "-in", "in.bad", "-log", "none"], cwd=d, env=env(),
@@ -187,7 +187,7 @@ def test_short_comm_cutoff(workdir, lmp_exe):
 
 def test_ghostneigh_off_is_refused(workdir, lmp_exe):
     d = workdir[0]
-    rc, out = run_bad_deck(d, lmp_exe, model=f"{d / 'model-mliap.pt'} 0")
+    rc, out = run_bad_deck(d, lmp_exe, ghostneigh=0)
     assert rc != 0 and "ghostneigh = 1" in out
 
 

@@ -50,7 +50,7 @@ def predict(model: Facet, batch: Batch, create_graph: bool) -> Prediction:
         0, batch.edge_batch, pair_virial
     )
     virial = virial.reshape(-1, 3, 3)
-    virial = 0.5 * (virial + virial.transpose(1, 2))
+    # Voigt components from the upper triangle, as LAMMPS tallies them (see facet.contract)
     stress = virial / batch.volume.reshape(-1, 1, 1)
     voigt = torch.stack([stress[:, a, b] for a, b in VOIGT], dim=1)
     if not create_graph:
