@@ -23,6 +23,7 @@
 #   --jobs N             parallel build jobs FACET_LAMMPS_JOBS ($(nproc))
 #   --force              rebuild even if the cached install is complete
 #   --no-smoke           skip the final smoke test           FACET_LAMMPS_SMOKE=0
+#   --dry-run            prepare the source, print the cache key and directory, stop
 #   -h, --help
 set -euo pipefail
 
@@ -58,6 +59,7 @@ venv=${FACET_VENV:-$repo/.venv}
 jobs=${FACET_LAMMPS_JOBS:-$(nproc)}
 smoke=${FACET_LAMMPS_SMOKE:-1}
 force=0
+dry_run=0
 extra_args=()
 if [ -n "${FACET_LAMMPS_CMAKE_ARGS:-}" ]; then
   read -r -a extra_args <<<"$FACET_LAMMPS_CMAKE_ARGS"
@@ -77,6 +79,7 @@ while [ $# -gt 0 ]; do
     --jobs|-j) need_value "$@"; jobs=$2; shift 2 ;;
     --force) force=1; shift ;;
     --no-smoke) smoke=0; shift ;;
+    --dry-run) dry_run=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) die "unknown option '$1' (see --help)" ;;
   esac
@@ -281,21 +284,31 @@ if [ "$kokkos" = 1 ]; then
     kokkos_choice="bundled:${kv:-unknown}"
     log "KOKKOS: Kokkos ${kv:-?} bundled in the LAMMPS tree (lib/kokkos)"
   else
-    [ -f "$kokkos_tarball" ] || die "KOKKOS is on, the LAMMPS tree has no lib/kokkos and the Kokkos tarball is missing:" \
-      "  $kokkos_tarball" \
-      "pass one of: --kokkos-tarball FILE (FACET_KOKKOS_TARBALL), --source <LAMMPS release with lib/kokkos>," \
-      "--external-kokkos with Kokkos_ROOT=<Kokkos >= 5.1 install>, or --no-kokkos (FACET_LAMMPS_KOKKOS=0)"
-    kk_sha=$(sha256 "$kokkos_tarball")
+    kk_name=$(basename "$kokkos_tarball")
     kk_patch=""
-    if [ "$(basename "$kokkos_tarball")" = "$KOKKOS_VENDOR_NAME" ]; then
-      [ "$kk_sha" = "$KOKKOS_VENDOR_SHA256" ] ||
-        die "sha256 mismatch for $kokkos_tarball: got $kk_sha, expected $KOKKOS_VENDOR_SHA256"
+    kk_patch_sha=none
+    if [ "$kk_name" = "$KOKKOS_VENDOR_NAME" ]; then
       kk_patch=$here/patches/kokkos-4.6.99-host-mirror-type.patch
+      kk_patch_sha=$(sha256 "$kk_patch")
     fi
-    want="tarball=$kk_sha patch=none"
-    [ -n "$kk_patch" ] && want="tarball=$kk_sha patch=$(sha256 "$kk_patch")"
-    if [ ! -f "$src/lib/kokkos/.facet-vendored" ] || [ "$(cat "$src/lib/kokkos/.facet-vendored")" != "$want" ]; then
-      log "KOKKOS: unpacking $(basename "$kokkos_tarball") into $src/lib/kokkos"
+    marker=$src/lib/kokkos/.facet-vendored
+    if [ -f "$kokkos_tarball" ]; then
+      kk_sha=$(sha256 "$kokkos_tarball")
+      if [ -n "$kk_patch" ] && [ "$kk_sha" != "$KOKKOS_VENDOR_SHA256" ]; then
+        die "sha256 mismatch for $kokkos_tarball: got $kk_sha, expected $KOKKOS_VENDOR_SHA256"
+      fi
+      want="tarball=$kk_sha patch=$kk_patch_sha"
+    elif [ -f "$marker" ] && [ "$(cut -d' ' -f2 "$marker")" = "patch=$kk_patch_sha" ]; then
+      want=$(cat "$marker")   # prepared from the tarball earlier; it is no longer needed
+      log "KOKKOS: $kokkos_tarball not found; reusing the lib/kokkos unpacked from it before"
+    else
+      die "KOKKOS is on, the LAMMPS tree has no lib/kokkos and the Kokkos tarball is missing:" \
+        "  $kokkos_tarball   (CI: put shared/ beside the repo clone)" \
+        "pass one of: --kokkos-tarball FILE (FACET_KOKKOS_TARBALL), --source <LAMMPS release with lib/kokkos>," \
+        "--external-kokkos with Kokkos_ROOT=<Kokkos >= 5.1 install>, or --no-kokkos (FACET_LAMMPS_KOKKOS=0)"
+    fi
+    if [ ! -f "$marker" ] || [ "$(cat "$marker")" != "$want" ]; then
+      log "KOKKOS: unpacking $kk_name into $src/lib/kokkos"
       rm -rf "$src/lib/kokkos" "$src/lib/kokkos.tmp"
       mkdir -p "$src/lib/kokkos.tmp"
       tar -xf "$kokkos_tarball" -C "$src/lib/kokkos.tmp"
@@ -304,10 +317,10 @@ if [ "$kokkos" = 1 ]; then
       mv "$kroot" "$src/lib/kokkos"
       rm -rf "$src/lib/kokkos.tmp"
       if [ -n "$kk_patch" ]; then apply_patch "$src/lib/kokkos" "$kk_patch" 1 >/dev/null; fi
-      printf '%s' "$want" >"$src/lib/kokkos/.facet-vendored"
+      printf '%s' "$want" >"$marker"
     fi
-    kokkos_choice="vendored:$(basename "$kokkos_tarball"):$want"
-    log "KOKKOS: $(basename "$kokkos_tarball") unpacked as lib/kokkos${kk_patch:+ (+ host_mirror_type patch)}"
+    kokkos_choice="vendored:$kk_name:$want"
+    log "KOKKOS: $kk_name unpacked as lib/kokkos${kk_patch:+ (+ host_mirror_type patch)}"
   fi
   # CUDA builds compile through Kokkos' nvcc_wrapper unless the user picked a compiler.
   if printf '%s\n' "${extra_args[@]}" | grep -qi 'Kokkos_ENABLE_CUDA=\(on\|yes\|true\|1\)' &&
@@ -333,6 +346,14 @@ prefix=$keydir/install
 stamp=$prefix/.facet-build-complete
 
 complete() { [ -f "$stamp" ] && [ -x "$prefix/bin/lmp" ] && [ -e "$build/liblammps.so" ]; }
+
+if [ "$dry_run" = 1 ]; then
+  printf '%s\n' "$key_text"
+  state="not built"
+  if complete; then state="complete"; fi
+  log "dry run: key $key -> $keydir ($state)"
+  exit 0
+fi
 
 # --------------------------------------------------------------------------- configure + build
 activate_venv() { export VIRTUAL_ENV=$venv PATH=$venv/bin:$PATH; unset PYTHONHOME; }

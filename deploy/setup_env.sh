@@ -44,6 +44,6 @@ $pip install -q numpy cython
 if ! "$venv/bin/python" -c "import mpi4py" 2>/dev/null; then
   MPICC=mpicc $pip install -q --no-binary mpi4py --no-cache-dir mpi4py
 fi
-$pip install -q -e "$here[dev]"
+$pip install -q -e "${here}[dev]"
 touch "$stamp"
 echo "[setup_env] ready: $venv"

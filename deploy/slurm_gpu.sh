@@ -21,5 +21,6 @@ deck=${1:-in.lammps}
 
 # --gpus-per-task=1: each rank sees exactly one GPU, hence "g 1".
 # (With plain mpirun every rank sees all GPUs: use "-k on g <GPUs per node>" instead.)
-# newton on: ML-IAP needs it; neigh full: the list ML-IAP uses.
-srun --gpus-per-task=1 lmp -k on g 1 -sf kk -pk kokkos newton on neigh full -in "$deck"
+# newton on: ML-IAP needs it (mliap/kk requests its full neighbour list itself; "neigh full"
+# would require newton off in this LAMMPS).
+srun --gpus-per-task=1 lmp -k on g 1 -sf kk -pk kokkos newton on -in "$deck"

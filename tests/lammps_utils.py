@@ -69,4 +69,6 @@ def run_driver(nproc: int, model: Path, structure: Path, out: Path, *extra: str)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     import json
 
-    return {k: np.asarray(v) for k, v in json.loads(out.read_text()).items()}
+    data = json.loads(out.read_text())
+    meta = {k: data.pop(k) for k in ("path", "atom_counts")}
+    return {**{k: np.asarray(v) for k, v in data.items()}, **meta}

@@ -57,6 +57,9 @@ def test_kokkos_path_matches_ase(kk_workdir, nproc):
     d, ref, n = kk_workdir
     res = run_driver(nproc, d / "model-mliap.pt", d / "alloy.xyz", d / f"kk{nproc}.json",
                      "--kokkos")
+    assert res["path"].startswith("kokkos (per-layer halo exchange)")
+    # features are computed for local atoms only
+    assert all(local == computed for local, computed in res["atom_counts"])
     assert abs(res["energy"] - ref["energy"]) / n < 1e-8
     np.testing.assert_allclose(res["energies"], ref["energies"], atol=1e-8)
     np.testing.assert_allclose(res["forces"], ref["forces"], atol=1e-6)

@@ -56,6 +56,7 @@ def test_run0_matches_ase(workdir, nproc):
     res = run_driver(nproc, d / "model-mliap.pt", d / "alloy.xyz", d / f"eval{nproc}.json")
     e, energies, forces, stress = ase_reference(model, atoms)
     n = len(atoms)
+    assert res["path"].startswith("plain")
     assert abs(res["energy"] - e) / n < 1e-8
     np.testing.assert_allclose(res["energies"], energies, atol=1e-8)
     np.testing.assert_allclose(res["forces"], forces, atol=1e-6)

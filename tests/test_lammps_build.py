@@ -38,23 +38,25 @@ print "FACET_RESULT $(pe:%.15g) $(ke:%.15g) $(press:%.15g)"
 """
 
 
-def _find_lmp() -> Path | None:
+def _find_lmp() -> tuple[Path | None, str]:
     env = os.environ.get("FACET_LMP")
     if env:
-        return Path(env)
+        lmp = Path(env)
+        return (lmp, "") if lmp.is_file() else (None, f"FACET_LMP={env} does not exist")
     for venv in (Path(sys.prefix), REPO / ".venv"):
         f = venv / "facet-lammps-prefix"
         if f.is_file():
             lmp = Path(f.read_text().strip()) / "bin" / "lmp"
-            if lmp.exists():
-                return lmp
-    return None
+            if lmp.is_file():
+                return lmp, ""
+            return None, f"{f} points to {lmp.parent.parent}, which has no bin/lmp"
+    return None, "no LAMMPS build found"
 
 
-LMP = _find_lmp()
+LMP, _why = _find_lmp()
 if LMP is None:
     pytest.skip(
-        "no LAMMPS build found: set FACET_LMP=/path/to/lmp or run deploy/build_lammps.sh "
+        f"{_why}: set FACET_LMP=/path/to/lmp or run deploy/build_lammps.sh "
         "(it writes .venv/facet-lammps-prefix)",
         allow_module_level=True,
     )

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     for line in deck_lines(obj, out, args.skin):
         print(f"  {line}")
     print("  (pair_coeff lists one element per atom type, in type order; NULL skips a type)")
-    print("\nWith KOKKOS (lmp -k on g 1 -sf kk -pk kokkos newton on neigh full), per-layer halo")
+    print("\nWith KOKKOS (lmp -k on g 1 -sf kk), per-layer halo")
     print("exchange, no ghost features and the default ghost cutoff:")
     print(f"  pair_style mliap unified {out.resolve()} 0")
     if args.check:

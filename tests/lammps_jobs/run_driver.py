@@ -42,9 +42,13 @@ def main() -> None:
             relaxed, energy = runner.relax(atoms, fmax=1e-5)
             res = {"cellpar": relaxed.cell.cellpar(), "energy": energy,
                    "volume": relaxed.get_volume()}
+        counts = runner.comm.gather(runner.mliap.atom_counts, root=0)
         if runner.rank == 0:
+            out = {k: np.asarray(v).tolist() for k, v in res.items()}
+            out["path"] = runner.mliap.path
+            out["atom_counts"] = counts
             with open(args.out, "w") as fh:
-                json.dump({k: np.asarray(v).tolist() for k, v in res.items()}, fh)
+                json.dump(out, fh)
 
 
 if __name__ == "__main__":
