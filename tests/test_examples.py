@@ -25,16 +25,20 @@ def deployed(tmp_path_factory):
 
 @pytest.mark.parametrize(
     ("deck", "extra"),
-    [("relax/in.relax", []), ("md/in.nvt", ["-var", "steps", "10"]),
-     ("alloy/in.alloy", ["-var", "steps", "10"])],
+    [("relax/in.relax", ["-var", "maxiter", "20"]), ("md/in.nvt", ["-var", "steps", "10"]),
+     ("alloy/in.alloy", ["-var", "steps", "5", "-var", "maxiter", "10"])],
 )
-def test_deck_runs_on_two_ranks(deployed, deck, extra):
+@pytest.mark.parametrize("kokkos", [False, True], ids=["plain", "kokkos"])
+def test_deck_runs_on_two_ranks(deployed, deck, extra, kokkos):
     lmp = require_lammps()
     path = REPO / "examples" / deck
-    proc = mpirun(2, [str(lmp), "-in", path.name, "-var", "model", str(deployed), "-log",
-                      "none", *extra], cwd=path.parent)
+    args = [str(lmp), "-in", path.name, "-var", "model", str(deployed), "-log", "none", *extra]
+    if kokkos:
+        args[1:1] = ["-k", "on", "t", "1", "-sf", "kk"]
+        args += ["-var", "ghostneigh", "0", "-var", "ghost", "7"]
+    proc = mpirun(2, args, cwd=path.parent)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "Facet ML-IAP: plain" in proc.stdout
+    assert ("Facet ML-IAP: kokkos (per-layer" if kokkos else "Facet ML-IAP: plain") in proc.stdout
     if deck.startswith("relax"):
         line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT"))
         a = float(line.split("parameter")[1].split()[0])

@@ -25,7 +25,7 @@ atoms.rattle(0.03, seed=1)
 
 with FacetLammps(model) as runner:
     before = runner.evaluate(atoms)
-    relaxed, energy = runner.relax(atoms, fmax=1e-4)
+    relaxed, energy = runner.relax(atoms, fmax=1e-3, max_iter=100)
 
 if MPI.COMM_WORLD.Get_rank() == 0:
     n = len(atoms)

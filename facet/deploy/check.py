@@ -19,6 +19,11 @@ def check_structure(elements: list[str]):
     rng = np.random.default_rng(0)
     atoms.positions += 0.05 * rng.standard_normal(atoms.positions.shape)
     atoms.set_chemical_symbols([elements[k % len(elements)] for k in range(len(atoms))])
+    # LAMMPS stores cells lower-triangular; compare in that frame, since the S2-grid layer is
+    # rotation-equivariant only up to grid aliasing
+    rcell, q = atoms.cell.standard_form()
+    atoms.positions = atoms.positions @ q.T
+    atoms.set_cell(rcell, scale_atoms=False)
     return atoms
 
 
