@@ -88,10 +88,17 @@ def make_cu(n_atoms: int, seed: int):
 
 # ----------------------------------------------------------------------------- models
 def facet_calculator(dtype_name: str, seed: int):
+    from facet.calculator import FacetCalculator
+
+    model, info = facet_model(dtype_name, seed)
+    return FacetCalculator(model, dtype=dtype_name), info
+
+
+def facet_model(dtype_name: str, seed: int):
+    """Facet-S for Cu with every parameter perturbed (seed ``seed``), and a description."""
     import torch
 
     import facet
-    from facet.calculator import FacetCalculator
 
     dtype = getattr(torch, dtype_name)
     torch.manual_seed(seed)
@@ -109,7 +116,7 @@ def facet_calculator(dtype_name: str, seed: int):
             "torch": torch.__version__, "e3nn": _version("e3nn"), "facet": facet.__version__
         },
     }
-    return FacetCalculator(model, dtype=dtype_name), info
+    return model, info
 
 
 # MACE-MP-0 "small" / "medium" architecture (mace-torch's training CLI with --model MACE,
@@ -141,7 +148,7 @@ def mace_hparams(variant: str) -> dict:
     )
 
 
-def mace_calculator(variant: str, dtype_name: str, seed: int, cache: str):
+def mace_calculator(variant: str, dtype_name: str, seed: int, cache: str, device: str = "cpu"):
     import logging
 
     # e3nn 0.4.4 (pinned by mace-torch) torch.load()s its own constants file, which torch >= 2.6
@@ -192,7 +199,7 @@ def mace_calculator(variant: str, dtype_name: str, seed: int, cache: str):
         os.replace(tmp, path)
         del model
         gc.collect()
-    calc = MACECalculator(model_paths=path, device="cpu", default_dtype=dtype_name)
+    calc = MACECalculator(model_paths=path, device=device, default_dtype=dtype_name)
     model = calc.models[0]
     info = {
         "name": f"MACE ({variant}, MP-0 hyperparameters, random init)",

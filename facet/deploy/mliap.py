@@ -155,22 +155,20 @@ class FacetMLIAP(MLIAPUnified):
             # no pairs on this rank: isolated atoms carry only their reference energies
             self._isolated_energies(data)
             return
-        nlocal, ntotal = data.nlocal, data.ntotal
-        pair_i = np.asarray(data.pair_i)
-        pair_j = np.asarray(data.pair_j)
-        rij_np = np.asarray(data.rij)
+        nlocal, ntotal, npairs = data.nlocal, data.ntotal, data.npairs
+        lmp_dev = lammps_device(data)
         if self.num_layers > 1 and ntotal > nlocal:
-            self._check_ghosts(data, nlocal, ntotal, pair_i, pair_j, rij_np)
+            self._check_ghosts(data, nlocal, ntotal)
         t0 = time.perf_counter()
         dev = self._device
-        species = torch.from_numpy(np.asarray(data.elems)).to(dev, torch.long).clamp_(min=0)
-        pi = torch.from_numpy(pair_i).to(dev, torch.long)
-        pj = torch.from_numpy(pair_j).to(dev, torch.long)
-        rij = torch.from_numpy(rij_np).to(dev, self._dtype)
+        species = as_tensor(data.elems, dev, torch.long, ntotal).clamp(min=0)
+        pi = as_tensor(data.pair_i, dev, torch.long, npairs)
+        pj = as_tensor(data.pair_j, dev, torch.long, npairs)
+        rij = as_tensor(data.rij, dev, self._dtype, npairs, 3)
         e_local, dE_drij = self._module(species, pi, pj, rij, nlocal)
-        fij = np.ascontiguousarray(dE_drij.detach().to("cpu", torch.float64).numpy())
-        iatoms = np.asarray(data.iatoms)[:nlistatoms]
-        eatoms = e_local.detach().to("cpu", torch.float64).numpy()[iatoms]
+        iatoms = as_tensor(data.iatoms, dev, torch.long, data.natomneigh)[:nlistatoms]
+        fij = to_lammps(dE_drij.detach(), lmp_dev)
+        eatoms = to_lammps(e_local.detach()[iatoms], lmp_dev)
         self.model_seconds += time.perf_counter() - t0
         self.calls += 1
         # atoms whose features the contract computes: those within L-1 hops of a local atom
@@ -185,16 +183,16 @@ class FacetMLIAP(MLIAPUnified):
             data.energy = 0.0
             return
         dev = self._device
-        elems = np.asarray(data.elems)[np.asarray(data.iatoms)[:n]]
-        species = torch.from_numpy(elems).to(dev, torch.long)
+        iatoms = as_tensor(data.iatoms, dev, torch.long, data.natomneigh)[:n]
+        species = as_tensor(data.elems, dev, torch.long, data.ntotal)[iatoms]
         empty = torch.zeros(0, dtype=torch.long, device=dev)
         rij = torch.zeros(0, 3, dtype=self._dtype, device=dev)
         e, _ = self._module(species, empty, empty, rij, n)
-        eatoms = np.ascontiguousarray(e.detach().to("cpu", torch.float64).numpy())
+        eatoms = to_lammps(e.detach(), lammps_device(data))
         _write_eatoms(data, eatoms)
         data.energy = float(eatoms.sum())
 
-    def _check_ghosts(self, data, nlocal, ntotal, pair_i, pair_j, rij) -> None:
+    def _check_ghosts(self, data, nlocal, ntotal) -> None:
         if data.natomneigh <= data.nlistatoms:
             raise FacetLAMMPSError(
                 f"this Facet model has {self.num_layers} message-passing layers and needs the "
@@ -205,6 +203,7 @@ class FacetMLIAP(MLIAPUnified):
             return
         from facet.deploy.ghost_check import check_ghost_shell
 
+        pair_i, pair_j, rij = (to_host(a) for a in (data.pair_i, data.pair_j, data.rij))
         report = check_ghost_shell(nlocal, ntotal, pair_i, pair_j, rij, self.r_max,
                                    self.num_layers)
         if not report.ok:
@@ -230,6 +229,7 @@ class FacetMLIAP(MLIAPUnified):
             self._layers.eval()
         m = self._layers
         dev, dt = self._device, self._dtype
+        lmp_dev = lammps_device(data)
         nlocal, ntotal, npairs = data.nlocal, data.ntotal, data.npairs
         t0 = time.perf_counter()
         species = as_tensor(data.elems, dev, torch.long, ntotal).clamp(min=0)
@@ -245,7 +245,7 @@ class FacetMLIAP(MLIAPUnified):
         for k in range(self.num_layers):
             h_local = m.layer(k, h, sh, r, pi, pj, nlocal) + anchor
             if k + 1 < self.num_layers:
-                h = HaloExchange.apply(h_local, ntotal, data)
+                h = HaloExchange.apply(h_local, ntotal, data, lmp_dev)
         e_local = m.readout(h_local, species[:nlocal])
         grads = torch.autograd.grad([e_local.sum()], [rij, anchor], allow_unused=True)
         self.model_seconds += time.perf_counter() - t0
@@ -253,52 +253,74 @@ class FacetMLIAP(MLIAPUnified):
         self.atom_counts = (nlocal, nlocal)
         nlist = data.nlistatoms
         iatoms = as_tensor(data.iatoms, dev, torch.long, data.natomneigh)[:nlist]
-        eatoms = e_local.detach()[iatoms].to(torch.float64).contiguous()
+        eatoms = to_lammps(e_local.detach()[iatoms], lmp_dev)
         if npairs > 0:
             g = grads[0] if grads[0] is not None else torch.zeros_like(rij)
-            fij = g.detach().to(torch.float64).contiguous()
-            data.update_pair_forces(fij if fij.is_cuda else fij.numpy())
+            data.update_pair_forces(to_lammps(g.detach(), lmp_dev))
         if nlist > 0:
-            _write_eatoms(data, eatoms if eatoms.is_cuda else eatoms.cpu().numpy())
+            _write_eatoms(data, eatoms)
         data.energy = float(eatoms.sum())
 
 
 class HaloExchange(torch.autograd.Function):
     """Forward: local rows -> all rows, ghost rows copied from their owners (LAMMPS
     ``forward_exchange``). Backward: ghost-row gradients summed into their owners
-    (``reverse_exchange``)."""
+    (``reverse_exchange``). LAMMPS reads and writes raw pointers, so the buffers it sees live
+    where its arrays live (``lmp_dev``: the host, or the GPU of a KOKKOS CUDA build), whatever
+    device the model runs on."""
 
     @staticmethod
-    def forward(ctx, h_local: torch.Tensor, ntotal: int, data) -> torch.Tensor:
-        ctx.data, ctx.nlocal = data, h_local.shape[0]
+    def forward(ctx, h_local: torch.Tensor, ntotal: int, data, lmp_dev: torch.device):
+        ctx.data, ctx.nlocal, ctx.lmp_dev = data, h_local.shape[0], lmp_dev
         width = h_local.shape[1]
-        full = torch.zeros(ntotal, width, dtype=h_local.dtype, device=h_local.device)
+        full = torch.zeros(ntotal, width, dtype=h_local.dtype, device=lmp_dev)
         full[: ctx.nlocal] = h_local
         out = torch.empty_like(full)
         data.forward_exchange(full, out, width)
-        return out
+        return out.to(h_local.device)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        grad = grad_out.contiguous()
+        grad = grad_out.to(ctx.lmp_dev).contiguous()
         summed = torch.empty_like(grad)
         ctx.data.reverse_exchange(grad, summed, grad.shape[1])
-        return summed[: ctx.nlocal], None, None
+        return summed[: ctx.nlocal].to(grad_out.device), None, None, None
+
+
+def lammps_device(data) -> torch.device:
+    """Where LAMMPS keeps this call's arrays: ``cuda:k`` when they are device arrays (CuPy, from
+    a KOKKOS GPU build), else the host."""
+    for array in (data.rij, data.elems):
+        if array is not None and hasattr(array, "__cuda_array_interface__"):
+            return torch.device("cuda", array.device.id)
+    return torch.device("cpu")
 
 
 def as_tensor(array, device: torch.device, dtype: torch.dtype, *shape: int) -> torch.Tensor:
-    """A LAMMPS array (numpy on the host, cupy on a GPU build; None when empty) as a tensor on
+    """A LAMMPS array (numpy on the host, CuPy on a GPU build; None when empty) as a tensor on
     ``device`` with ``dtype`` (zero-copy where the types already agree)."""
     if array is None or 0 in shape:
         return torch.zeros(shape, dtype=dtype, device=device)
-    # numpy on the host; cupy (device arrays) through DLPack, no copy
+    # numpy on the host; CuPy (device arrays) through DLPack, no copy
     t = torch.from_numpy(array) if isinstance(array, np.ndarray) else torch.from_dlpack(array)
     return t.to(device=device, dtype=dtype)
 
 
+def to_host(array) -> np.ndarray:
+    """A LAMMPS array as numpy (CuPy arrays are copied from the GPU)."""
+    return array.get() if hasattr(array, "__cuda_array_interface__") else np.asarray(array)
+
+
+def to_lammps(t: torch.Tensor, lmp_dev: torch.device):
+    """A result in the form LAMMPS' setters take: float64, contiguous; a numpy array for a host
+    build, a tensor on LAMMPS' GPU for a KOKKOS GPU build (read through ``data_ptr``)."""
+    t = t.to(device=lmp_dev, dtype=torch.float64).contiguous()
+    return t.numpy() if lmp_dev.type == "cpu" else t
+
+
 def _write_eatoms(data, eatoms) -> None:
     """Per-atom energies of the listed atoms: a setter in the plain coupling, a view to fill in
-    the KOKKOS one."""
+    the KOKKOS one (CuPy on a GPU build)."""
     try:
         data.eatoms = eatoms
     except AttributeError:
