@@ -37,8 +37,8 @@
 # Idempotent: a second run checks the environments and the exports and redoes only what is
 # missing or stale (PEER_REEXPORT=1 re-exports all). --smoke also runs every export for a few MD
 # steps on 108 Cu atoms in the KOKKOS LAMMPS (about half a minute each on one core).
+# shellcheck disable=SC1090  # (sources the LAMMPS build's facet-lammps.env)
 set -euo pipefail
-# shellcheck disable=SC1090  # sources the LAMMPS build's facet-lammps.env
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/.." && pwd)
 cache=${FACET_BENCH_CACHE:-$HOME/.cache/facet-bench}
@@ -53,7 +53,7 @@ smoke=0
 for a in "$@"; do
   case $a in
     --smoke) smoke=1 ;;
-    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,/^# shellcheck/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "usage: $0 [--smoke]" >&2; exit 2 ;;
   esac
 done
@@ -101,7 +101,6 @@ install_lammps() {
 # lammps.mliap must import in the venv (with the build's libraries, as lmp's embedded Python has).
 check_lammps() {
   (
-    # shellcheck disable=SC1090
     . "$lmp_env"
     "$1/bin/python" - <<EOF
 import importlib.metadata as md
