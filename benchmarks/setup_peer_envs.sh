@@ -19,11 +19,11 @@
 # venv whose python3 is first on PATH.
 #
 # Exports, to ${PEER_MODELS:-$cache/peer-models}/ (pickles; LAMMPS torch.load()s *.pt files):
-#   sevennet-0-mliap.pt                  `sevenn_get_model 7net-0 -mliap` (float32 inside)
-#   mace-small-float64-mliap_lammps.pt   `mace_create_lammps_model --format mliap --dtype float64`
-#   mace-small-float32-mliap_lammps.pt   same, --dtype float32
-#   mace-small-float{64,32}-e3nn-mliap_lammps.pt  the same wrapper without the cuequivariance
-#                                        conversion (plain e3nn; an alternative CPU path)
+#   sevenn-0-mliap.pt                 `sevenn_get_model 7net-0 -mliap` (float32 inside)
+#   mace-small-float64-mliap.pt       `mace_create_lammps_model --format mliap --dtype float64`
+#   mace-small-float32-mliap.pt       same, --dtype float32
+#   mace-small-float{64,32}-e3nn-mliap.pt  the same wrapper without the cuequivariance
+#                                     conversion (plain e3nn; an alternative CPU path)
 # The MACE models are benchmarks/bench_worker.py's "mace-small" (MACE-MP-0 small hyperparameters,
 # random init, seed 0, Cu), the float32 one built in float32 as the benchmark does (so its weights
 # differ from the float64 one). MACE's wrapper pickles its MACE_ALLOW_CPU setting at export time:
@@ -184,14 +184,14 @@ stale() {
 }
 
 # SevenNet-0
-target=$out/sevennet-0-mliap.pt
+target=$out/sevenn-0-mliap.pt
 ckpt=$("$sevenn_venv/bin/python" -c 'from sevenn.util import pretrained_name_to_path as p; print(p("7net-0"))')
 if stale "$target" "$ckpt"; then
   log "exporting SevenNet-0 -> $target"
-  (cd "$tmp"; "$sevenn_venv/bin/sevenn_get_model" 7net-0 -mliap -o sevennet-0-mliap 2>&1 \
+  (cd "$tmp"; "$sevenn_venv/bin/sevenn_get_model" 7net-0 -mliap -o sevenn-0-mliap 2>&1 \
      | { grep -v -e "No tensor product accelerator" -e "warn_no_tp_accelerator" || true; })
-  [ -s "$tmp/sevennet-0-mliap.pt" ] || { echo "[setup_peer_envs] error: SevenNet export failed" >&2; exit 1; }
-  mv "$tmp/sevennet-0-mliap.pt" "$target"
+  [ -s "$tmp/sevenn-0-mliap.pt" ] || { echo "[setup_peer_envs] error: SevenNet export failed" >&2; exit 1; }
+  mv "$tmp/sevenn-0-mliap.pt" "$target"
   written+=("$target")
 fi
 
@@ -216,7 +216,7 @@ for dtype in float64 float32; do
       "import bench_worker as b; b.mace_calculator('mace-small', '$dtype', 0, '$models')" >/dev/null)
   fi
   # official tool: e3nn -> cuequivariance conversion, LAMMPS_MLIAP_MACE wrapper
-  target=$out/mace-small-$dtype-mliap_lammps.pt
+  target=$out/mace-small-$dtype-mliap.pt
   if stale "$target" "$src"; then
     log "exporting MACE-small $dtype (cuequivariance) -> $target"
     cp "$src" "$tmp/mace-small-$dtype.model"
@@ -229,7 +229,7 @@ for dtype in float64 float32; do
     written+=("$target")
   fi
   # same wrapper, plain e3nn (what create_lammps_model does minus run_e3nn_to_cueq)
-  target=$out/mace-small-$dtype-e3nn-mliap_lammps.pt
+  target=$out/mace-small-$dtype-e3nn-mliap.pt
   if stale "$target" "$src"; then
     log "exporting MACE-small $dtype (e3nn) -> $target"
     MACE_ALLOW_CPU=true "$mace_venv/bin/python" "$tmp/export_e3nn.py" "$src" "$dtype" "$tmp/e3nn.pt" 2>&1 \
@@ -260,8 +260,8 @@ check_exports() {  # venv files...
     || { grep -v -i warn "$tmp/check.err" >&2; return 1; }
 }
 log "exports in $out:"
-check_exports "$sevenn_venv" "$out/sevennet-0-mliap.pt"
-check_exports "$mace_venv" "$out"/mace-small-float{64,32}{,-e3nn}-mliap_lammps.pt
+check_exports "$sevenn_venv" "$out/sevenn-0-mliap.pt"
+check_exports "$mace_venv" "$out"/mace-small-float{64,32}{,-e3nn}-mliap.pt
 if [ ${#written[@]} -gt 0 ]; then
   log "wrote:"; printf '  %s\n' "${written[@]}"
 else
@@ -295,7 +295,7 @@ EOF
       log "smoke FAILED: $2"; tail -5 "$tmp/smoke.err" "$tmp/smoke.out" >&2; return 1
     fi
   }
-  smoke_run "$sevenn_venv" "$out/sevennet-0-mliap.pt"
-  for f in "$out"/mace-small-float{64,32}{,-e3nn}-mliap_lammps.pt; do smoke_run "$mace_venv" "$f"; done
+  smoke_run "$sevenn_venv" "$out/sevenn-0-mliap.pt"
+  for f in "$out"/mace-small-float{64,32}{,-e3nn}-mliap.pt; do smoke_run "$mace_venv" "$f"; done
 fi
 log "ready: $mace_venv, $sevenn_venv; models in $out"
