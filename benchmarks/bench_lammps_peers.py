@@ -11,7 +11,8 @@ of its own environment first on PATH (``lmp`` embeds Python and finds its prefix
 - facet-kokkos: ``-k on t 1 -sf kk``, ``pair_style mliap unified facet-s.pt 0`` (halo exchange)
 - sevenn-0:     ``-k on t 1 -sf kk``, the file of ``sevenn_get_model 7net-0 -mliap``
 - mace-small:   ``-k on t 1 -sf kk``, the file of ``mace_create_lammps_model --format mliap``
-  (``MACE_ALLOW_CPU=true``)
+  (``MACE_ALLOW_CPU=true``); mace-small-e3nn: the same wrapper and weights without the
+  cuequivariance conversion (cuequivariance has no CPU kernels; plain e3nn is faster there)
 
 Facet-S has random weights (``bench_worker.facet_model``, deployed here in float64); MACE has
 random weights (``benchmarks/setup_peer_envs.sh`` exports it); SevenNet-0 is the pretrained
@@ -123,15 +124,15 @@ def run_one(r: Runner, cells: int, ranks: int, steps: int, workdir: str, timeout
 def table(rows: list[dict]) -> str:
     ref = {(r["ranks"], r["atoms"]): r for r in rows
            if r["model"] == "facet-kokkos" and "ms_per_step" in r}
-    out = [f"{'model':13s} {'ranks':>5s} {'atoms':>6s} {'ms/step':>10s} {'us/atom-step':>13s} "
+    out = [f"{'model':15s} {'ranks':>5s} {'atoms':>6s} {'ms/step':>10s} {'us/atom-step':>13s} "
            f"{'x facet-kokkos':>15s}"]
     for r in rows:
         if "ms_per_step" not in r:
-            out.append(f"{r['model']:13s} {r['ranks']:5d} {r['atoms']:6d} {r['error'][:100]}")
+            out.append(f"{r['model']:15s} {r['ranks']:5d} {r['atoms']:6d} {r['error'][:100]}")
             continue
         f = ref.get((r["ranks"], r["atoms"]))
         ratio = f"{r['ms_per_step'] / f['ms_per_step']:.2f}" if f else ""
-        out.append(f"{r['model']:13s} {r['ranks']:5d} {r['atoms']:6d} {r['ms_per_step']:10.1f} "
+        out.append(f"{r['model']:15s} {r['ranks']:5d} {r['atoms']:6d} {r['ms_per_step']:10.1f} "
                    f"{r['us_per_atom_step']:13.1f} {ratio:>15s}")
     return "\n".join(out)
 
@@ -140,13 +141,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     peers = os.path.join(CACHE, "peer-models")
-    ap.add_argument("--models", default="facet-plain,facet-kokkos,sevenn-0,mace-small")
+    ap.add_argument("--models",
+                    default="facet-plain,facet-kokkos,sevenn-0,mace-small,mace-small-e3nn")
     ap.add_argument("--cells", default="3,5,8", help="fcc cubic cells per side (4 n^3 atoms)")
     ap.add_argument("--ranks", default="1,2")
     ap.add_argument("--steps", default="10,5,3", help="timed steps per size")
     ap.add_argument("--dtype", default="float64", help="Facet's deployed precision")
     ap.add_argument("--sevenn", default=os.path.join(peers, "sevenn-0-mliap.pt"))
     ap.add_argument("--mace", default=os.path.join(peers, "mace-small-float64-mliap.pt"))
+    ap.add_argument("--mace-e3nn", default=os.path.join(peers, "mace-small-float64-e3nn-mliap.pt"),
+                    help="the same MACE wrapper without the cuequivariance conversion")
     ap.add_argument("--sevenn-venv", default=os.path.join(CACHE, "sevenn-venv"))
     ap.add_argument("--mace-venv", default=os.path.join(CACHE, "mace-venv"))
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per LAMMPS run")
@@ -169,6 +173,8 @@ def main() -> None:
         "sevenn-0": Runner("sevenn-0", args.sevenn, args.sevenn_venv, True, 0),
         "mace-small": Runner("mace-small", args.mace, args.mace_venv, True, 0,
                              env={"MACE_ALLOW_CPU": "true"}),
+        "mace-small-e3nn": Runner("mace-small-e3nn", args.mace_e3nn, args.mace_venv, True, 0,
+                                  env={"MACE_ALLOW_CPU": "true"}),
     }
     cells = [int(c) for c in args.cells.split(",")]
     steps = dict(zip(cells, (int(s) for s in args.steps.split(",")), strict=True))

@@ -96,6 +96,8 @@ def make_model(dtype: torch.dtype, seed: int):
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
+    for p in model.parameters():  # inference, as the calculator and the frozen module run it
+        p.requires_grad_(False)
     return model.eval()
 
 

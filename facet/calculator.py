@@ -12,6 +12,7 @@ import torch
 from ase import Atoms
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
+from torch.func import functional_call
 
 from facet.checkpoint import load_model
 from facet.contract import FacetPotential, upper_symmetric, virial_from_pair_gradients
@@ -69,7 +70,14 @@ class FacetCalculator(Calculator):
         neighbour = torch.as_tensor(graph.neighbour, device=dev)
         rij = torch.as_tensor(graph.rij, dtype=dt, device=dev)
         n = graph.num_atoms
-        e_atoms, dE_drij = self.potential(species, centre, neighbour, rij, n)
+        if isinstance(self.potential, FacetPotential):
+            # inference: the weights enter as constants (detached views), so autograd keeps only
+            # what dE/drij needs, not what weight gradients would (as the frozen module does)
+            weights = {k: v.detach() for k, v in self.potential.named_parameters()}
+            e_atoms, dE_drij = functional_call(self.potential, weights,
+                                               (species, centre, neighbour, rij, n))
+        else:
+            e_atoms, dE_drij = self.potential(species, centre, neighbour, rij, n)
         e_atoms = e_atoms.detach().to(torch.float64)
         g = dE_drij.detach().to(torch.float64)
         rij64 = rij.detach().to(torch.float64)

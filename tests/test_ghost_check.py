@@ -78,3 +78,23 @@ def test_hop_distances():
     i = np.array([0, 1, 1, 2, 2, 3])
     j = np.array([1, 0, 2, 1, 3, 2])
     np.testing.assert_array_equal(hop_distances(1, 4, i, j, 2), [0, 1, 2, 3])
+
+
+def test_isolated_atoms_and_many_components():
+    """Atoms without pairs (a type mapped to NULL, far ghosts) and several components: positions
+    are exact up to one translation per component, and the check runs."""
+    from facet.deploy.ghost_check import reconstruct_positions
+
+    rng = np.random.default_rng(2)
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((2, 2, 2))
+    r_max = 3.0
+    nlocal, ntotal, i, j, d = rank_view(atoms, 2 * r_max + 1.0, r_max)
+    # two far-apart copies of the view, and 5 isolated atoms in between, in shuffled order
+    n2 = 2 * ntotal + 5
+    perm = rng.permutation(n2)
+    i2 = perm[np.concatenate([i, i + ntotal])]
+    j2 = perm[np.concatenate([j, j + ntotal])]
+    pos, labels = reconstruct_positions(n2, i2, j2, np.concatenate([d, d]))
+    assert len(np.unique(labels)) == 2 + 5
+    np.testing.assert_allclose(pos[i2] + np.concatenate([d, d]), pos[j2], atol=1e-9)
+    assert check_ghost_shell(nlocal, ntotal + 5, i, j, d, r_max, 2).ok

@@ -63,48 +63,87 @@ def test_run0_matches_ase(workdir, nproc):
     np.testing.assert_allclose(res["stress"], stress, atol=1e-6)
 
 
-@pytest.mark.mpi
-def test_lmp_executable_deck_matches_ase(workdir, lmp_exe):
-    """The `lmp` executable with the printed deck lines, 2 ranks, forces dumped by atom id."""
-    d, model, atoms = workdir
+def run_lmp_deck(d, lmp_exe, atoms, species, pair_lines, nproc=2, kokkos=False, tag="run0"):
+    """Run ``pair_lines`` on ``atoms`` with the `lmp` executable (run 0). Returns the energy (eV),
+    the stress (ASE order, eV/Å^3), the forces and per-atom energies (eV/Å, eV; ASE frame,
+    ordered as ``atoms``)."""
+    from ase.calculators.lammps import Prism
     from ase.io.lammpsdata import write_lammps_data
 
-    write_lammps_data(d / "alloy.data", atoms, specorder=["Cu", "Au", "Ag"], masses=True,
-                      units="metal", atom_style="atomic")
-    (d / "in.run0").write_text(
+    write_lammps_data(d / f"{tag}.data", atoms, specorder=species, masses=True, units="metal",
+                      atom_style="atomic")
+    (d / f"in.{tag}").write_text(
         f"""units metal
 atom_style atomic
 newton on
 boundary p p p
-read_data {d / 'alloy.data'}
-pair_style mliap unified {d / 'model-mliap.pt'} 1
-pair_coeff * * Cu Au Ag
-comm_modify cutoff 11
+read_data {d / f'{tag}.data'}
+{pair_lines}
+compute pe all pe/atom
 thermo_style custom step pe pxx pyy pzz pyz pxz pxy
 thermo_modify format float %.15g
-dump f all custom 1 {d / 'forces.dump'} id fx fy fz
+dump f all custom 1 {d / f'{tag}.dump'} id fx fy fz c_pe
 dump_modify f sort id format float %.15g
 run 0
 """
     )
-    proc = mpirun(2, [str(lmp_exe), "-in", "in.run0", "-log", "log.run0"], cwd=d)
+    args = [str(lmp_exe), "-in", f"in.{tag}", "-log", f"log.{tag}"]
+    if kokkos:
+        args[1:1] = ["-k", "on", "t", "1", "-sf", "kk"]
+    proc = mpirun(nproc, args, cwd=d)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    lines = (d / "log.run0").read_text().splitlines()
+    lines = (d / f"log.{tag}").read_text().splitlines()
     k = next(i for i, line in enumerate(lines) if line.split()[:2] == ["Step", "PotEng"])
     vals = np.array(lines[k + 1].split()[1:], dtype=float)
-    dump = np.loadtxt(d / "forces.dump", skiprows=9)
-    from ase.calculators.lammps import Prism
-
+    dump = np.loadtxt(d / f"{tag}.dump", skiprows=9)
     prism = Prism(atoms.cell.array)
-    forces_lmp = prism.vector_to_ase(dump[:, 1:4])
-    e, _, forces, stress = ase_reference(model, atoms)
-    assert abs(vals[0] - e) / len(atoms) < 1e-8
-    np.testing.assert_allclose(forces_lmp, forces, atol=1e-6)
+    forces = prism.vector_to_ase(dump[:, 1:4])
     p = np.zeros((3, 3))
     p[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]] = vals[1:]
     p = p + np.triu(p, 1).T
-    s = -(prism.rot_mat @ p @ prism.rot_mat.T) / 1.602176634e6
-    np.testing.assert_allclose(s[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]], stress, atol=1e-6)
+    s = -(prism.rot_mat @ p @ prism.rot_mat.T) / 1.602176634e6  # bar -> eV/Å^3
+    return vals[0], s[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]], forces, dump[:, 4]
+
+
+@pytest.mark.mpi
+def test_lmp_executable_deck_matches_ase(workdir, lmp_exe):
+    """The `lmp` executable with the printed deck lines, 2 ranks, forces dumped by atom id."""
+    d, model, atoms = workdir
+    lines = f"pair_style mliap unified {d / 'model-mliap.pt'} 1\npair_coeff * * Cu Au Ag\n" \
+            "comm_modify cutoff 11"
+    pe, stress_lmp, forces_lmp, _ = run_lmp_deck(d, lmp_exe, atoms, ["Cu", "Au", "Ag"], lines)
+    e, _, forces, stress = ase_reference(model, atoms)
+    assert abs(pe - e) / len(atoms) < 1e-8
+    np.testing.assert_allclose(forces_lmp, forces, atol=1e-6)
+    np.testing.assert_allclose(stress_lmp, stress, atol=1e-6)
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("kokkos", [False, True], ids=["plain", "kokkos"])
+def test_null_type_under_hybrid_overlay(workdir, lmp_exe, kokkos):
+    """``pair_coeff * * mliap Cu Au NULL``: the model sees only Cu and Au; type 3 atoms get
+    no energy and no force from it (another pair style, here ``zero``, covers them)."""
+    d, model, atoms = workdir
+    if kokkos:
+        from test_kokkos_bridge import has_kokkos
+
+        if not has_kokkos():
+            pytest.skip("this LAMMPS build has no KOKKOS")
+    ghostneigh, comm = (0, "") if kokkos else (1, "comm_modify cutoff 11")
+    lines = (f"pair_style hybrid/overlay mliap unified {d / 'model-mliap.pt'} {ghostneigh} "
+             f"zero 5.0\npair_coeff * * mliap Cu Au NULL\npair_coeff * * zero\n{comm}")
+    pe, stress_lmp, forces_lmp, energies_lmp = run_lmp_deck(
+        d, lmp_exe, atoms, ["Cu", "Au", "Ag"], lines, kokkos=kokkos, tag=f"null{int(kokkos)}")
+    is_ag = np.array(atoms.get_chemical_symbols()) == "Ag"
+    assert is_ag.any() and not is_ag.all()
+    e, energies, forces, stress = ase_reference(model, atoms[~is_ag])
+    assert abs(pe - e) / len(atoms) < 1e-8
+    np.testing.assert_allclose(forces_lmp[~is_ag], forces, atol=1e-6)
+    np.testing.assert_array_equal(forces_lmp[is_ag], 0.0)
+    np.testing.assert_allclose(energies_lmp[~is_ag], energies, atol=1e-8)
+    np.testing.assert_array_equal(energies_lmp[is_ag], 0.0)
+    # the virial of the Cu/Au sub-structure, over the volume of the whole (same) cell
+    np.testing.assert_allclose(stress_lmp, stress, atol=1e-6)
 
 
 @pytest.mark.mpi

@@ -65,22 +65,36 @@ def _bfs_levels(graph, root: int, ntotal: int) -> np.ndarray:
 
 
 def reconstruct_positions(ntotal: int, pair_i: np.ndarray, pair_j: np.ndarray, rij: np.ndarray):
-    """Positions up to one translation per connected component, and the component labels."""
+    """Positions up to one translation per connected component, and the component labels.
+
+    One breadth-first pass for all components: a virtual root (node ``ntotal``) is joined to
+    the first node of every component by a zero-length edge, so isolated atoms (e.g. of a type
+    mapped to NULL, or ghosts beyond every cutoff) and many small components cost O(N) in all.
+    """
     graph = coo_matrix(
         (np.arange(1, len(pair_i) + 1), (pair_i, pair_j)), shape=(ntotal, ntotal)
     ).tocsr()
-    n_comp, labels = connected_components(graph, directed=False)
-    pos = np.zeros((ntotal, 3))
-    for root in np.unique(labels, return_index=True)[1]:
-        order, pred = breadth_first_order(graph, root, directed=True, return_predecessors=True)
-        nodes = order[1:]
-        # id of the edge pred -> node (stored in the CSR data as edge id + 1)
+    _, labels = connected_components(graph, directed=False)
+    roots = np.unique(labels, return_index=True)[1]
+    edges = len(pair_i) + np.arange(1, len(roots) + 1)  # edge id + 1, as stored in the CSR data
+    graph = coo_matrix(
+        (np.concatenate([np.arange(1, len(pair_i) + 1), edges]),
+         (np.concatenate([pair_i, np.full(len(roots), ntotal)]), np.concatenate([pair_j, roots]))),
+        shape=(ntotal + 1, ntotal + 1),
+    ).tocsr()
+    steps = np.concatenate([np.asarray(rij, dtype=np.float64).reshape(-1, 3),
+                            np.zeros((len(roots), 3))])
+    order, pred = breadth_first_order(graph, ntotal, directed=True, return_predecessors=True)
+    nodes = order[1:]
+    pos = np.zeros((ntotal + 1, 3))
+    if nodes.size:
+        # id of the edge pred -> node
         edge = np.asarray(graph[pred[nodes], nodes]).ravel() - 1
-        depth = _bfs_levels(graph, root, ntotal)
-        for d in range(1, int(depth[nodes].max(initial=0)) + 1):
-            sel = depth[nodes] == d
-            pos[nodes[sel]] = pos[pred[nodes[sel]]] + rij[edge[sel]]
-    return pos, labels
+        depth = _bfs_levels(graph, ntotal, ntotal + 1)[nodes]
+        for d in range(1, int(depth.max()) + 1):
+            sel = depth == d
+            pos[nodes[sel]] = pos[pred[nodes[sel]]] + steps[edge[sel]]
+    return pos[:ntotal], labels
 
 
 def check_ghost_shell(
