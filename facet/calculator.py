@@ -17,7 +17,7 @@ from torch.func import functional_call
 from facet.checkpoint import load_model
 from facet.contract import FacetPotential, upper_symmetric, virial_from_pair_gradients
 from facet.graph import build_graph
-from facet.model import Facet
+from facet.model import Facet, with_dtype
 
 
 class FacetCalculator(Calculator):
@@ -25,7 +25,9 @@ class FacetCalculator(Calculator):
 
     Args:
         model: a ``Facet`` module or a checkpoint path.
-        dtype: ``"float64"`` (default, for reference numbers) or ``"float32"`` (faster).
+        dtype: ``"float64"`` (default, for reference numbers) or ``"float32"`` (faster). A
+            module in another dtype is evaluated through a copy rebuilt in this one
+            (``facet.model.with_dtype``): later changes to its weights do not reach the copy.
         device: torch device string.
         script: evaluate the TorchScript-compiled contract instead of the eager module (same
             numbers; what LAMMPS runs).
@@ -46,11 +48,8 @@ class FacetCalculator(Calculator):
         self.device = torch.device(device)
         if isinstance(model, (str, os.PathLike)):
             model = load_model(model, dtype=self.dtype)
-        elif next(model.parameters()).dtype != self.dtype:
-            raise ValueError(
-                f"model is {next(model.parameters()).dtype} but dtype={self.dtype} was asked; "
-                "build it with facet.build_model(config, dtype) or pass a checkpoint path"
-            )
+        else:
+            model = with_dtype(model, self.dtype)  # a copy rebuilt in dtype, if it differs
         self.model = model.to(self.device).eval()
         self.config = model.config
         self.potential = FacetPotential(self.model)

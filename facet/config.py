@@ -35,6 +35,9 @@ class FacetConfig:
         s2_identity: replace the grid MLP by the identity (exactly equivariant; for tests).
         final_mlp_layers: depth of the plain MLP of the last, scalar-only layer.
         resid_init: initial value of the per-channel residual gain (0 = ReZero start).
+        layer_norm: ``"joint"`` (one RMS over scalars and l > 0 features; smooth near
+            symmetric sites) or ``"separate"`` (the authors' code; see ``E3LayerNorm``).
+            Checkpoints written before this option existed load as ``"separate"``.
         min_distance: pairs closer than this (Å) are rejected as overlapping atoms.
     """
 
@@ -55,6 +58,7 @@ class FacetConfig:
     s2_identity: bool = False
     final_mlp_layers: int = 3
     resid_init: float = 0.0
+    layer_norm: str = "joint"
     min_distance: float = 0.1
 
     def __post_init__(self) -> None:
@@ -72,6 +76,8 @@ class FacetConfig:
             raise ValueError("a cubic B-spline radial basis needs num_radial >= 4")
         if self.r_max <= 0:
             raise ValueError(f"r_max must be positive, got {self.r_max}")
+        if self.layer_norm not in ("joint", "separate"):
+            raise ValueError(f"layer_norm must be 'joint' or 'separate', not {self.layer_norm!r}")
         self.s2_res = tuple(self.s2_res)  # type: ignore[assignment]
 
     @property
@@ -95,6 +101,8 @@ class FacetConfig:
         extra = set(d) - known
         if extra:
             raise ValueError(f"unknown FacetConfig fields: {sorted(extra)}")
+        d = dict(d)
+        d.setdefault("layer_norm", "separate")  # stored before the option existed
         return cls(**d)
 
 

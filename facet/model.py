@@ -146,6 +146,21 @@ def build_model(config: FacetConfig, dtype: torch.dtype = torch.float64) -> Face
         return Facet(config)
 
 
+def with_dtype(model: Facet, dtype: torch.dtype) -> Facet:
+    """``model`` in ``dtype``: the same object if it is already, else a copy rebuilt in ``dtype``
+    (constants recomputed there, weights cast), in eval mode, with its provenance."""
+    if next(model.parameters()).dtype == dtype:
+        return model
+    copy = build_model(model.config, dtype)
+    with torch.no_grad():
+        for (name, p), (name_src, p_src) in zip(copy.named_parameters(), model.named_parameters(),
+                                                strict=True):
+            assert name == name_src
+            p.copy_(p_src)
+    copy.provenance = getattr(model, "provenance", {})  # type: ignore[attr-defined]
+    return copy.eval()
+
+
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable scalars."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -70,9 +70,24 @@ def test_stress_needs_periodic_cell(tiny_model):
         a.get_stress()
 
 
-def test_dtype_mismatch_is_explained(tiny_model):
-    with pytest.raises(ValueError, match="float64.*float32"):
-        FacetCalculator(tiny_model, dtype="float32")
+def test_model_in_another_dtype_is_rebuilt(tiny_model, tmp_path):
+    """A float32 module with dtype="float64" is evaluated as the checkpoint rebuilt in float64
+    (constants recomputed in float64, weights cast), not with float32-rounded constants."""
+    facet.save_model(tiny_model, tmp_path / "m.pt")
+    m32 = facet.load_model(tmp_path / "m.pt", dtype=torch.float32)
+    a = bulk("Cu", "fcc", a=3.6).repeat((2, 2, 2))
+    a.rattle(0.05, seed=1)
+    b = a.copy()
+    a.calc = FacetCalculator(m32, dtype="float64")
+    assert a.calc.model is not m32 and next(m32.parameters()).dtype == torch.float32
+    # the float64 reference weights, cast to float32 and back, as the copy holds them
+    ref = facet.load_model(tmp_path / "m.pt", dtype=torch.float64)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.copy_(p.float().double())
+    b.calc = FacetCalculator(ref)
+    assert a.get_potential_energy() == pytest.approx(b.get_potential_energy(), abs=1e-12)
+    np.testing.assert_allclose(a.get_forces(), b.get_forces(), atol=1e-12)
 
 
 def test_no_nan_for_dense_structure(tiny_model):

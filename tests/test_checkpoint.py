@@ -33,6 +33,25 @@ def test_stored_metadata(tiny_model, tmp_path):
     assert payload["dtype"] == "float64"
 
 
+def test_checkpoint_from_before_the_layer_norm_option_keeps_its_norm(tiny_config, tmp_path):
+    """Checkpoints without ``layer_norm`` in their config were trained with the separate norm:
+    they load with it (same numbers as before); new models default to the joint norm."""
+    old = randomized_model(facet.FacetConfig(**{**tiny_config.to_dict(),
+                                                "layer_norm": "separate"}))
+    path = facet.save_model(old, tmp_path / "old.pt")
+    payload = torch.load(path, weights_only=True)
+    del payload["config"]["layer_norm"]
+    torch.save(payload, path)
+    loaded = facet.load_model(path)
+    assert loaded.config.layer_norm == "separate"
+    assert facet.build_model(tiny_config).config.layer_norm == "joint"
+    from conftest import triclinic_alloy
+
+    a, b = triclinic_alloy(), triclinic_alloy()
+    a.calc, b.calc = FacetCalculator(old), FacetCalculator(loaded)
+    assert a.get_potential_energy() == b.get_potential_energy()
+
+
 def test_float32_checkpoint_loads_as_float64(tiny_config, tmp_path):
     m32 = randomized_model(tiny_config, dtype=torch.float32)
     path = facet.save_model(m32, tmp_path / "m32.pt")

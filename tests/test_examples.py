@@ -42,7 +42,34 @@ def test_deck_runs_on_two_ranks(deployed, deck, extra, kokkos):
     if deck.startswith("relax"):
         line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT"))
         a = float(line.split("parameter")[1].split()[0])
-        assert 3.6 < a < 4.2  # Cu3Au: EMT gives about 3.8 Å
+        assert 3.6 < a < 4.2  # Cu3Au: EMT gives 3.708 Å
+
+
+def test_main_job_relaxation_converges_to_the_ase_minimum(deployed):
+    """The main job's deck (KOKKOS path, 2 ranks) stops on a tolerance, not on maxiter, at the
+    lattice parameter of an ASE cell relaxation of the same model (ideal L1_2 Cu3Au)."""
+    from ase.build import bulk
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import BFGS
+
+    from facet.calculator import FacetCalculator
+
+    lmp = require_lammps()
+    path = REPO / "examples" / "relax" / "in.relax"
+    args = [str(lmp), "-k", "on", "t", "1", "-sf", "kk", "-in", path.name, "-var", "model",
+            str(deployed), "-var", "ghostneigh", "0", "-var", "ghost", "7", "-log", "none"]
+    proc = mpirun(2, args, cwd=path.parent)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    criterion = next(x for x in proc.stdout.splitlines() if "Stopping criterion" in x)
+    assert "tolerance" in criterion, criterion
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT"))
+    a_lammps = float(line.split("parameter")[1].split()[0])
+    atoms = bulk("Cu", "fcc", a=3.85, cubic=True)
+    atoms.symbols[0] = "Au"
+    atoms.calc = FacetCalculator(SHIPPED)
+    BFGS(FrechetCellFilter(atoms), logfile=None).run(fmax=1e-5, steps=200)
+    a_ase = atoms.cell.cellpar()[0]
+    assert abs(a_lammps - a_ase) < 2e-4, (a_lammps, a_ase)
 
 
 def test_python_mpi_job(deployed):
