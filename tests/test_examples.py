@@ -51,10 +51,13 @@ def test_main_job_relaxation_converges_to_the_ase_minimum(deployed):
     from ase.build import bulk
     from ase.filters import FrechetCellFilter
     from ase.optimize import BFGS
+    from test_kokkos_bridge import has_kokkos
 
     from facet.calculator import FacetCalculator
 
     lmp = require_lammps()
+    if not has_kokkos():
+        pytest.skip("this LAMMPS build has no KOKKOS (deploy/build_lammps.sh --kokkos)")
     path = REPO / "examples" / "relax" / "in.relax"
     args = [str(lmp), "-k", "on", "t", "1", "-sf", "kk", "-in", path.name, "-var", "model",
             str(deployed), "-var", "ghostneigh", "0", "-var", "ghost", "7", "-log", "none"]
