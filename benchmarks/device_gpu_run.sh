@@ -43,9 +43,9 @@ PY
 nvidia-smi --query-gpu=clocks.sm,clocks.max.sm --format=csv | tee -a "$OUT/env.txt"
 
 if [ "${SKIP_PATH_CHECK:-0}" != 1 ]; then
-echo "== GPU path check (FacetMLIAP plain + exchange paths, host/GPU arrays, cpu/cuda model)"
-PYTHONPATH=/tmp/site_facet timeout 150 python3 scripts/gpu_path_check.py 2>&1 \
-  | tee "$OUT/path_check.log"
+  echo "== GPU path check (FacetMLIAP plain + exchange paths, host/GPU arrays, cpu/cuda model)"
+  PYTHONPATH=/tmp/site_facet timeout 150 python3 scripts/gpu_path_check.py 2>&1 \
+    | tee "$OUT/path_check.log"
 fi
 
 if [ -n "${KERNEL_SIZES:-}" ]; then

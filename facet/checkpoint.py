@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from facet.config import FacetConfig
-from facet.model import Facet, build_model
+from facet.model import Facet, build_model, copy_parameters
 
 FORMAT = "facet-checkpoint"
 FORMAT_VERSION = 1
@@ -100,17 +100,11 @@ def load_model(path: str | os.PathLike, dtype: torch.dtype | None = None) -> Fac
     cfg = FacetConfig.from_dict(payload["config"])
     stored = getattr(torch, payload.get("dtype", "float32"))
     model = build_model(cfg, dtype or stored)
-    params = dict(model.named_parameters())
-    state = payload["state_dict"]
-    problems = sorted(set(params) ^ set(state))
-    problems += [k for k in params if k in state and params[k].shape != state[k].shape]
+    problems = copy_parameters(model, payload["state_dict"])
     if problems:
         raise CheckpointError(
             f"{path}: stored weights do not match the stored config (e.g. {problems[:3]})"
         )
-    with torch.no_grad():
-        for k, p in params.items():
-            p.copy_(state[k])
     model.eval()
     model.provenance = payload.get("provenance", {})  # type: ignore[attr-defined]
     return model

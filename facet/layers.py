@@ -111,18 +111,19 @@ class E3LayerNorm(nn.Module):
         self.eps = eps
         self.joint = mode == "joint"
 
+    def _rms_normalised(self, x: torch.Tensor) -> torch.Tensor:
+        """``x / (sqrt(mean(x^2) + eps) + eps)``, the mean over each row."""
+        return x / (torch.sqrt(x.pow(2).mean(dim=1, keepdim=True) + self.eps) + self.eps)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = x[:, : self.num_scalars]
         s = s - s.mean(dim=1, keepdim=True)
         if self.num_scalars == self.dim:
-            return s / (torch.sqrt(s.pow(2).mean(dim=1, keepdim=True) + self.eps) + self.eps)
+            return self._rms_normalised(s)
         v = x[:, self.num_scalars :]
         if self.joint:
-            ms = (s.pow(2).sum(dim=1, keepdim=True) + v.pow(2).sum(dim=1, keepdim=True)) / self.dim
-            return torch.cat([s, v], dim=1) / (torch.sqrt(ms + self.eps) + self.eps)
-        s = s / (torch.sqrt(s.pow(2).mean(dim=1, keepdim=True) + self.eps) + self.eps)
-        v = v / (torch.sqrt(v.pow(2).mean(dim=1, keepdim=True) + self.eps) + self.eps)
-        return torch.cat([s, v], dim=1)
+            return self._rms_normalised(torch.cat([s, v], dim=1))
+        return torch.cat([self._rms_normalised(s), self._rms_normalised(v)], dim=1)
 
 
 def channel_gain_index(irreps: o3.Irreps) -> torch.Tensor:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import torch
 from e3nn import o3
@@ -146,17 +146,27 @@ def build_model(config: FacetConfig, dtype: torch.dtype = torch.float64) -> Face
         return Facet(config)
 
 
+def copy_parameters(model: nn.Module, state: Mapping[str, torch.Tensor]) -> list[str]:
+    """Copy ``state`` (name -> tensor) into ``model``'s parameters, cast to their dtype. Returns
+    the names that are missing on either side or differ in shape; then nothing is copied."""
+    params = dict(model.named_parameters())
+    problems = sorted(set(params) ^ set(state))
+    problems += [k for k in params if k in state and params[k].shape != state[k].shape]
+    if not problems:
+        with torch.no_grad():
+            for k, p in params.items():
+                p.copy_(state[k])
+    return problems
+
+
 def with_dtype(model: Facet, dtype: torch.dtype) -> Facet:
     """``model`` in ``dtype``: the same object if it is already, else a copy rebuilt in ``dtype``
     (constants recomputed there, weights cast), in eval mode, with its provenance."""
     if next(model.parameters()).dtype == dtype:
         return model
     copy = build_model(model.config, dtype)
-    with torch.no_grad():
-        for (name, p), (name_src, p_src) in zip(copy.named_parameters(), model.named_parameters(),
-                                                strict=True):
-            assert name == name_src
-            p.copy_(p_src)
+    problems = copy_parameters(copy, dict(model.named_parameters()))
+    assert not problems, problems  # same config, same parameters
     copy.provenance = getattr(model, "provenance", {})  # type: ignore[attr-defined]
     return copy.eval()
 
