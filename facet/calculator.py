@@ -15,6 +15,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from torch.func import functional_call
 
 from facet.checkpoint import load_model
+from facet.chunks import default_chunking
 from facet.contract import FacetPotential, upper_symmetric, virial_from_pair_gradients
 from facet.graph import build_graph
 from facet.model import Facet, with_dtype
@@ -31,6 +32,9 @@ class FacetCalculator(Calculator):
         device: torch device string.
         script: evaluate the TorchScript-compiled contract instead of the eager module (same
             numbers; what LAMMPS runs).
+        chunk_edges, single_pass_edges: above ``single_pass_edges`` pairs, evaluate in chunks
+            of ``chunk_edges`` pairs, recomputing in the backward pass (``facet.chunks``: same
+            numbers, far less memory); None = the device's default, ``chunk_edges=0`` = never.
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
@@ -41,6 +45,8 @@ class FacetCalculator(Calculator):
         dtype: str | torch.dtype = "float64",
         device: str = "cpu",
         script: bool = False,
+        chunk_edges: int | None = None,
+        single_pass_edges: int | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -57,6 +63,11 @@ class FacetCalculator(Calculator):
             from facet.deploy.freeze import script_potential
 
             self.potential = script_potential(self.model)
+        chunking = default_chunking(self.device.type)
+        self.potential.chunk_edges = chunking[0] if chunk_edges is None else int(chunk_edges)
+        self.potential.single_pass_edges = (
+            chunking[1] if single_pass_edges is None else int(single_pass_edges)
+        )
 
     def calculate(self, atoms: Atoms | None = None, properties=None, system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)

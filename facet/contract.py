@@ -24,12 +24,22 @@ class FacetPotential(nn.Module):
     atoms within L-1-k hops of a local atom, so atoms are ordered by hop distance and each layer
     runs on a shrinking prefix (all atoms local in ASE: no change; on a LAMMPS rank the ghost
     shell L * r_max deep is mostly left alone).
+
+    Two evaluations, same numbers (to rounding): up to ``single_pass_edges`` pairs, one forward
+    pass with autograd and one backward pass (fastest for small systems); above it, a forward
+    pass without autograd that keeps only the node features between layers, then a backward pass
+    that recomputes one chunk of about ``chunk_edges`` pairs of one layer at a time (memory per
+    atom ~100x lower; on CPUs also faster from a few hundred atoms on). ``chunk_edges <= 0``
+    always takes the single pass. Both are plain attributes of the scripted module.
     """
 
-    def __init__(self, model: Facet) -> None:
+    def __init__(self, model: Facet, chunk_edges: int = 4096,
+                 single_pass_edges: int = 16384) -> None:
         super().__init__()
         self.model = model
         self.num_layers = len(model.layers)
+        self.chunk_edges = int(chunk_edges)
+        self.single_pass_edges = int(single_pass_edges)
 
     def forward(
         self,
@@ -39,7 +49,10 @@ class FacetPotential(nn.Module):
         rij: torch.Tensor,
         nlocal: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        rij = rij.detach().requires_grad_(True)
+        rij = rij.detach()
+        if self.chunk_edges > 0 and rij.shape[0] > self.single_pass_edges:
+            return self.recomputing(species, pair_i, pair_j, rij, nlocal)
+        rij = rij.requires_grad_(True)
         e_local = self.local_energies(species, pair_i, pair_j, rij, nlocal)
         if rij.shape[0] == 0:
             return e_local.detach(), torch.zeros_like(rij)
@@ -48,6 +61,33 @@ class FacetPotential(nn.Module):
         if g is None:
             g = torch.zeros_like(rij)
         return e_local.detach(), g
+
+    def hop_pruning(
+        self, species: torch.Tensor, pair_i: torch.Tensor, pair_j: torch.Tensor, nlocal: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+        """Atoms renumbered by hop distance from the local ones (locals keep 0..nlocal-1):
+        ``(species, centre, neighbour, used, n_out)`` with the edges ``used`` (indices into
+        the pair list) whose centre any layer needs, renumbered, and ``n_out[k]`` the number of
+        atoms layer k must output (a prefix)."""
+        n = species.shape[0]
+        n_layers = self.num_layers
+        if nlocal == n:
+            used = torch.arange(pair_i.shape[0], device=species.device)
+            return species, pair_i, pair_j, used, [n] * n_layers
+        hop = torch.full((n,), n_layers, dtype=torch.long, device=species.device)
+        hop[:nlocal] = 0
+        for d in range(1, n_layers):
+            reached = pair_j[hop[pair_i] == d - 1]
+            hop[reached] = torch.clamp(hop[reached], max=d)
+        order = torch.argsort(hop, stable=True)  # locals keep indices 0..nlocal-1
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(n, device=species.device)
+        within: list[int] = torch.cumsum(torch.bincount(hop, minlength=n_layers + 1), 0).tolist()
+        # within[k] = number of atoms with hop <= k; layer k outputs those with hop <= L-1-k
+        pi = rank[pair_i]
+        used = torch.nonzero(pi < within[n_layers - 1]).squeeze(1)
+        n_out = [int(within[n_layers - 1 - k]) for k in range(n_layers)]
+        return species[order], pi[used], rank[pair_j][used], used, n_out
 
     def local_energies(
         self,
@@ -58,35 +98,48 @@ class FacetPotential(nn.Module):
         nlocal: int,
     ) -> torch.Tensor:
         """Energies (eV) of the first ``nlocal`` atoms, computing only what they depend on."""
-        n = species.shape[0]
-        n_layers = self.num_layers
-        if nlocal == n:
+        if nlocal == species.shape[0]:
             return self.model(species, pair_i, pair_j, rij)
-        # hop distance from the local atoms (capped at n_layers)
-        hop = torch.full((n,), n_layers, dtype=torch.long, device=species.device)
-        hop[:nlocal] = 0
-        for d in range(1, n_layers):
-            reached = pair_j[hop[pair_i] == d - 1]
-            hop[reached] = torch.clamp(hop[reached], max=d)
-        order = torch.argsort(hop, stable=True)  # locals keep indices 0..nlocal-1
-        rank = torch.empty_like(order)
-        rank[order] = torch.arange(n, device=species.device)
-        counts = torch.bincount(hop, minlength=n_layers + 1)
-        within = torch.cumsum(counts, 0)  # within[k] = number of atoms with hop <= k
-        pi = rank[pair_i]
-        pj = rank[pair_j]
-        sp = species[order]
-        # edges whose centre has hop <= n_layers - 1 are all any layer uses
-        n_centres = int(within[n_layers - 1])
-        used = torch.nonzero(pi < n_centres).squeeze(1)
-        pi, pj = pi[used], pj[used]
+        sp, pi, pj, used, n_out = self.hop_pruning(species, pair_i, pair_j, nlocal)
         sh, r = self.model.edge_features(rij[used])
         h = self.model.embed(sp)
         for k, layer in enumerate(self.model.layers):
-            n_out = int(within[n_layers - 1 - k])
-            sel = torch.nonzero(pi < n_out).squeeze(1)
-            h = layer(h, sh[sel], r[sel], pi[sel], pj[sel], n_out)
+            sel = torch.nonzero(pi < n_out[k]).squeeze(1)
+            h = layer(h, sh[sel], r[sel], pi[sel], pj[sel], n_out[k])
         return self.model.readout(h, sp[:nlocal])
+
+    def recomputing(
+        self,
+        species: torch.Tensor,
+        pair_i: torch.Tensor,
+        pair_j: torch.Tensor,
+        rij: torch.Tensor,
+        nlocal: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward`` by the chunked, recomputing evaluation (see the class docstring)."""
+        m = self.model
+        chunk = self.chunk_edges
+        sp, pi, pj, used, n_out = self.hop_pruning(species, pair_i, pair_j, nlocal)
+        by_centre = torch.argsort(pi, stable=True)
+        pi, pj, used = pi[by_centre], pj[by_centre], used[by_centre]
+        x = rij[used]
+        # layer k uses the edges centred on its n_out[k] outputs: a prefix of the sorted edges
+        n_edges = [int((pi < n_out[k]).sum()) for k in range(self.num_layers)]
+        hs = [m.embed(sp).detach()]
+        for k in range(self.num_layers):
+            e = n_edges[k]
+            hs.append(m.layer_forward_chunked(k, hs[k], x[:e], pi[:e], pj[:e], n_out[k], chunk))
+        h_last = hs[-1].detach().requires_grad_(True)
+        e_local = m.readout(h_last, sp[:nlocal])
+        g_last = torch.autograd.grad([e_local.sum()], [h_last], allow_unused=True)[0]
+        g = g_last if g_last is not None else torch.zeros_like(h_last)
+        g_x = torch.zeros_like(x)
+        for k in range(self.num_layers - 1, -1, -1):
+            e = n_edges[k]
+            g_rij, g = m.layer_backward_chunked(k, hs[k], x[:e], pi[:e], pj[:e], n_out[k], g,
+                                                chunk, k > 0)
+            g_x[:e] += g_rij
+        return e_local.detach(), torch.zeros_like(rij).index_put_((used,), g_x)
 
 
 def forces_from_pair_gradients(

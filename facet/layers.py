@@ -75,11 +75,14 @@ class Interaction(nn.Module):
         centre: torch.Tensor,
         neighbour: torch.Tensor,
         n_out: int,
+        row_start: int = 0,
     ) -> torch.Tensor:
-        """Messages into the first ``n_out`` nodes (all edge centres must be < n_out)."""
+        """Messages into the ``n_out`` nodes ``row_start, row_start + 1, ...``: ``centre`` counts
+        from ``row_start`` (all centres must be < n_out), ``neighbour`` indexes rows of ``h``."""
         basis = self.radial.enveloped_basis(r)
         agg = self.tp(h, neighbour, centre, n_out, sh, basis, self.radial.coefficients)
-        return self.linear_out(agg * self.inv_norm) + self.resid(h[:n_out])
+        rows = h[row_start : row_start + n_out]
+        return self.linear_out(agg * self.inv_norm) + self.resid(rows)
 
 
 class E3LayerNorm(nn.Module):
@@ -214,10 +217,12 @@ class FacetLayer(nn.Module):
         centre: torch.Tensor,
         neighbour: torch.Tensor,
         n_out: int = -1,
+        row_start: int = 0,
     ) -> torch.Tensor:
-        """New features of the first ``n_out`` nodes (all nodes if negative); edges must be
-        centred on those nodes, neighbours may be any node of ``h``."""
-        n = h.shape[0] if n_out < 0 else n_out
-        x = self.mix(self.interaction(h, sh, r, centre, neighbour, n))
-        resid = h[:n, self.pad_src] * self.pad_mask
+        """New features of the ``n_out`` nodes from ``row_start`` on (all the rest if
+        negative); edges must be centred on those nodes, ``centre`` counted from ``row_start``;
+        neighbours may be any node of ``h``."""
+        n = h.shape[0] - row_start if n_out < 0 else n_out
+        x = self.mix(self.interaction(h, sh, r, centre, neighbour, n, row_start))
+        resid = h[row_start : row_start + n, self.pad_src] * self.pad_mask
         return self.norm(x) * self.gain[self.gain_index] + resid

@@ -19,6 +19,7 @@ import torch
 from e3nn import o3
 from torch import nn
 
+from facet.chunks import row_chunks
 from facet.config import FacetConfig
 from facet.layers import FacetLayer
 
@@ -96,13 +97,92 @@ class Facet(nn.Module):
         centre: torch.Tensor,
         neighbour: torch.Tensor,
         n_out: int = -1,
+        row_start: int = 0,
     ) -> torch.Tensor:
-        """Apply layer ``index``: new features of the first ``n_out`` nodes (all if negative)
-        from ``h`` of all nodes; edges must be centred on those first ``n_out`` nodes."""
+        """Apply layer ``index``: new features of the ``n_out`` nodes from ``row_start`` on (all
+        the rest if negative) from ``h`` of all nodes; edges must be centred on those nodes, with
+        ``centre`` counted from ``row_start``."""
         for i, layer in enumerate(self.layers):
             if i == index:
-                return layer(h, sh, r, centre, neighbour, n_out)
+                return layer(h, sh, r, centre, neighbour, n_out, row_start)
         raise IndexError("layer index out of range")
+
+    @torch.jit.export
+    def layer_forward_chunked(
+        self,
+        index: int,
+        h: torch.Tensor,
+        rij: torch.Tensor,
+        centre: torch.Tensor,
+        neighbour: torch.Tensor,
+        n_out: int,
+        chunk_edges: int,
+    ) -> torch.Tensor:
+        """``layer(index, ...)`` for nodes ``0..n_out`` without autograd, in chunks of about
+        ``chunk_edges`` edges. Edges must be sorted by ``centre`` (all < n_out); ``rij`` in Å."""
+        with torch.no_grad():
+            counts = torch.bincount(centre, minlength=n_out)
+            rows, edges = row_chunks(counts, chunk_edges)
+            outs: list[torch.Tensor] = []
+            for c in range(len(rows) - 1):
+                a, b, ea, eb = rows[c], rows[c + 1], edges[c], edges[c + 1]
+                if b > a:
+                    sh, r = self.edge_features(rij[ea:eb])
+                    outs.append(self.layer(index, h, sh, r, centre[ea:eb] - a,
+                                           neighbour[ea:eb], b - a, a))
+            if len(outs) == 0:
+                return h.new_zeros(0, self.feature_dims[index + 1])
+            return torch.cat(outs)
+
+    @torch.jit.export
+    def layer_backward_chunked(
+        self,
+        index: int,
+        h: torch.Tensor,
+        rij: torch.Tensor,
+        centre: torch.Tensor,
+        neighbour: torch.Tensor,
+        n_out: int,
+        grad_out: torch.Tensor,
+        chunk_edges: int,
+        need_grad_h: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Vector-Jacobian product of ``layer_forward_chunked`` with ``grad_out`` [n_out, d]:
+        ``(grad_rij [n_edges, 3], grad_h [h rows, d_in])`` (``grad_h`` empty unless
+        ``need_grad_h``). Recomputes one chunk at a time with autograd, so only one chunk's
+        activations are alive; each chunk reads a copy of the rows of ``h`` it needs (its own
+        and its edges' neighbours), so the work per chunk does not grow with the system."""
+        counts = torch.bincount(centre, minlength=n_out)
+        rows, edges = row_chunks(counts, chunk_edges)
+        grad_rij = torch.zeros_like(rij)
+        grad_h = torch.zeros_like(h) if need_grad_h else h.new_zeros(0, h.shape[1])
+        for c in range(len(rows) - 1):
+            a, b, ea, eb = rows[c], rows[c + 1], edges[c], edges[c + 1]
+            if b == a:
+                continue
+            nb = neighbour[ea:eb]
+            x = rij[ea:eb].detach().requires_grad_(True)
+            # the rows this chunk reads: its own and its edges' neighbours, renumbered
+            rows_read, inverse = torch.unique(
+                torch.cat([torch.arange(a, b, device=nb.device), nb]), return_inverse=True
+            )
+            h_c = h[rows_read].detach().requires_grad_(need_grad_h)
+            sh, r = self.edge_features(x)
+            start = int(inverse[0])  # rows a..b-1 stay consecutive after renumbering
+            out = self.layer(index, h_c, sh, r, centre[ea:eb] - a, inverse[b - a :], b - a,
+                             start)
+            g_out: list[torch.Tensor | None] = [grad_out[a:b]]
+            if need_grad_h:
+                grads = torch.autograd.grad([out], [x, h_c], g_out, allow_unused=True)
+                g_h = grads[1]
+                if g_h is not None:
+                    grad_h.index_add_(0, rows_read, g_h)
+            else:
+                grads = torch.autograd.grad([out], [x], g_out, allow_unused=True)
+            g_x = grads[0]
+            if g_x is not None:
+                grad_rij[ea:eb] = g_x
+        return grad_rij, grad_h
 
     @torch.jit.export
     def readout(self, h: torch.Tensor, species: torch.Tensor) -> torch.Tensor:

@@ -70,5 +70,5 @@ def run_driver(nproc: int, model: Path, structure: Path, out: Path, *extra: str)
     import json
 
     data = json.loads(out.read_text())
-    meta = {k: data.pop(k) for k in ("path", "atom_counts")}
+    meta = {k: data.pop(k) for k in ("path", "atom_counts", "evaluations")}
     return {**{k: np.asarray(v) for k, v in data.items()}, **meta}

@@ -19,9 +19,14 @@ from facet.deploy.mliap import FacetMLIAP, recommended_comm_cutoff
 
 
 def build_mliap(
-    checkpoint: str | Path, dtype: str = "float64", device: str = "cpu"
+    checkpoint: str | Path,
+    dtype: str = "float64",
+    device: str = "cpu",
+    chunk_edges: int | None = None,
+    single_pass_edges: int | None = None,
 ) -> FacetMLIAP:
-    """Load ``checkpoint`` and wrap its frozen contract in a ``FacetMLIAP`` object."""
+    """Load ``checkpoint`` and wrap its frozen contract in a ``FacetMLIAP`` object (chunking:
+    see ``facet.chunks``; None = the device's default)."""
     model = load_model(checkpoint, dtype=getattr(torch, dtype))
     cfg = model.config
     scripted = script_potential(model)
@@ -40,6 +45,8 @@ def build_mliap(
         dtype=dtype,
         device=device,
         metadata=metadata,
+        chunk_edges=chunk_edges,
+        single_pass_edges=single_pass_edges,
     )
 
 
@@ -69,6 +76,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="cuda: one GPU per MPI rank, chosen from the node-local rank")
     p.add_argument("--skin", type=float, default=2.0,
                    help="neighbor skin of your deck (Å), for the printed comm_modify cutoff")
+    p.add_argument("--chunk-edges", type=int, default=None,
+                   help="pairs per chunk of the memory-saving recomputing evaluation "
+                        "(default 4096 on cpu, 262144 on cuda; 0 turns it off)")
+    p.add_argument("--single-pass-edges", type=int, default=None,
+                   help="up to this many pairs per rank, one plain forward+backward pass "
+                        "(default 16384 on cpu, 262144 on cuda)")
     p.add_argument("--check", action="store_true",
                    help="run the deployed object on a small structure and compare with ASE")
     args = p.parse_args(argv)
@@ -76,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     src = Path(args.model)
     out = Path(args.output) if args.output else src.with_name(f"{src.stem}-mliap.pt")
     try:
-        obj = build_mliap(src, args.dtype, args.device)
+        obj = build_mliap(src, args.dtype, args.device, args.chunk_edges,
+                          args.single_pass_edges)
     except CheckpointError as exc:
         print(f"facet-deploy: error: {exc}", file=sys.stderr)
         return 2

@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from facet.chunks import default_chunking
+
 try:  # the base class exists only where LAMMPS' Python module is installed
     from lammps.mliap.mliap_unified_abc import MLIAPUnified
 except ImportError:  # pragma: no cover - lets facet-deploy write files without LAMMPS
@@ -78,6 +80,8 @@ class FacetMLIAP(MLIAPUnified):
         dtype: str = "float64",
         device: str = "cpu",
         metadata: dict[str, Any] | None = None,
+        chunk_edges: int | None = None,
+        single_pass_edges: int | None = None,
     ) -> None:
         # ndescriptors = nparams = 1 (unused); LAMMPS' pair cutoff is 2 * rcutfac
         super().__init__(None, list(elements), 1, 1, 0.5 * float(r_max))
@@ -88,6 +92,13 @@ class FacetMLIAP(MLIAPUnified):
         self.dtype_name = dtype
         self.device_name = device
         self.metadata = dict(metadata or {})
+        chunking = default_chunking(device)
+        # above single_pass_edges pairs per rank: recomputing evaluation in chunks of
+        # chunk_edges pairs (facet.chunks); chunk_edges <= 0 turns it off
+        self.chunk_edges = chunking[0] if chunk_edges is None else int(chunk_edges)
+        self.single_pass_edges = (
+            chunking[1] if single_pass_edges is None else int(single_pass_edges)
+        )
         self.check_ghost_shell = True
         self._init_runtime()
 
@@ -102,6 +113,7 @@ class FacetMLIAP(MLIAPUnified):
         self.calls = 0
         self.model_seconds = 0.0  # time inside the frozen module (and its tensor conversions)
         self.atom_counts = (0, 0)  # (local atoms, atoms whose features were computed), last call
+        self.evaluation = ""  # "single pass" or "recomputing" (facet.chunks), last call
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -128,13 +140,22 @@ class FacetMLIAP(MLIAPUnified):
         self._dtype = getattr(torch, self.dtype_name)
         self._module = torch.jit.load(io.BytesIO(self.script_bytes), map_location=self._device)
         self._module.eval()
+        chunking = default_chunking(self.device_name)  # objects saved before the option
+        self.chunk_edges = getattr(self, "chunk_edges", chunking[0])
+        self.single_pass_edges = getattr(self, "single_pass_edges", chunking[1])
+        self._module.chunk_edges = self.chunk_edges
+        self._module.single_pass_edges = self.single_pass_edges
 
     def _announce(self, path: str) -> None:
         if self.path != path:
             self.path = path
             if local_rank() == 0:
+                chunking = (f"recomputing in chunks of {self.chunk_edges} pairs above "
+                            f"{self.single_pass_edges} pairs per rank" if self.chunk_edges > 0
+                            else "single pass")
                 print(f"Facet ML-IAP: {path} path ({self.num_layers} layers, "
-                      f"r_max {self.r_max:g} Å, {self.dtype_name} on {self._device})", flush=True)
+                      f"r_max {self.r_max:g} Å, {self.dtype_name} on {self._device}; "
+                      f"{chunking})", flush=True)
 
     def compute_forces(self, data) -> None:
         if self._module is None:
@@ -165,6 +186,7 @@ class FacetMLIAP(MLIAPUnified):
         pi = as_tensor(data.pair_i, dev, torch.long, npairs)
         pj = as_tensor(data.pair_j, dev, torch.long, npairs)
         rij = as_tensor(data.rij, dev, self._dtype, npairs, 3)
+        self.evaluation = self._evaluation(npairs)
         e_local, dE_drij = self._module(species, pi, pj, rij, nlocal)
         iatoms = as_tensor(data.iatoms, dev, torch.long, data.natomneigh)[:nlistatoms]
         fij = to_lammps(dE_drij.detach(), lmp_dev)
@@ -176,6 +198,12 @@ class FacetMLIAP(MLIAPUnified):
         data.update_pair_forces(fij)
         _write_eatoms(data, eatoms)
         data.energy = float(eatoms.sum())
+
+    def _evaluation(self, npairs: int) -> str:
+        """Which evaluation a call with ``npairs`` pairs takes (the contract decides the same)."""
+        if self.chunk_edges > 0 and npairs > self.single_pass_edges:
+            return "recomputing"
+        return "single pass"
 
     def _isolated_energies(self, data) -> None:
         n = data.nlistatoms
@@ -235,10 +263,31 @@ class FacetMLIAP(MLIAPUnified):
         species = as_tensor(data.elems, dev, torch.long, ntotal).clamp(min=0)
         pi = as_tensor(data.pair_i, dev, torch.long, npairs)
         pj = as_tensor(data.pair_j, dev, torch.long, npairs)
-        rij = as_tensor(data.rij, dev, dt, npairs, 3).detach().requires_grad_(True)
+        rij = as_tensor(data.rij, dev, dt, npairs, 3)
+        self.evaluation = self._evaluation(npairs)
+        if self.evaluation == "recomputing":
+            e_local, dE_drij = self._exchange_recomputing(m, data, species, pi, pj, rij, lmp_dev)
+        else:
+            e_local, dE_drij = self._exchange_single_pass(m, data, species, pi, pj, rij, lmp_dev)
+        self.model_seconds += time.perf_counter() - t0
+        self.calls += 1
+        self.atom_counts = (nlocal, nlocal)
+        nlist = data.nlistatoms
+        iatoms = as_tensor(data.iatoms, dev, torch.long, data.natomneigh)[:nlist]
+        eatoms = to_lammps(e_local.detach()[iatoms], lmp_dev)
+        if npairs > 0:
+            data.update_pair_forces(to_lammps(dE_drij, lmp_dev))
+        if nlist > 0:
+            _write_eatoms(data, eatoms)
+        data.energy = float(eatoms.sum())
+
+    def _exchange_single_pass(self, m, data, species, pi, pj, rij, lmp_dev):
+        """One forward pass with autograd through ``HaloExchange``, then one backward pass."""
+        nlocal, ntotal = data.nlocal, data.ntotal
+        rij = rij.detach().requires_grad_(True)
         # a zero leaf every layer output depends on: the backward pass (and so every reverse
         # exchange) runs on every rank even where no feature depends on a pair vector
-        anchor = torch.zeros((), dtype=dt, device=dev, requires_grad=True)
+        anchor = torch.zeros((), dtype=rij.dtype, device=rij.device, requires_grad=True)
         sh, r = m.edge_features(rij)
         h = m.embed(species)
         h_local = h[:nlocal]
@@ -248,18 +297,53 @@ class FacetMLIAP(MLIAPUnified):
                 h = HaloExchange.apply(h_local, ntotal, data, lmp_dev)
         e_local = m.readout(h_local, species[:nlocal])
         grads = torch.autograd.grad([e_local.sum()], [rij, anchor], allow_unused=True)
-        self.model_seconds += time.perf_counter() - t0
-        self.calls += 1
-        self.atom_counts = (nlocal, nlocal)
-        nlist = data.nlistatoms
-        iatoms = as_tensor(data.iatoms, dev, torch.long, data.natomneigh)[:nlist]
-        eatoms = to_lammps(e_local.detach()[iatoms], lmp_dev)
-        if npairs > 0:
-            g = grads[0] if grads[0] is not None else torch.zeros_like(rij)
-            data.update_pair_forces(to_lammps(g.detach(), lmp_dev))
-        if nlist > 0:
-            _write_eatoms(data, eatoms)
-        data.energy = float(eatoms.sum())
+        g = grads[0] if grads[0] is not None else torch.zeros_like(rij)
+        return e_local.detach(), g.detach()
+
+    def _exchange_recomputing(self, m, data, species, pi, pj, rij, lmp_dev):
+        """The chunked, recomputing evaluation (``facet.chunks``) with the same exchanges in
+        the same order as ``_exchange_single_pass``: forward after each layer but the last,
+        reverse in the backward pass, last layer first."""
+        nlocal, ntotal = data.nlocal, data.ntotal
+        chunk = self.chunk_edges
+        by_centre = torch.argsort(pi, stable=True)
+        pi, pj, x = pi[by_centre], pj[by_centre], rij[by_centre]
+        hs = [m.embed(species)]
+        h_local = hs[0][:nlocal]
+        for k in range(self.num_layers):
+            h_local = m.layer_forward_chunked(k, hs[k], x, pi, pj, nlocal, chunk)
+            if k + 1 < self.num_layers:
+                hs.append(halo_forward(h_local, ntotal, data, lmp_dev))
+        h_last = h_local.detach().requires_grad_(True)
+        e_local = m.readout(h_last, species[:nlocal])
+        (g,) = torch.autograd.grad([e_local.sum()], [h_last])
+        g_x = torch.zeros_like(x)
+        for k in range(self.num_layers - 1, -1, -1):
+            g_rij, g_h = m.layer_backward_chunked(k, hs[k], x, pi, pj, nlocal, g, chunk, k > 0)
+            g_x += g_rij
+            if k > 0:
+                g = halo_reverse(g_h, nlocal, data, lmp_dev)
+        return e_local.detach(), torch.zeros_like(rij).index_put_((by_centre,), g_x)
+
+
+def halo_forward(h_local: torch.Tensor, ntotal: int, data, lmp_dev: torch.device) -> torch.Tensor:
+    """All ``ntotal`` rows from the ``nlocal`` local ones: ghost rows copied from their owners
+    (LAMMPS ``forward_exchange``), on the device of ``h_local``."""
+    nlocal, width = h_local.shape
+    full = torch.zeros(ntotal, width, dtype=h_local.dtype, device=lmp_dev)
+    full[:nlocal] = h_local
+    out = torch.empty_like(full)
+    data.forward_exchange(full, out, width)
+    return out.to(h_local.device)
+
+
+def halo_reverse(grad: torch.Tensor, nlocal: int, data, lmp_dev: torch.device) -> torch.Tensor:
+    """The local rows of ``grad`` [ntotal, d] with the ghost rows summed into their owners
+    (LAMMPS ``reverse_exchange``)."""
+    g = grad.to(lmp_dev).contiguous()
+    summed = torch.empty_like(g)
+    data.reverse_exchange(g, summed, g.shape[1])
+    return summed[:nlocal].to(grad.device)
 
 
 class HaloExchange(torch.autograd.Function):
@@ -272,19 +356,11 @@ class HaloExchange(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h_local: torch.Tensor, ntotal: int, data, lmp_dev: torch.device):
         ctx.data, ctx.nlocal, ctx.lmp_dev = data, h_local.shape[0], lmp_dev
-        width = h_local.shape[1]
-        full = torch.zeros(ntotal, width, dtype=h_local.dtype, device=lmp_dev)
-        full[: ctx.nlocal] = h_local
-        out = torch.empty_like(full)
-        data.forward_exchange(full, out, width)
-        return out.to(h_local.device)
+        return halo_forward(h_local, ntotal, data, lmp_dev)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        grad = grad_out.to(ctx.lmp_dev).contiguous()
-        summed = torch.empty_like(grad)
-        ctx.data.reverse_exchange(grad, summed, grad.shape[1])
-        return summed[: ctx.nlocal].to(grad_out.device), None, None, None
+        return halo_reverse(grad_out, ctx.nlocal, ctx.data, ctx.lmp_dev), None, None, None
 
 
 def lammps_device(data) -> torch.device:

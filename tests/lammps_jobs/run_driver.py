@@ -43,10 +43,12 @@ def main() -> None:
             res = {"cellpar": relaxed.cell.cellpar(), "energy": energy,
                    "volume": relaxed.get_volume()}
         counts = runner.comm.gather(runner.mliap.atom_counts, root=0)
+        evaluations = runner.comm.gather(runner.mliap.evaluation, root=0)
         if runner.rank == 0:
             out = {k: np.asarray(v).tolist() for k, v in res.items()}
             out["path"] = runner.mliap.path
             out["atom_counts"] = counts
+            out["evaluations"] = evaluations
             with open(args.out, "w") as fh:
                 json.dump(out, fh)
 
