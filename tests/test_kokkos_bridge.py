@@ -40,6 +40,9 @@ def kk_workdir(tmp_path_factory):
     model = randomized_model(facet.facet_tiny(["Cu", "Au", "Ag"]), seed=11)
     facet.save_model(model, d / "model.pt")
     assert deploy_main([str(d / "model.pt"), "-o", str(d / "model-mliap.pt")]) == 0
+    # the same model forced onto the chunked, recomputing evaluation at every call
+    assert deploy_main([str(d / "model.pt"), "-o", str(d / "chunked-mliap.pt"),
+                        "--chunk-edges", "150", "--single-pass-edges", "0"]) == 0
     atoms = lammps_frame(triclinic_alloy(seed=2, repeat=(3, 3, 3)))
     atoms.symbols[::5] = "Ag"
     import ase.io
@@ -58,8 +61,22 @@ def test_kokkos_path_matches_ase(kk_workdir, nproc):
     res = run_driver(nproc, d / "model-mliap.pt", d / "alloy.xyz", d / f"kk{nproc}.json",
                      "--kokkos")
     assert res["path"].startswith("kokkos (per-layer halo exchange)")
+    assert res["evaluations"] == ["single pass"] * nproc
     # features are computed for local atoms only
     assert all(local == computed for local, computed in res["atom_counts"])
+    assert abs(res["energy"] - ref["energy"]) / n < 1e-8
+    np.testing.assert_allclose(res["energies"], ref["energies"], atol=1e-8)
+    np.testing.assert_allclose(res["forces"], ref["forces"], atol=1e-6)
+    np.testing.assert_allclose(res["stress"], ref["stress"], atol=1e-6)
+
+
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_kokkos_recomputing_evaluation_matches_ase(kk_workdir, nproc):
+    d, ref, n = kk_workdir
+    res = run_driver(nproc, d / "chunked-mliap.pt", d / "alloy.xyz", d / f"kkc{nproc}.json",
+                     "--kokkos")
+    assert res["path"].startswith("kokkos (per-layer halo exchange)")
+    assert res["evaluations"] == ["recomputing"] * nproc
     assert abs(res["energy"] - ref["energy"]) / n < 1e-8
     np.testing.assert_allclose(res["energies"], ref["energies"], atol=1e-8)
     np.testing.assert_allclose(res["forces"], ref["forces"], atol=1e-6)

@@ -37,6 +37,8 @@ def workdir(tmp_path_factory, lmp_exe):
     model = randomized_model(cfg, seed=3)
     facet.save_model(model, d / "model.pt")
     assert deploy_main([str(d / "model.pt"), "-o", str(d / "model-mliap.pt")]) == 0
+    assert deploy_main([str(d / "model.pt"), "-o", str(d / "chunked-mliap.pt"),
+                        "--chunk-edges", "300", "--single-pass-edges", "0"]) == 0
     atoms = lammps_frame(triclinic_alloy(seed=5, repeat=(3, 3, 3)))
     atoms.symbols[::7] = "Ag"
     ase.io.write(d / "alloy.xyz", atoms)
@@ -58,6 +60,20 @@ def test_run0_matches_ase(workdir, nproc):
     n = len(atoms)
     assert res["path"].startswith("plain")
     assert abs(res["energy"] - e) / n < 1e-8
+    np.testing.assert_allclose(res["energies"], energies, atol=1e-8)
+    np.testing.assert_allclose(res["forces"], forces, atol=1e-6)
+    np.testing.assert_allclose(res["stress"], stress, atol=1e-6)
+
+
+@pytest.mark.mpi
+def test_recomputing_evaluation_matches_ase(workdir):
+    """The chunked, recomputing evaluation (forced at every call) on 2 ranks: ghost atoms, hop
+    pruning and chunks together."""
+    d, model, atoms = workdir
+    res = run_driver(2, d / "chunked-mliap.pt", d / "alloy.xyz", d / "evalc.json")
+    e, energies, forces, stress = ase_reference(model, atoms)
+    assert res["evaluations"] == ["recomputing"] * 2
+    assert abs(res["energy"] - e) / len(atoms) < 1e-8
     np.testing.assert_allclose(res["energies"], energies, atol=1e-8)
     np.testing.assert_allclose(res["forces"], forces, atol=1e-6)
     np.testing.assert_allclose(res["stress"], stress, atol=1e-6)
