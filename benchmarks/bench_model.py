@@ -121,6 +121,10 @@ def run_worker(python: str, model: str, size: int, args, warmup: str) -> dict:
         env[key] = val
     tree = None
     if model == "facet":
+        for flag in ("chunk_edges", "single_pass_edges"):
+            value = getattr(args, f"facet_{flag}", None)
+            if value is not None:
+                cmd += [f"--{flag.replace('_', '-')}", str(value)]
         if args.facet_src:
             env["PYTHONPATH"] = os.pathsep.join(
                 p for p in (args.facet_src, env.get("PYTHONPATH")) if p)
@@ -170,6 +174,7 @@ def summarize(records: list[dict], model: str, size: int) -> dict | None:
         "peak_rss_delta_mb": max(r["peak_rss_delta_mb"] for r in ok),
         "kb_per_atom": 1024.0 * max(r["peak_rss_delta_mb"] for r in ok) / size,
         "params": ok[0]["model_info"]["params"],
+        "chunking": ok[0]["model_info"].get("chunking"),
         "neighbours_per_atom": ok[0]["neighbours_per_atom"],
     }
 
@@ -199,6 +204,10 @@ def report(records, sizes, flat, skipped, args, cmdline, mace_name):
         p(f"worker environment: {' '.join(args.worker_env)}")
     fi = next(iter(summary["facet"].values()), None)
     mi = next(iter(summary["mace"].values()), None)
+    if fi and fi.get("chunking"):
+        chunk, single = fi["chunking"]
+        p(f"Facet evaluation: single pass up to {single} pairs, then recomputing in chunks of "
+          f"{chunk} pairs" if chunk > 0 else "Facet evaluation: single pass at every size")
     if fi:
         p(f"Facet-S: {fi['params']} params, r_max 5.0 Å, "
           f"{fi['neighbours_per_atom']:.0f} neighbours/atom")
@@ -295,6 +304,10 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=60.0,
                     help="seconds of timed calls per process before it stops repeating")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--facet-chunk-edges", type=int, default=None,
+                    help="Facet's recomputing evaluation: pairs per chunk (0: single pass always)")
+    ap.add_argument("--facet-single-pass-edges", type=int, default=None,
+                    help="Facet: single pass up to this many pairs (default: the calculator's)")
     ap.add_argument("--mem-fraction", type=float, default=0.7,
                     help="skip a size whose projected peak exceeds this fraction of MemAvailable")
     ap.add_argument("--facet-python", default=os.path.join(ROOT, ".venv", "bin", "python"))

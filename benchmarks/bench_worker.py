@@ -87,11 +87,16 @@ def make_cu(n_atoms: int, seed: int):
 
 
 # ----------------------------------------------------------------------------- models
-def facet_calculator(dtype_name: str, seed: int):
+def facet_calculator(dtype_name: str, seed: int, chunk_edges: int | None = None,
+                     single_pass_edges: int | None = None):
     from facet.calculator import FacetCalculator
 
     model, info = facet_model(dtype_name, seed)
-    return FacetCalculator(model, dtype=dtype_name), info
+    kw = {k: v for k, v in (("chunk_edges", chunk_edges),
+                            ("single_pass_edges", single_pass_edges)) if v is not None}
+    calc = FacetCalculator(model, dtype=dtype_name, **kw)
+    info["chunking"] = [calc.potential.chunk_edges, calc.potential.single_pass_edges]
+    return calc, info
 
 
 def facet_model(dtype_name: str, seed: int):
@@ -243,6 +248,10 @@ def main() -> None:
                     help="full: one untimed call at this size after the small-cell warm-up; "
                          "small: only the 32-atom warm-up (for sizes where a call takes minutes)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--chunk-edges", type=int, default=None,
+                    help="Facet: pairs per chunk of the recomputing evaluation (0: never)")
+    ap.add_argument("--single-pass-edges", type=int, default=None,
+                    help="Facet: single pass up to this many pairs")
     ap.add_argument("--cache", default=os.path.join(
         os.environ.get("FACET_BENCH_CACHE", os.path.expanduser("~/.cache/facet-bench")),
         "mace-models"))
@@ -257,7 +266,8 @@ def main() -> None:
 
     t0 = time.perf_counter()
     if args.model == "facet":
-        calc, info = facet_calculator(args.dtype, args.seed)
+        calc, info = facet_calculator(args.dtype, args.seed, args.chunk_edges,
+                                      args.single_pass_edges)
     else:
         calc, info = mace_calculator(args.model, args.dtype, args.seed, args.cache)
     t_build = time.perf_counter() - t0
