@@ -20,6 +20,7 @@ Reference: ``FacetCalculator`` on the CPU in float64. Prints one line per check 
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import tempfile
@@ -166,10 +167,15 @@ def main() -> int:
         failures += not ok
         print(f"{'ok  ' if ok else 'FAIL'} {name:48s} |dE|/atom {de:.2e} eV  max|dF| {df:.2e} eV/Å")
 
+    # the single pass, and the recomputing evaluation forced with chunks of 97 pairs
+    evaluations = (("single", 0, None), ("recomp", 97, 0))
     if cuda:
-        gpu = FacetCalculator(model, dtype="float64", device="cuda")
-        gpu.calculate(atoms, ["energy", "forces"])
-        report("FacetCalculator(device='cuda')", gpu.results["energy"], gpu.results["forces"])
+        for label, chunk, single in evaluations:
+            gpu = FacetCalculator(model, dtype="float64", device="cuda", chunk_edges=chunk,
+                                  single_pass_edges=single)
+            gpu.calculate(atoms, ["energy", "forces"])
+            report(f"FacetCalculator(device='cuda') {label}", gpu.results["energy"],
+                   gpu.results["forces"])
 
     # LAMMPS' arrays on the host (numpy) or the GPU (CuPy) x the model's device
     sides = [("host", np, "cpu")]
@@ -181,8 +187,11 @@ def main() -> int:
         ckpt = os.path.join(tmp, "model.pt")
         save_model(model, ckpt)
         for dtype, e_tol, f_tol in (("float64", 1e-8, 1e-6), ("float32", 1e-5, 1e-3)):
-            for lmp_side, xp, model_device in sides:
-                obj = build_mliap(ckpt, dtype=dtype, device=model_device)
+            for (lmp_side, xp, model_device), (label, chunk, single) in itertools.product(
+                sides, evaluations
+            ):
+                obj = build_mliap(ckpt, dtype=dtype, device=model_device, chunk_edges=chunk,
+                                  single_pass_edges=single)
                 layers = cfg.num_interactions
                 for path, ghost_cut, ghostneigh in (
                     ("plain", recommended_comm_cutoff(cfg.r_max, layers), True),
@@ -190,10 +199,12 @@ def main() -> int:
                 ):
                     data = DataStandIn(atoms, cfg.elements, cfg.r_max, ghost_cut, ghostneigh, xp)
                     obj.compute_forces(data)
+                    assert obj.evaluation == ("recomputing" if chunk else "single pass")
                     eatoms = float(_host(data.eatoms).sum())
                     assert abs(eatoms - data.energy) < 1e-9 * max(1.0, abs(data.energy))
-                    report(f"{path:8s} {dtype} LAMMPS on {lmp_side:4s} model on {model_device:4s}"
-                           f" ({data.ntotal} atoms)", data.energy, data.forces(), e_tol, f_tol)
+                    report(f"{path:8s} {label} {dtype} LAMMPS on {lmp_side:4s} model on "
+                           f"{model_device:4s} ({data.ntotal} atoms)", data.energy,
+                           data.forces(), e_tol, f_tol)
     print("GPU PATH CHECK OK" if failures == 0 else f"GPU PATH CHECK FAILED ({failures})")
     return 1 if failures else 0
 
