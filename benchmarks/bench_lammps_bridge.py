@@ -5,7 +5,8 @@ and reports, per rank: wall time per step, the time spent inside the frozen Torc
 (measured by the ML-IAP object itself), the bridge overhead = step - module time (neighbour
 lists, pair-list copies, force scatter, MPI), and how many atoms the rank computes features
 for compared with its local atoms (the ghost-shell cost of the plain path; the KOKKOS path
-computes local atoms only).
+computes local atoms only), and the largest peak RSS of a rank so far (run one size per
+invocation for a clean per-size number). ``--chunk-edges 0`` forces the single pass.
 
     mpirun -np 2 python benchmarks/bench_lammps_bridge.py --model examples/models/facet-emt-small.pt
     python benchmarks/bench_lammps_bridge.py --sizes 500,2048,8000 --kokkos
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import time
 
@@ -33,11 +35,15 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--kokkos", action="store_true")
     p.add_argument("--dtype", default="float64")
+    p.add_argument("--chunk-edges", type=int, default=None,
+                   help="pairs per chunk of the recomputing evaluation (0: single pass always)")
     p.add_argument("--out", help="JSON file for the results (rank 0)")
     args = p.parse_args()
     comm = MPI.COMM_WORLD
     rows = []
     with FacetLammps(args.model, kokkos=args.kokkos, dtype=args.dtype) as runner:
+        if args.chunk_edges is not None:  # read when the frozen module loads, at the first call
+            runner.mliap.chunk_edges = args.chunk_edges
         for target in (int(s) for s in args.sizes.split(",")):
             rep = max(1, round((target / 4) ** (1 / 3)))
             atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((rep, rep, rep))
@@ -55,7 +61,8 @@ def main() -> None:
             wall = (time.perf_counter() - t0) / args.steps
             model = obj.model_seconds / max(obj.calls, 1)
             nlocal, ncomputed = obj.atom_counts
-            per_rank = comm.gather((wall, model, nlocal, ncomputed), root=0)
+            rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+            per_rank = comm.gather((wall, model, nlocal, ncomputed, rss_mb), root=0)
             if comm.Get_rank() == 0:
                 w = max(r[0] for r in per_rank)
                 m = max(r[1] for r in per_rank)
@@ -66,12 +73,15 @@ def main() -> None:
                     "bridge_overhead": (w - m) / m,
                     "us_per_atom_step": 1e6 * w / len(atoms),
                     "computed_over_local": [r[3] / max(r[2], 1) for r in per_rank],
+                    "evaluation": obj.evaluation,
+                    "peak_rss_mb": max(r[4] for r in per_rank),
                 }
                 rows.append(row)
                 print(f"{row['atoms']:6d} atoms, {row['ranks']} rank(s), {row['path']:6s}: "
                       f"{row['ms_per_step']:9.1f} ms/step, module {row['module_ms_per_step']:9.1f}"
                       f" ms, bridge overhead {100 * row['bridge_overhead']:5.1f} %, computed/local "
-                      f"atoms {np.round(row['computed_over_local'], 2).tolist()}", flush=True)
+                      f"atoms {np.round(row['computed_over_local'], 2).tolist()}, "
+                      f"{row['evaluation']}, peak RSS {row['peak_rss_mb']:.0f} MB", flush=True)
             runner.lmp.command("unfix nve")
     if comm.Get_rank() == 0:
         print("command: " + " ".join(sys.argv))
