@@ -5,8 +5,8 @@ Used by the recomputing evaluation (``Facet.layer_forward_chunked`` /
 activations for the backward pass (~2 MB per atom for Facet-S in float64), the forward pass runs
 without autograd, keeps only the node features between layers, and the backward pass recomputes
 one chunk of one layer at a time. Memory then grows with the chunk, not with the system, and the
-small tensors avoid the page faults of large allocations, which more than pays for the second
-forward pass on CPUs from a few hundred atoms on (see benchmarks/README).
+small tensors avoid the page faults of large allocations, which under glibc's default allocator
+pays for the second forward pass on CPUs from a few hundred atoms on (see benchmarks/README).
 """
 
 from __future__ import annotations

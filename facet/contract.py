@@ -28,8 +28,10 @@ class FacetPotential(nn.Module):
     Two evaluations, same numbers (to rounding): up to ``single_pass_edges`` pairs, one forward
     pass with autograd and one backward pass (fastest for small systems); above it, a forward
     pass without autograd that keeps only the node features between layers, then a backward pass
-    that recomputes one chunk of about ``chunk_edges`` pairs of one layer at a time (memory per
-    atom ~100x lower; on CPUs also faster from a few hundred atoms on). ``chunk_edges <= 0``
+    that recomputes one chunk of about ``chunk_edges`` pairs of one layer at a time (working
+    memory bounded by the chunk: ~50 KB instead of ~2 MB per atom for Facet-S in float64; about
+    45 % more arithmetic, which on CPUs with glibc's default allocator the smaller allocations
+    pay back, see benchmarks/README). ``chunk_edges <= 0``
     always takes the single pass. Both are plain attributes of the scripted module.
     """
 
