@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from facet.chunks import default_chunking
 from facet.model import Facet
 
 
@@ -35,13 +36,14 @@ class FacetPotential(nn.Module):
     always takes the single pass. Both are plain attributes of the scripted module.
     """
 
-    def __init__(self, model: Facet, chunk_edges: int = 4096,
-                 single_pass_edges: int = 16384) -> None:
+    def __init__(self, model: Facet, chunk_edges: int | None = None,
+                 single_pass_edges: int | None = None) -> None:
         super().__init__()
         self.model = model
         self.num_layers = len(model.layers)
-        self.chunk_edges = int(chunk_edges)
-        self.single_pass_edges = int(single_pass_edges)
+        cpu = default_chunking("cpu")  # None: the CPU defaults
+        self.chunk_edges = cpu[0] if chunk_edges is None else int(chunk_edges)
+        self.single_pass_edges = cpu[1] if single_pass_edges is None else int(single_pass_edges)
 
     def forward(
         self,

@@ -72,3 +72,12 @@ def run_driver(nproc: int, model: Path, structure: Path, out: Path, *extra: str)
     data = json.loads(out.read_text())
     meta = {k: data.pop(k) for k in ("path", "atom_counts", "evaluations")}
     return {**{k: np.asarray(v) for k, v in data.items()}, **meta}
+
+
+def assert_matches_reference(res: dict, energy: float, energies, forces, stress) -> None:
+    """A LAMMPS result equals the reference at the float64 parity tolerances: energy 1e-8
+    eV/atom, per-atom energies 1e-8 eV, forces 1e-6 eV/Å, stress 1e-6 eV/Å^3."""
+    assert abs(res["energy"] - energy) / len(forces) < 1e-8
+    np.testing.assert_allclose(res["energies"], energies, atol=1e-8)
+    np.testing.assert_allclose(res["forces"], forces, atol=1e-6)
+    np.testing.assert_allclose(res["stress"], stress, atol=1e-6)

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import lammps_frame, randomized_model, triclinic_alloy
-from lammps_utils import JOBS, mpirun, require_lammps, run_driver
+from lammps_utils import JOBS, assert_matches_reference, mpirun, require_lammps, run_driver
 
 import facet
 from facet.calculator import FacetCalculator
@@ -64,10 +64,7 @@ def test_kokkos_path_matches_ase(kk_workdir, nproc):
     assert res["evaluations"] == ["single pass"] * nproc
     # features are computed for local atoms only
     assert all(local == computed for local, computed in res["atom_counts"])
-    assert abs(res["energy"] - ref["energy"]) / n < 1e-8
-    np.testing.assert_allclose(res["energies"], ref["energies"], atol=1e-8)
-    np.testing.assert_allclose(res["forces"], ref["forces"], atol=1e-6)
-    np.testing.assert_allclose(res["stress"], ref["stress"], atol=1e-6)
+    assert_matches_reference(res, ref["energy"], ref["energies"], ref["forces"], ref["stress"])
 
 
 @pytest.mark.parametrize("nproc", [1, 2])
@@ -77,10 +74,7 @@ def test_kokkos_recomputing_evaluation_matches_ase(kk_workdir, nproc):
                      "--kokkos")
     assert res["path"].startswith("kokkos (per-layer halo exchange)")
     assert res["evaluations"] == ["recomputing"] * nproc
-    assert abs(res["energy"] - ref["energy"]) / n < 1e-8
-    np.testing.assert_allclose(res["energies"], ref["energies"], atol=1e-8)
-    np.testing.assert_allclose(res["forces"], ref["forces"], atol=1e-6)
-    np.testing.assert_allclose(res["stress"], ref["stress"], atol=1e-6)
+    assert_matches_reference(res, ref["energy"], ref["energies"], ref["forces"], ref["stress"])
 
 
 def test_kokkos_path_with_two_threads(kk_workdir, monkeypatch):

@@ -15,7 +15,7 @@ import torch
 from ase.filters import FrechetCellFilter
 from ase.optimize import BFGS
 from conftest import lammps_frame, randomized_model, triclinic_alloy
-from lammps_utils import env, mpirun, require_lammps, run_driver
+from lammps_utils import assert_matches_reference, env, mpirun, require_lammps, run_driver
 
 import facet
 from facet.calculator import FacetCalculator
@@ -56,13 +56,8 @@ def ase_reference(model, atoms):
 def test_run0_matches_ase(workdir, nproc):
     d, model, atoms = workdir
     res = run_driver(nproc, d / "model-mliap.pt", d / "alloy.xyz", d / f"eval{nproc}.json")
-    e, energies, forces, stress = ase_reference(model, atoms)
-    n = len(atoms)
     assert res["path"].startswith("plain")
-    assert abs(res["energy"] - e) / n < 1e-8
-    np.testing.assert_allclose(res["energies"], energies, atol=1e-8)
-    np.testing.assert_allclose(res["forces"], forces, atol=1e-6)
-    np.testing.assert_allclose(res["stress"], stress, atol=1e-6)
+    assert_matches_reference(res, *ase_reference(model, atoms))
 
 
 @pytest.mark.mpi
@@ -71,12 +66,8 @@ def test_recomputing_evaluation_matches_ase(workdir):
     pruning and chunks together."""
     d, model, atoms = workdir
     res = run_driver(2, d / "chunked-mliap.pt", d / "alloy.xyz", d / "evalc.json")
-    e, energies, forces, stress = ase_reference(model, atoms)
     assert res["evaluations"] == ["recomputing"] * 2
-    assert abs(res["energy"] - e) / len(atoms) < 1e-8
-    np.testing.assert_allclose(res["energies"], energies, atol=1e-8)
-    np.testing.assert_allclose(res["forces"], forces, atol=1e-6)
-    np.testing.assert_allclose(res["stress"], stress, atol=1e-6)
+    assert_matches_reference(res, *ase_reference(model, atoms))
 
 
 def run_lmp_deck(d, lmp_exe, atoms, species, pair_lines, nproc=2, kokkos=False, tag="run0"):
