@@ -5,7 +5,7 @@ What one call is, for every model: the model's forward pass and autograd forces 
 is already on the device (the neighbour list is built once, outside the timing, as LAMMPS'
 KOKKOS build would hand it over on the GPU):
 
-- Facet-S: the frozen TorchScript contract (``facet.deploy.freeze.script_potential``, the module
+- Facet-S: the frozen TorchScript contract (``facet.freeze.script_potential``, the module
   ``facet-deploy`` ships) on ``(species, pair_i, pair_j, rij, n)``, then the pair gradients
   scattered into forces. Random weights (``bench_worker.facet_model``), r_max 5 Å.
 - MACE (small): ``ScaleShiftMACE`` with MACE-MP-0 small hyperparameters, random weights
@@ -51,7 +51,7 @@ def facet_call(atoms, dtype_name: str, device: str, cache: dict):
     from bench_worker import facet_model
 
     from facet.contract import forces_from_pair_gradients
-    from facet.deploy.freeze import script_potential
+    from facet.freeze import script_potential
     from facet.graph import build_graph
 
     if "model" not in cache:

@@ -1,6 +1,6 @@
 """Cost of the LAMMPS bridge: MD time per step in LAMMPS vs the frozen module's own time.
 
-For each size, runs `steps` NVE steps through facet.lammps_driver (real LAMMPS, ML-IAP unified)
+For each size, runs `steps` NVE steps through facet.lammps.driver (real LAMMPS, ML-IAP unified)
 and reports, per rank: wall time per step, the time spent inside the frozen TorchScript module
 (measured by the ML-IAP object itself), the bridge overhead = step - module time (neighbour
 lists, pair-list copies, force scatter, MPI), and how many atoms the rank computes features
@@ -24,7 +24,7 @@ import numpy as np
 from ase.build import bulk
 from mpi4py import MPI
 
-from facet.lammps_driver import FacetLammps
+from facet.lammps.driver import FacetLammps
 
 
 def main() -> None:

@@ -60,13 +60,13 @@ def deploy_facet(path: str, dtype: str) -> None:
     from bench_worker import facet_model
 
     from facet.checkpoint import save_model
-    from facet.deploy.cli import build_mliap
+    from facet.lammps.mliap import FacetMLIAP
 
     model, _ = facet_model(dtype, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = os.path.join(tmp, "facet-s.pt")
         save_model(model, ckpt)
-        torch.save(build_mliap(ckpt, dtype=dtype, device="cpu"), path)
+        torch.save(FacetMLIAP.from_checkpoint(ckpt, dtype=dtype, device="cpu"), path)
 
 
 def deck(r: Runner, cells: int, steps: int) -> str:
@@ -163,7 +163,7 @@ def main() -> None:
     venv = os.path.join(REPO, ".venv")
     sys.path.insert(0, REPO)
     import facet
-    from facet.deploy.mliap import recommended_comm_cutoff
+    from facet.lammps.deck import recommended_comm_cutoff
 
     cfg = facet.facet_s(["Cu"])
     ghost = recommended_comm_cutoff(cfg.r_max, cfg.num_interactions)

@@ -15,8 +15,13 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from torch.func import functional_call
 
 from facet.checkpoint import load_model
-from facet.chunks import default_chunking
-from facet.contract import FacetPotential, upper_symmetric, virial_from_pair_gradients
+from facet.chunks import resolve_chunking
+from facet.contract import (
+    FacetPotential,
+    forces_from_pair_gradients,
+    upper_symmetric,
+    virial_from_pair_gradients,
+)
 from facet.graph import build_graph
 from facet.model import Facet, with_dtype
 
@@ -32,6 +37,9 @@ class FacetCalculator(Calculator):
         device: torch device string.
         script: evaluate the TorchScript-compiled contract instead of the eager module (same
             numbers; what LAMMPS runs).
+        frozen: an already frozen contract (e.g. ``facet.freeze.from_bytes`` of a deployed
+            file's ``script_bytes``) to evaluate instead of ``model``'s own; ``model`` still
+            supplies the elements, cutoff and graph settings.
         chunk_edges, single_pass_edges: above ``single_pass_edges`` pairs, evaluate in chunks
             of ``chunk_edges`` pairs, recomputing in the backward pass (``facet.chunks``: same
             numbers, far less memory); None = the device's default, ``chunk_edges=0`` = never.
@@ -45,6 +53,7 @@ class FacetCalculator(Calculator):
         dtype: str | torch.dtype = "float64",
         device: str = "cpu",
         script: bool = False,
+        frozen: torch.jit.ScriptModule | None = None,
         chunk_edges: int | None = None,
         single_pass_edges: int | None = None,
         **kwargs,
@@ -59,15 +68,14 @@ class FacetCalculator(Calculator):
         self.model = model.to(self.device).eval()
         self.config = model.config
         self.potential = FacetPotential(self.model)
-        if script:
-            from facet.deploy.freeze import script_potential
+        if frozen is not None:
+            self.potential = frozen.to(self.device)
+        elif script:
+            from facet.freeze import script_potential
 
             self.potential = script_potential(self.model)
-        chunking = default_chunking(self.device.type)
-        self.potential.chunk_edges = chunking[0] if chunk_edges is None else int(chunk_edges)
-        self.potential.single_pass_edges = (
-            chunking[1] if single_pass_edges is None else int(single_pass_edges)
-        )
+        self.potential.chunk_edges, self.potential.single_pass_edges = resolve_chunking(
+            self.device.type, chunk_edges, single_pass_edges)
 
     def calculate(self, atoms: Atoms | None = None, properties=None, system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
@@ -91,8 +99,7 @@ class FacetCalculator(Calculator):
         e_atoms = e_atoms.detach().to(torch.float64)
         g = dE_drij.detach().to(torch.float64)
         rij64 = rij.detach().to(torch.float64)
-        forces = torch.zeros(n, 3, dtype=torch.float64, device=dev)
-        forces.index_add_(0, centre, g).index_add_(0, neighbour, -g)
+        forces = forces_from_pair_gradients(g, centre, neighbour, n)
         energies = e_atoms.cpu().numpy()
         self.results["energies"] = energies
         self.results["energy"] = float(energies.sum())

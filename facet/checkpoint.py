@@ -15,14 +15,11 @@ from typing import Any
 import torch
 
 from facet.config import FacetConfig
+from facet.errors import CheckpointError
 from facet.model import Facet, build_model, copy_parameters
 
 FORMAT = "facet-checkpoint"
 FORMAT_VERSION = 1
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file is missing, unreadable or not a Facet checkpoint."""
 
 
 def _version() -> str:

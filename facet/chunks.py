@@ -51,3 +51,12 @@ def default_chunking(device: str) -> tuple[int, int]:
     CUDA: not measured; large chunks (~6k atoms) so that kernel launches stay few.
     """
     return (1 << 18, 1 << 18) if device.startswith("cuda") else (4096, 16384)
+
+
+def resolve_chunking(device: str, chunk_edges: int | None = None,
+                     single_pass_edges: int | None = None) -> tuple[int, int]:
+    """``(chunk_edges, single_pass_edges)``: the given values, each None replaced by the
+    device's default (``default_chunking``). ``chunk_edges <= 0`` means always a single pass."""
+    default = default_chunking(device)
+    return (default[0] if chunk_edges is None else int(chunk_edges),
+            default[1] if single_pass_edges is None else int(single_pass_edges))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from facet.chunks import default_chunking
+from facet.chunks import resolve_chunking
 from facet.model import Facet
 
 
@@ -41,9 +41,9 @@ class FacetPotential(nn.Module):
         super().__init__()
         self.model = model
         self.num_layers = len(model.layers)
-        cpu = default_chunking("cpu")  # None: the CPU defaults
-        self.chunk_edges = cpu[0] if chunk_edges is None else int(chunk_edges)
-        self.single_pass_edges = cpu[1] if single_pass_edges is None else int(single_pass_edges)
+        # None: the CPU defaults
+        self.chunk_edges, self.single_pass_edges = resolve_chunking("cpu", chunk_edges,
+                                                                    single_pass_edges)
 
     def forward(
         self,

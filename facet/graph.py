@@ -12,9 +12,7 @@ import numpy as np
 from ase import Atoms
 from vesin import NeighborList
 
-
-class FacetInputError(ValueError):
-    """A structure the model cannot evaluate (unknown element, overlapping atoms, ...)."""
+from facet.errors import FacetInputError
 
 
 @dataclass

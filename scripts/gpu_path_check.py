@@ -35,8 +35,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import facet  # noqa: E402
 from facet.calculator import FacetCalculator  # noqa: E402
 from facet.checkpoint import save_model  # noqa: E402
-from facet.deploy.cli import build_mliap  # noqa: E402
-from facet.deploy.mliap import recommended_comm_cutoff  # noqa: E402
+from facet.lammps.deck import recommended_comm_cutoff  # noqa: E402
+from facet.lammps.mliap import FacetMLIAP  # noqa: E402
 
 
 class DataStandIn:
@@ -190,8 +190,8 @@ def main() -> int:
             for (lmp_side, xp, model_device), (label, chunk, single) in itertools.product(
                 sides, evaluations
             ):
-                obj = build_mliap(ckpt, dtype=dtype, device=model_device, chunk_edges=chunk,
-                                  single_pass_edges=single)
+                obj = FacetMLIAP.from_checkpoint(ckpt, dtype=dtype, device=model_device,
+                                                 chunk_edges=chunk, single_pass_edges=single)
                 layers = cfg.num_interactions
                 for path, ghost_cut, ghostneigh in (
                     ("plain", recommended_comm_cutoff(cfg.r_max, layers), True),

@@ -18,7 +18,7 @@ import facet
 from facet.calculator import FacetCalculator
 from facet.chunks import default_chunking, row_chunks
 from facet.contract import FacetPotential
-from facet.deploy.freeze import script_model, script_potential
+from facet.freeze import script_model, script_potential
 from facet.graph import build_graph
 
 

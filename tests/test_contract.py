@@ -9,7 +9,7 @@ from conftest import randomized_model
 import facet
 from facet.calculator import FacetCalculator
 from facet.contract import FacetPotential, energy_forces_stress
-from facet.deploy.freeze import from_bytes, script_model, script_potential, to_bytes
+from facet.freeze import from_bytes, script_model, script_potential, to_bytes
 from facet.graph import build_graph
 
 

@@ -7,8 +7,9 @@ import pickle
 import torch
 
 import facet
-from facet.deploy.cli import main as deploy_main
-from facet.deploy.mliap import FacetMLIAP, recommended_comm_cutoff
+from facet.cli.deploy import main as deploy_main
+from facet.lammps.deck import recommended_comm_cutoff
+from facet.lammps.mliap import FacetMLIAP
 
 
 def test_deploy_writes_object_and_deck_lines(tiny_model, tmp_path, capsys):

@@ -8,7 +8,7 @@ import sys
 import pytest
 from lammps_utils import REPO, env, mpirun, require_lammps
 
-from facet.deploy.cli import main as deploy_main
+from facet.cli.deploy import main as deploy_main
 
 pytestmark = [pytest.mark.lammps, pytest.mark.mpi, pytest.mark.slow]
 
@@ -85,7 +85,7 @@ def test_python_mpi_job(deployed):
 def test_facet_deploy_check(tmp_path):
     require_lammps()
     proc = subprocess.run(
-        [sys.executable, "-m", "facet.deploy.cli", str(SHIPPED), "-o",
+        [sys.executable, "-m", "facet.cli.deploy", str(SHIPPED), "-o",
          str(tmp_path / "m-mliap.pt"), "--check"],
         env=env(), capture_output=True, text=True, timeout=600,
     )

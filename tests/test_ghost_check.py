@@ -8,7 +8,7 @@ from ase.build import bulk
 from ase.neighborlist import neighbor_list
 from conftest import triclinic_alloy
 
-from facet.deploy.ghost_check import check_ghost_shell, hop_distances
+from facet.lammps.ghost_check import check_ghost_shell, hop_distances
 
 
 def rank_view(atoms, cutoff_ghost: float, r_max: float):
@@ -83,7 +83,7 @@ def test_hop_distances():
 def test_isolated_atoms_and_many_components():
     """Atoms without pairs (a type mapped to NULL, far ghosts) and several components: positions
     are exact up to one translation per component, and the check runs."""
-    from facet.deploy.ghost_check import reconstruct_positions
+    from facet.lammps.ghost_check import reconstruct_positions
 
     rng = np.random.default_rng(2)
     atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((2, 2, 2))
@@ -98,3 +98,39 @@ def test_isolated_atoms_and_many_components():
     assert len(np.unique(labels)) == 2 + 5
     np.testing.assert_allclose(pos[i2] + np.concatenate([d, d]), pos[j2], atol=1e-9)
     assert check_ghost_shell(nlocal, ntotal + 5, i, j, d, r_max, 2).ok
+
+
+def slab_rank_view(slab, cutoff_ghost: float, r_max: float, lower: bool = True):
+    """The rank that owns the lower (or upper) half in z of a slab periodic in x and y only:
+    ghosts = periodic images in x/y and the other half, within ``cutoff_ghost`` of the
+    subdomain (an orthogonal box split at the middle of the cell in z), as LAMMPS' brick comm
+    gives them."""
+    from ase import Atoms
+
+    cell = slab.cell.array
+    mid = cell[2, 2] / 2
+    lo = np.array([0.0, 0.0, 0.0 if lower else mid])
+    hi = np.array([cell[0, 0], cell[1, 1], mid if lower else cell[2, 2]])
+    images = [slab.positions + a * cell[0] + b * cell[1]
+              for a in range(-3, 4) for b in range(-3, 4)]
+    pos = np.concatenate(images)
+    local = np.all((pos >= lo) & (pos < hi), axis=1)
+    ghost = ~local & np.all((pos >= lo - cutoff_ghost) & (pos < hi + cutoff_ghost), axis=1)
+    view = np.concatenate([pos[local], pos[ghost]])
+    i, j, d = neighbor_list("ijD", Atoms("X" * len(view), positions=view), r_max)
+    return int(local.sum()), len(view), i, j, d
+
+
+@pytest.mark.parametrize("layers_thick", [6, 14])
+@pytest.mark.parametrize("lower", [True, False])
+def test_slab_split_across_vacuum(layers_thick, lower):
+    """A slab decomposed in z: the material ends before the shell in z (vacuum is not a
+    missing shell), while a shell too thin in x and y is still caught."""
+    from ase.build import fcc100
+
+    slab = fcc100("Cu", size=(2, 2, layers_thick), a=3.61, vacuum=12.0, orthogonal=True)
+    r_max, layers = 5.0, 2
+    for cutoff in (layers * r_max + 3.0, layers * r_max + 10.0):
+        assert check_ghost_shell(*slab_rank_view(slab, cutoff, r_max, lower), r_max, layers).ok
+    thin = check_ghost_shell(*slab_rank_view(slab, r_max + 2.0, r_max, lower), r_max, layers)
+    assert not thin.ok and thin.deficit > 1.0

@@ -16,7 +16,7 @@ from lammps_utils import JOBS, assert_matches_reference, mpirun, require_lammps,
 
 import facet
 from facet.calculator import FacetCalculator
-from facet.deploy.cli import main as deploy_main
+from facet.cli.deploy import main as deploy_main
 
 pytestmark = [pytest.mark.lammps, pytest.mark.kokkos, pytest.mark.mpi]
 

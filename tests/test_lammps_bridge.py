@@ -19,7 +19,7 @@ from lammps_utils import assert_matches_reference, env, mpirun, require_lammps, 
 
 import facet
 from facet.calculator import FacetCalculator
-from facet.deploy.cli import main as deploy_main
+from facet.cli.deploy import main as deploy_main
 
 pytestmark = [pytest.mark.lammps]
 
@@ -108,7 +108,7 @@ run 0
     p = np.zeros((3, 3))
     p[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]] = vals[1:]
     p = p + np.triu(p, 1).T
-    s = -(prism.rot_mat @ p @ prism.rot_mat.T) / 1.602176634e6  # bar -> eV/Å^3
+    s = -(prism.rot_mat @ p @ prism.rot_mat.T) / 1.6021765e6  # bar -> eV/Å^3, LAMMPS' nktv2p
     return vals[0], s[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]], forces, dump[:, 4]
 
 
@@ -223,7 +223,7 @@ def test_good_deck_runs(workdir, lmp_exe):
 
 def test_unknown_element_in_pair_coeff(workdir, lmp_exe):
     rc, out = run_bad_deck(workdir[0], lmp_exe, elements="Cu Pt")
-    assert rc != 0 and "Pt" in out
+    assert rc != 0 and "element Pt (atom type 2) is not in the model" in out
 
 
 def test_short_comm_cutoff(workdir, lmp_exe):

@@ -13,7 +13,7 @@ from lammps_utils import require_lammps, run_driver
 
 import facet
 from facet.calculator import FacetCalculator
-from facet.deploy.cli import main as deploy_main
+from facet.cli.deploy import main as deploy_main
 
 pytestmark = [pytest.mark.lammps, pytest.mark.mpi]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from ase.build import bulk
 from mpi4py import MPI
 
-from facet.lammps_driver import FacetLammps
+from facet.lammps.driver import FacetLammps
 
 here = Path(__file__).resolve().parent
 model = sys.argv[1] if len(sys.argv) > 1 else str(here.parent / "models" / "facet-emt-small.pt")

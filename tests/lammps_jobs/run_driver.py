@@ -1,4 +1,4 @@
-"""A job for the parity tests: run Facet in LAMMPS through facet.lammps_driver on
+"""A job for the parity tests: run Facet in LAMMPS through facet.lammps.driver on
 ``mpirun -np N`` ranks and write the results (rank 0) as JSON.
 
     mpirun -np 2 python run_driver.py MODEL STRUCTURE.xyz OUT.json [--task eval|nve|relax]
@@ -12,7 +12,7 @@ import json
 import ase.io
 import numpy as np
 
-from facet.lammps_driver import FacetLammps
+from facet.lammps.driver import FacetLammps
 
 
 def main() -> None:
@@ -41,7 +41,8 @@ def main() -> None:
         else:
             relaxed, energy = runner.relax(atoms, fmax=1e-5)
             res = {"cellpar": relaxed.cell.cellpar(), "energy": energy,
-                   "volume": relaxed.get_volume()}
+                   "volume": relaxed.get_volume(), "stress": runner.results()["stress"],
+                   "cell": relaxed.cell.array}
         counts = runner.comm.gather(runner.mliap.atom_counts, root=0)
         evaluations = runner.comm.gather(runner.mliap.evaluation, root=0)
         if runner.rank == 0:

@@ -19,9 +19,9 @@ from ase import Atoms
 from ase.calculators.lammps import Prism
 from ase.io.lammpsdata import write_lammps_data
 
-from facet.deploy.mliap import FacetMLIAP, recommended_comm_cutoff
-
-BAR_PER_EV_A3 = 1.602176634e6  # 1 eV/Å^3 in bar
+from facet.errors import CheckpointError
+from facet.lammps.deck import mliap_lines
+from facet.lammps.mliap import FacetMLIAP
 
 
 def _world():
@@ -32,28 +32,50 @@ def _world():
     return MPI.COMM_WORLD
 
 
+def read_deployed(path: str | Path) -> FacetMLIAP:
+    """A deployed ``*-mliap.pt`` file. It is a pickle by LAMMPS' design (``pair_style mliap
+    unified`` unpickles it), so loading it can run code: load only files you made or trust.
+    Checkpoints never take this road (``facet.checkpoint`` reads them without running code)."""
+    import torch
+
+    obj = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(obj, FacetMLIAP):
+        raise CheckpointError(
+            f"{path} is neither a Facet checkpoint nor a file written by facet-deploy "
+            f"(it holds a {type(obj).__name__})")
+    return obj
+
+
 def load_mliap(model: str | Path | FacetMLIAP, dtype: str = "float64", device: str = "cpu",
                comm=None) -> FacetMLIAP:
-    """A ``FacetMLIAP`` from an object, a deployed ``*-mliap.pt`` or a Facet checkpoint.
+    """A ``FacetMLIAP`` from an object, a Facet checkpoint or a deployed ``*-mliap.pt``.
 
-    A checkpoint is frozen once on rank 0 and broadcast (``comm``), not on every rank.
+    Rank 0 reads the file (a checkpoint is frozen there once, not on every rank) and
+    broadcasts the object over ``comm``; a file that cannot be read raises the same error on
+    every rank.
     """
     if isinstance(model, FacetMLIAP):
         return model
-    import torch
-
     rank = comm.Get_rank() if comm is not None else 0
-    obj = None
+    obj, error = None, None
     if rank == 0:
-        payload = torch.load(model, map_location="cpu", weights_only=False) \
-            if Path(model).exists() else None
-        if isinstance(payload, FacetMLIAP):
-            obj = payload
-        else:
-            from facet.deploy.cli import build_mliap
+        from facet.checkpoint import read_checkpoint
 
-            obj = build_mliap(model, dtype, device)
-    return comm.bcast(obj, root=0) if comm is not None else obj
+        try:
+            try:
+                read_checkpoint(model)  # a checkpoint? (read without running code)
+                obj = FacetMLIAP.from_checkpoint(model, dtype, device)
+            except CheckpointError:
+                if not Path(model).is_file():
+                    raise
+                obj = read_deployed(model)
+        except Exception as exc:  # every rank must learn about it, not wait in bcast
+            error = exc
+    if comm is not None:
+        obj, error = comm.bcast((obj, error), root=0)
+    if error is not None:
+        raise error
+    return obj
 
 
 class FacetLammps:
@@ -77,6 +99,7 @@ class FacetLammps:
         self.comm = comm if comm is not None else _world()
         self.rank = self.comm.Get_rank() if self.comm is not None else 0
         self.mliap = load_mliap(model, dtype, device, self.comm)
+        self.mliap.comm = self.comm  # errors on some ranks are raised on every rank
         self.elements = list(self.mliap.element_types)
         self.skin = float(skin)
         self.kokkos = kokkos
@@ -103,15 +126,8 @@ class FacetLammps:
     def pair_lines(self) -> list[str]:
         """Plain path: ghost neighbour lists and a deep ghost shell; KOKKOS path: a one-cutoff
         halo (features of ghosts come from the per-layer exchange)."""
-        ghostneigh = 0 if self.kokkos else 1
-        lines = [
-            f"pair_style mliap unified EXISTS {ghostneigh}",
-            f"pair_coeff * * {' '.join(self.elements)}",
-        ]
-        if self.mliap.num_layers > 1 and not self.kokkos:
-            cut = recommended_comm_cutoff(self.mliap.r_max, self.mliap.num_layers, self.skin)
-            lines.append(f"comm_modify cutoff {cut:g}")
-        return lines
+        return mliap_lines("EXISTS", self.elements, self.mliap.r_max, self.mliap.num_layers,
+                           kokkos=self.kokkos, skin=self.skin)
 
     def load_atoms(self, atoms: Atoms) -> None:
         """Replace the system by ``atoms`` (types follow the model's element order)."""
@@ -163,7 +179,8 @@ class FacetLammps:
         for a, b in ((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2)):
             p[a, b] = p[b, a] = self.lmp.get_thermo("p" + "xyz"[a] + "xyz"[b])
         rot = self.prism.rot_mat
-        stress = -(rot @ p @ rot.T) / BAR_PER_EV_A3
+        bar_per_ev_a3 = float(self.lmp.extract_global("nktv2p"))  # LAMMPS' own factor
+        stress = -(rot @ p @ rot.T) / bar_per_ev_a3
         pe_atom = np.asarray(self.lmp.numpy.extract_compute("facet_pe", 1, 1)).copy()
         ids = np.asarray(self.lmp.numpy.extract_atom("id")).copy()[: len(pe_atom)]
         energies = np.zeros(self.natoms)
@@ -181,15 +198,29 @@ class FacetLammps:
 
     def relax(self, atoms: Atoms, fmax: float = 1e-4, box: bool = True,
               max_iter: int = 2000) -> tuple[Atoms, float]:
-        """Relax positions (and the cell with ``fix box/relax tri 0``) with LAMMPS ``minimize``.
+        """Relax positions and, with ``box``, the cell with LAMMPS ``minimize``.
 
-        Returns the relaxed structure (in LAMMPS' frame: cell lower-triangular) and its energy.
+        The cell relaxes in every periodic direction, shear included (``fix box/relax`` on
+        each periodic length and on each tilt whose two directions are periodic, uncoupled,
+        to zero stress; an orthogonal box is made triclinic first): a bulk cell relaxes all
+        six components, a slab periodic in x and y relaxes x, y and xy only.
+        Returns the relaxed structure (in LAMMPS' frame: cell lower-triangular) and its
+        energy (eV).
         """
         self.load_atoms(atoms)
         cmds = []
         if box:
-            tri = "tri" if self.prism.is_skewed() else "aniso"
-            cmds.append(f"fix facet_relax all box/relax {tri} 0.0 vmax 0.001")
+            pbc = [bool(p) for p in atoms.pbc]
+            if not any(pbc):
+                raise ValueError("relax(box=True) needs a periodic direction; use box=False "
+                                 "for a molecule or cluster")
+            targets = [f"{d} 0.0" for d, periodic in zip("xyz", pbc, strict=True) if periodic]
+            tilts = [f"{t} 0.0" for t, (a, b) in (("yz", (1, 2)), ("xz", (0, 2)),
+                                                  ("xy", (0, 1))) if pbc[a] and pbc[b]]
+            if tilts:
+                cmds.append("change_box all triclinic")
+            cmds.append(f"fix facet_relax all box/relax {' '.join(targets + tilts)} "
+                        "couple none vmax 0.001")
         cmds += ["min_style cg", f"minimize 0.0 {fmax:g} {max_iter} {10 * max_iter}"]
         self.lmp.commands_list(cmds)
         return self.current_atoms(atoms), float(self.lmp.get_thermo("pe"))

