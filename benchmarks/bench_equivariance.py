@@ -21,6 +21,7 @@ For every grid (``FacetConfig.s2_grid`` + ``s2_res``) this measures, in float64:
     python benchmarks/bench_equivariance.py                        # full table (~15 min)
     python benchmarks/bench_equivariance.py --no-timing            # errors only (~3 min)
     python benchmarks/bench_equivariance.py --trained runs/x/last.pt --data data/emt.xyz
+    python benchmarks/bench_equivariance.py --table-from benchmarks/results/a.json b.json
 
 Writes ``benchmarks/results/bench-equivariance-<time>.json`` with every number and the table.
 """
@@ -172,8 +173,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", help="extxyz: also evaluate --trained (and shipped) on its frames")
     p.add_argument("--data-frames", type=int, default=6)
     p.add_argument("--out", help="JSON output (default benchmarks/results/...)")
+    p.add_argument("--table-from", nargs="+", metavar="JSON",
+                   help="print the table of earlier runs (merged: errors, trained, timing)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
+    if args.table_from:
+        merged: dict = {"grids": {}, "trained": {}, "timing": {}}
+        for path in args.table_from:
+            r = json.loads(Path(path).read_text())
+            for key in merged:
+                merged[key].update(r.get(key, {}))
+        print(render_table(merged))
+        return 0
 
     payload = read_checkpoint(SHIPPED)
     shipped_cfg = dict(payload["config"])
@@ -254,8 +265,11 @@ def render_table(result: dict) -> str:
     """Markdown table: one row per grid."""
     timing = result["timing"]
     tkeys = sorted(timing, key=lambda k: (k.split("@")[0], int(k.split("@")[1])))
-    head = ("| grid | points | degree | shipped: bulk+slab dE / dF | hot dF | compressed dF | "
-            "Facet-S random: dE / dF |" + "".join(f" t {k} |" for k in tkeys))
+    has_data = any("data" in row["shipped"] for row in result["grids"].values())
+    head = ("| grid | points | degree | shipped: bulk+slab dE / dF |"
+            + (" data dF |" if has_data else "")
+            + " hot dF | compressed dF | Facet-S random: dE / dF |"
+            + "".join(f" t {k} |" for k in tkeys))
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for spec, row in result["grids"].items():
         s = row["shipped"]
@@ -264,8 +278,10 @@ def render_table(result: dict) -> str:
         fs = row.get("facet_s_random")
         fs_txt = (f"{fmt(max(v[0] for v in fs.values()))} / {fmt(max(v[1] for v in fs.values()))}"
                   if fs else "-")
-        cells = [spec, str(row["points"]), str(row["degree"]), f"{fmt(de)} / {fmt(df)}",
-                 fmt(s["hot"][1]), fmt(s["compressed"][1]), fs_txt]
+        cells = [spec, str(row["points"]), str(row["degree"]), f"{fmt(de)} / {fmt(df)}"]
+        if has_data:
+            cells.append(fmt(s["data"][1]) if "data" in s else "-")
+        cells += [fmt(s["hot"][1]), fmt(s["compressed"][1]), fs_txt]
         for k in tkeys:
             t = timing[k]["times"].get(spec)
             cells.append(f"{t['ratio_cpu']:.2f}x" if t else "-")

@@ -246,3 +246,21 @@ def test_finer_grids_alias_less():
     errs = [rotation_error(shipped_weights_with_grid("lebedev", (d,)), atoms)[1]
             for d in (17, 29, 41)]
     assert errs[0] > errs[1] > errs[2], errs
+
+
+def test_facet_info_reports_the_measured_rotation_error(capsys):
+    import json
+
+    from facet.cli import info_main
+
+    assert info_main([str(SHIPPED), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    cfg = facet.load_model(SHIPPED).config
+    assert d["s2_grid"].startswith(f"{cfg.s2_grid} {'x'.join(map(str, cfg.s2_res))} (")
+    de, df = rotation_error(SHIPPED)
+    r = d["rotation_error"]
+    assert r["energy_per_atom"] == pytest.approx(de, rel=1e-6, abs=1e-15)
+    assert r["forces"] == pytest.approx(df, rel=1e-6, abs=1e-15)
+    assert r["within_bounds"] == (de <= ENERGY_BOUND and df <= FORCE_BOUND)
+    assert info_main([str(SHIPPED)]) == 0
+    assert "rotation_error" in capsys.readouterr().out
