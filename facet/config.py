@@ -11,6 +11,15 @@ from typing import Any
 
 from ase.data import atomic_numbers
 
+#: Default S2 quadrature of new configs (checkpoints without the field load as "soft").
+S2_DEFAULT_GRID = "lebedev"
+#: Default resolution of each kind: (beta, alpha) points, or (degree,) for Lebedev.
+S2_DEFAULT_RES: dict[str, tuple[int, ...]] = {
+    "soft": (18, 17),
+    "gauss": (12, 24),
+    "lebedev": (35,),
+}
+
 
 @dataclass
 class FacetConfig:
@@ -29,7 +38,13 @@ class FacetConfig:
         envelope_p: exponent of the polynomial cutoff envelope (C^2 at r_max for any p >= 2).
         avg_num_neighbors: normalisation of the neighbour sum (taken from training data).
         radial_power: the sum is divided by ``avg_num_neighbors ** radial_power``.
-        s2_res: (beta, alpha) resolution of the spherical grid of the S2 mixing layer.
+        s2_grid: quadrature of the S2 mixing layer's spherical grid: ``"soft"`` (e3nn's
+            equiangular grid), ``"gauss"`` (Gauss-Legendre in cos(beta) x uniform alpha) or
+            ``"lebedev"`` (see ``facet.s2``). Checkpoints written before this option existed
+            load as ``"soft"``.
+        s2_res: the grid's resolution: ``(beta, alpha)`` points for ``"soft"`` and ``"gauss"``,
+            ``(degree,)`` for ``"lebedev"``; None gives the kind's default
+            (``S2_DEFAULT_RES``).
         s2_mlp_hidden: hidden widths of the per-grid-point MLP.
         s2_heads: the grid channels are split into this many heads sharing one MLP.
         s2_identity: replace the grid MLP by the identity (exactly equivariant; for tests).
@@ -52,7 +67,8 @@ class FacetConfig:
     envelope_p: int = 6
     avg_num_neighbors: float = 40.0
     radial_power: float = 0.7
-    s2_res: tuple[int, int] = (18, 17)
+    s2_grid: str = S2_DEFAULT_GRID
+    s2_res: tuple[int, ...] | None = None
     s2_mlp_hidden: list[int] = field(default_factory=lambda: [16])
     s2_heads: int = 2
     s2_identity: bool = False
@@ -78,7 +94,20 @@ class FacetConfig:
             raise ValueError(f"r_max must be positive, got {self.r_max}")
         if self.layer_norm not in ("joint", "separate"):
             raise ValueError(f"layer_norm must be 'joint' or 'separate', not {self.layer_norm!r}")
-        self.s2_res = tuple(self.s2_res)  # type: ignore[assignment]
+        if self.s2_grid not in S2_DEFAULT_RES:
+            raise ValueError(
+                f"s2_grid must be one of {sorted(S2_DEFAULT_RES)}, not {self.s2_grid!r}"
+            )
+        if self.s2_res is None:
+            self.s2_res = S2_DEFAULT_RES[self.s2_grid]
+        self.s2_res = tuple(int(r) for r in self.s2_res)
+        want = 1 if self.s2_grid == "lebedev" else 2
+        if len(self.s2_res) != want:
+            raise ValueError(
+                f"s2_res {list(self.s2_res)} does not fit s2_grid={self.s2_grid!r}: give "
+                + ("(degree,)" if want == 1 else "(beta, alpha)")
+                + " (a config written for the old SOFT grid needs s2_grid='soft')"
+            )
 
     @property
     def num_interactions(self) -> int:
@@ -103,6 +132,7 @@ class FacetConfig:
             raise ValueError(f"unknown FacetConfig fields: {sorted(extra)}")
         d = dict(d)
         d.setdefault("layer_norm", "separate")  # stored before the option existed
+        d.setdefault("s2_grid", "soft")  # likewise
         return cls(**d)
 
 
@@ -120,7 +150,6 @@ def facet_tiny(elements: list[str], **overrides: Any) -> FacetConfig:
         final_scalars=8,
         num_radial=8,
         avg_num_neighbors=12.0,
-        s2_res=(10, 9),
         s2_mlp_hidden=[8],
         s2_heads=1,
         final_mlp_layers=2,

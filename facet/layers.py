@@ -199,6 +199,7 @@ class FacetLayer(nn.Module):
                 mlp_hidden=list(cfg.s2_mlp_hidden),
                 heads=cfg.s2_heads,
                 identity=cfg.s2_identity,
+                grid=cfg.s2_grid,
             )
         self.norm = E3LayerNorm(irreps_out, mode=cfg.layer_norm)
         self.register_buffer("gain_index", channel_gain_index(irreps_out), persistent=False)

@@ -1,33 +1,99 @@
 """The spherical-grid node-mixing layer (the paper's "S2 MLP").
 
-Equivariant features ``U x (0e+1o+2e+...)`` are read as U functions on the sphere, sampled on an
-equiangular (SOFT) grid, passed through an ordinary MLP at every grid point (channels as the MLP's
-input, the same weights at every point), and projected back to spherical-harmonic coefficients.
+Equivariant features ``U x (0e+1o+2e+...)`` are read as U functions on the sphere, sampled at the
+points of a spherical quadrature, passed through an ordinary MLP at every point (channels as the
+MLP's input, the same weights at every point), and projected back to spherical-harmonic
+coefficients with the quadrature's weights.
 
-The transforms are precomputed dense matrices (from e3nn's ``ToS2Grid``/``FromS2Grid``), so the
-whole block is three small matmuls plus the MLP. A pointwise nonlinearity creates frequencies above
-lmax that alias on a finite grid: the block is rotation-equivariant only up to a grid-dependent
-error (decreasing with resolution), exactly equivariant when the MLP is the identity.
+Three quadratures (``FacetConfig.s2_grid``):
+
+- ``"soft"``: e3nn's equiangular SOFT grid (``ToS2Grid``/``FromS2Grid``), ``(beta, alpha)``
+  points; the reference code's choice and that of every checkpoint written before the option.
+- ``"gauss"``: Gauss-Legendre nodes in cos(beta) times a uniform alpha grid, ``(beta, alpha)``
+  points, exact float64 weights; integrates every polynomial of degree
+  ``min(2 beta - 1, alpha - 1)`` exactly, with about half the points of SOFT at equal degree.
+- ``"lebedev"``: Lebedev's octahedrally symmetric rules (``scipy.integrate.lebedev_rule``), given
+  by their degree; exact to that degree with about a third fewer points than ``"gauss"``.
+
+The transforms are precomputed dense matrices, so the whole block is three small matmuls plus the
+MLP (and scripts with TorchScript). The round trip grid -> coefficients is exact for band-limited
+input up to lmax, so with the identity MLP the block is exactly equivariant. A pointwise
+nonlinearity creates frequencies above lmax, and those beyond what the quadrature integrates
+exactly alias into the projection: the block is rotation-equivariant only up to a grid-dependent
+error that falls quickly with the quadrature's degree (``facet.symmetry`` measures it;
+``benchmarks/bench_equivariance.py`` compares the grids).
 """
+
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from e3nn import o3
 from torch import nn
 
+S2_GRIDS = ("soft", "gauss", "lebedev")
 
-def s2_grid_matrices(
-    lmax: int, res: tuple[int, int], dtype: torch.dtype | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dense ``to_grid [(lmax+1)^2, n_grid]`` and ``from_grid [n_grid, (lmax+1)^2]`` matrices.
 
-    Normalisation: a grid function is ``f(x) = sqrt(4 pi) sum c_lm Y_lm(x)`` with
-    integral-normalised Y (so a constant coefficient c maps to the constant c), and ``from_grid``
-    inverts it exactly for band-limited input (requires an even beta resolution).
-    """
+def s2_grid_points(kind: str, res: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Points ``[n_grid, 3]`` (unit vectors) and weights ``[n_grid]`` (summing to 4 pi) of a
+    ``"gauss"`` (``res = (beta, alpha)``) or ``"lebedev"`` (``res = (degree,)``) quadrature."""
+    if kind == "gauss":
+        if len(res) != 2:
+            raise ValueError(f"a 'gauss' S2 grid takes (beta, alpha) points, got {tuple(res)}")
+        n_beta, n_alpha = int(res[0]), int(res[1])
+        x, w = np.polynomial.legendre.leggauss(n_beta)  # nodes cos(beta), weights sum 2
+        alpha = 2.0 * np.pi * np.arange(n_alpha) / n_alpha
+        sin_b = np.sqrt(1.0 - x**2)
+        # e3nn's frame: beta is measured from the y axis (the frame does not matter)
+        xyz = np.stack(
+            [
+                np.outer(sin_b, np.sin(alpha)),
+                np.outer(x, np.ones(n_alpha)),
+                np.outer(sin_b, np.cos(alpha)),
+            ],
+            axis=-1,
+        ).reshape(-1, 3)
+        weights = np.outer(w, np.full(n_alpha, 2.0 * np.pi / n_alpha)).reshape(-1)
+    elif kind == "lebedev":
+        if len(res) != 1:
+            raise ValueError(f"a 'lebedev' S2 grid takes (degree,), got {tuple(res)}")
+        from scipy.integrate import lebedev_rule  # SciPy >= 1.15
+
+        try:
+            pts, weights = lebedev_rule(int(res[0]))
+        except (ValueError, NotImplementedError) as exc:
+            raise ValueError(f"no Lebedev rule of degree {res[0]}: {exc}") from None
+        xyz = pts.T
+    else:
+        raise ValueError(f"S2 grid kind must be one of {S2_GRIDS}, not {kind!r}")
+    return torch.as_tensor(xyz, dtype=torch.float64), torch.as_tensor(weights, dtype=torch.float64)
+
+
+def s2_grid_degree(kind: str, res: tuple[int, ...]) -> int:
+    """Highest polynomial degree on the sphere that the quadrature integrates exactly: the
+    projection back is exact for grid functions up to this degree minus lmax (SOFT: to the
+    ~1e-7 accuracy of e3nn's weights)."""
+    if kind == "lebedev":
+        return int(res[0])
+    if kind == "gauss":
+        return min(2 * int(res[0]) - 1, int(res[1]) - 1)
+    return min(int(res[0]) - 1, int(res[1]) - 1)
+
+
+def s2_grid_size(kind: str, res: tuple[int, ...]) -> int:
+    """Number of grid points."""
+    if kind == "lebedev":
+        return int(s2_grid_points(kind, res)[1].numel())
+    return int(res[0]) * int(res[1])
+
+
+def _soft_matrices(lmax: int, res: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """e3nn's SOFT grid, as every checkpoint before ``s2_grid`` existed used it (float64)."""
+    if len(res) != 2:
+        raise ValueError(f"a 'soft' S2 grid takes (beta, alpha) points, got {tuple(res)}")
     res_beta, res_alpha = int(res[0]), int(res[1])
     if res_beta % 2:
         raise ValueError(f"the S2 grid needs an even beta resolution, got {res_beta}")
@@ -47,8 +113,40 @@ def s2_grid_matrices(
     n_grid = g.shape[1]
     grid_eye = torch.eye(n_grid, dtype=torch.float64).reshape(n_grid, res_beta, res_alpha)
     f = from_grid(grid_eye)  # [n_grid, dim]
+    return g, f
+
+
+def s2_grid_matrices(
+    lmax: int,
+    res: tuple[int, ...],
+    dtype: torch.dtype | None = None,
+    kind: str = "soft",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense ``to_grid [(lmax+1)^2, n_grid]`` and ``from_grid [n_grid, (lmax+1)^2]`` matrices.
+
+    Normalisation: a grid function is ``f(x) = sqrt(4 pi) sum c_lm Y_lm(x)`` with
+    integral-normalised Y (so a constant coefficient c maps to the constant c), and ``from_grid``
+    inverts it for band-limited input: ``c_lm = (4 pi)^(-1/2) sum_p w_p f(x_p) Y_lm(x_p)``.
+    ``kind="soft"`` (e3nn, needs an even beta resolution; its weights are float32-accurate, the
+    round trip is exact to ~1e-7), ``"gauss"`` or ``"lebedev"`` (float64-exact weights; the
+    quadrature must integrate degree ``2 lmax`` exactly). ``res``: see ``s2_grid_points``.
+    """
     dtype = dtype or torch.get_default_dtype()
-    return g.to(dtype), f.to(dtype)
+    if kind == "soft":
+        g, f = _soft_matrices(lmax, res)
+        return g.to(dtype), f.to(dtype)
+    xyz, w = s2_grid_points(kind, res)
+    if s2_grid_degree(kind, res) < 2 * lmax:
+        raise ValueError(
+            f"S2 grid {kind} {tuple(res)} integrates only degree {s2_grid_degree(kind, res)} "
+            f"exactly; lmax={lmax} needs degree >= {2 * lmax}"
+        )
+    y = o3.spherical_harmonics(
+        o3.Irreps.spherical_harmonics(lmax), xyz, normalize=True, normalization="integral"
+    )  # [n_grid, dim]
+    g = math.sqrt(4.0 * math.pi) * y.t()
+    f = y * (w / math.sqrt(4.0 * math.pi))[:, None]
+    return g.contiguous().to(dtype), f.contiguous().to(dtype)
 
 
 class GridMLP(nn.Module):
@@ -74,7 +172,8 @@ class S2Mixing(nn.Module):
 
     ``x`` (``irreps_in``) is projected up to ``U x (0e+1o+2e...)`` (U = the largest multiplicity
     of the l > 0 inputs), sampled on the grid, mixed by a shared MLP over channel heads, projected
-    back, concatenated with the input scalars and projected down to ``irreps_out``.
+    back, concatenated with the input scalars and projected down to ``irreps_out``. ``grid`` and
+    ``res`` choose the quadrature (see ``s2_grid_matrices``).
     """
 
     def __init__(
@@ -86,6 +185,7 @@ class S2Mixing(nn.Module):
         mlp_hidden: list[int],
         heads: int,
         identity: bool = False,
+        grid: str = "soft",
     ) -> None:
         super().__init__()
         irreps_in = o3.Irreps(irreps_in)
@@ -97,7 +197,7 @@ class S2Mixing(nn.Module):
         grid_irreps = o3.Irreps.spherical_harmonics(lmax)
         self.irreps_up = o3.Irreps([(self.channels, ir) for _, ir in grid_irreps])
         self.proj_up = o3.Linear(irreps_in, self.irreps_up)
-        g, f = s2_grid_matrices(lmax, res)
+        g, f = s2_grid_matrices(lmax, res, kind=grid)
         self.register_buffer("to_grid", g, persistent=False)
         self.register_buffer("from_grid", f, persistent=False)
         head_dim = self.channels // heads

@@ -1,19 +1,28 @@
 """Invariance of E and equivariance of forces and stress under E(3) and permutations.
 
 The S2-grid MLP is equivariant only up to grid aliasing (see FACET_MODEL.md): exact checks use the
-identity grid MLP or a fine grid; the default grid is checked against a measured bound.
+identity grid MLP or a fine grid; the default grid is checked against the bounds of
+``facet.symmetry`` (more on the grids in test_s2_grids.py).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
 from ase import Atoms
 from conftest import randomized_model, triclinic_alloy
 from scipy.spatial.transform import Rotation
 
 import facet
 from facet.calculator import FacetCalculator
+from facet.checkpoint import read_checkpoint
+from facet.config import FacetConfig
+from facet.symmetry import ENERGY_BOUND, FORCE_BOUND, probe_structure, rotation_error
+
+SHIPPED = Path(__file__).resolve().parents[1] / "examples" / "models" / "facet-emt-small.pt"
 
 
 def efs(model, atoms: Atoms):
@@ -48,7 +57,8 @@ def max_o3_errors(model, atoms):
 
 @pytest.mark.parametrize("grid", ["identity-mlp", "fine-grid"])
 def test_exact_o3_equivariance(grid):
-    kw = {"s2_identity": True} if grid == "identity-mlp" else {"s2_res": (60, 59)}
+    kw = ({"s2_identity": True} if grid == "identity-mlp"
+          else {"s2_grid": "soft", "s2_res": (60, 59)})
     model = randomized_model(facet.facet_tiny(["Cu", "Au"], **kw))
     de, df, ds = max_o3_errors(model, triclinic_alloy())
     tol = 1e-10 if grid == "identity-mlp" else 1e-7
@@ -56,10 +66,42 @@ def test_exact_o3_equivariance(grid):
 
 
 def test_default_grid_equivariance_bound(tiny_model, alloy):
-    """Aliasing of the pointwise MLP on the coarse grid: bounded, and far below model errors."""
+    """Aliasing of the pointwise MLP on the default grid: bounded, and far below model errors."""
     de, df, ds = max_o3_errors(tiny_model, alloy)
     print(f"default-grid O(3) error: E {de:.2e} eV/atom, F {df:.2e} eV/Å, stress {ds:.2e} eV/Å^3")
-    assert de < 1e-4 and df < 1e-3 and ds < 1e-4
+    assert de < ENERGY_BOUND and df < FORCE_BOUND and ds < 1e-4
+
+
+def _shipped_uses_old_grid() -> bool:
+    cfg = FacetConfig.from_dict(read_checkpoint(SHIPPED)["config"])
+    return cfg.s2_grid == "soft"
+
+
+# The shipped model predates the S2-grid option (SOFT 12x11): its aliasing exceeds the bound, so
+# the test must fail until the checkpoint is retrained with the new default (then it must pass).
+OLD_GRID = pytest.mark.xfail(
+    _shipped_uses_old_grid(),
+    strict=True,
+    reason="shipped model predates the new S2 default; retrained in issue 13 part 4",
+)
+
+
+@OLD_GRID
+@pytest.mark.parametrize("kind", ["bulk", "slab"])
+def test_shipped_model_rotation_error_within_bound(kind):
+    """The shipped model at its shipped settings, rattled (0.1 and 0.15 Å) multi-element cells
+    of its own elements: rotations, inversion and a reflection within the bounds."""
+    model = facet.load_model(SHIPPED, dtype=torch.float64)
+    elements = list(model.config.elements)
+    worst = [0.0, 0.0]
+    for rattle in (0.1, 0.15):
+        for seed in range(3):
+            atoms = probe_structure(elements, kind, seed=seed, rattle=rattle)
+            de, df = rotation_error(model, atoms, seed=seed)
+            worst = [max(worst[0], de), max(worst[1], df)]
+    print(f"shipped model ({model.config.s2_grid} {model.config.s2_res}), {kind}: "
+          f"{worst[0]:.1e} eV/atom, {worst[1]:.1e} eV/Å")
+    assert worst[0] <= ENERGY_BOUND and worst[1] <= FORCE_BOUND
 
 
 def test_translation_invariance(tiny_model, alloy):
