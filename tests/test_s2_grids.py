@@ -251,7 +251,7 @@ def test_finer_grids_alias_less():
 def test_facet_info_reports_the_measured_rotation_error(capsys):
     import json
 
-    from facet.cli import info_main
+    from facet.cli.info import info_main
 
     assert info_main([str(SHIPPED), "--json"]) == 0
     d = json.loads(capsys.readouterr().out)

@@ -72,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         from facet.lammps.check import check_deployed
 
-        return 0 if check_deployed(src, out) else 1
+        report = check_deployed(src, out)
+        print(report.summary())
+        return 0 if report.ok else 1
     return 0
 
 

