@@ -39,3 +39,22 @@ def test_deploy_bad_checkpoint_exits_2(tmp_path, capsys):
     assert "cannot read" in capsys.readouterr().err
     assert deploy_main([str(tmp_path / "missing.pt")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_deploy_warns_when_rotation_error_exceeds_the_bound(tmp_path, capsys):
+    """A model whose S2 grid aliases above facet.symmetry's bounds (a random tiny model on the
+    coarsest SOFT grid, 6x5) gets a warning; the same config on the default grid does not."""
+    from conftest import randomized_model
+
+    from facet.symmetry import symmetry_error
+
+    coarse = randomized_model(facet.facet_tiny(["Cu", "Au"], s2_grid="soft", s2_res=(6, 5)))
+    fine = randomized_model(facet.facet_tiny(["Cu", "Au"]))
+    assert not symmetry_error(coarse).within_bounds() and symmetry_error(fine).within_bounds()
+    for name, model in (("coarse", coarse), ("fine", fine)):
+        ckpt = facet.save_model(model, tmp_path / f"{name}.pt")
+        assert deploy_main([str(ckpt)]) == 0
+        err = capsys.readouterr().err
+        assert ("its S2 grid aliases" in err) == (name == "coarse"), err
+    assert deploy_main([str(tmp_path / "coarse.pt"), "--no-symmetry-check"]) == 0
+    assert "aliases" not in capsys.readouterr().err

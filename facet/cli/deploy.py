@@ -40,7 +40,24 @@ def parser() -> argparse.ArgumentParser:
                         "(default 16384 on cpu, 262144 on cuda)")
     p.add_argument("--check", action="store_true",
                    help="run the deployed object on a small structure and compare with ASE")
+    p.add_argument("--no-symmetry-check", action="store_true",
+                   help="skip measuring the model's rotation/inversion error (facet.symmetry)")
     return p
+
+
+def symmetry_warning(checkpoint: Path) -> str | None:
+    """A warning when the model's measured rotation/inversion error exceeds the bounds of
+    ``facet.symmetry`` (S2-grid aliasing), else None."""
+    from facet.symmetry import ENERGY_BOUND, FORCE_BOUND, symmetry_error
+
+    err = symmetry_error(checkpoint)
+    if err.within_bounds():
+        return None
+    return (f"warning: rigidly rotating or inverting a structure changes this model's forces by "
+            f"up to {err.forces:.1e} eV/Å and its energy by {err.energy_per_atom:.1e} eV/atom "
+            f"(bounds {FORCE_BOUND:g} eV/Å, {ENERGY_BOUND:g} eV/atom; worst: {err.worst}): its "
+            "S2 grid aliases. Retrain with the default grid (see `facet-info` and README, "
+            "'The model'), or accept orientation-dependent results at that level.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"elements (LAMMPS types map by name in pair_coeff): {' '.join(obj.element_types)}")
     print(f"cutoff r_max = {obj.r_max:g} Å, {obj.num_layers} message-passing layers, "
           f"receptive field {obj.num_layers * obj.r_max:g} Å")
+    warning = None if args.no_symmetry_check else symmetry_warning(src)
+    if warning:
+        print(warning, file=sys.stderr)
     print("\nLAMMPS input lines:")
     for line in ["units metal", "newton on",
                  *mliap_lines(out, obj.element_types, obj.r_max, obj.num_layers,
