@@ -2,10 +2,13 @@
 """Compare a Facet model trained on the EMT data with EMT itself.
 
     python scripts/evaluate_emt_model.py examples/models/facet-emt-small.pt \\
-        [--heldout data/emt_heldout_md.xyz] [--nve-steps 200] [--json out.json]
+        [--heldout-dir data/heldout] [--heldout data/emt_heldout_md.xyz] [--nve-steps 200] \\
+        [--json out.json] [--only-heldout]
 
-1. Errors along a held-out MD trajectory (a Cu-Pd-Au alloy at 700 K that no training frame comes
-   from; regenerated from ``facet.data.emt.heldout_md`` if the file is missing).
+1. Errors on the held-out test sets of ``facet.data.emt.heldout_sets`` (high-temperature MD,
+   vacancies and strained cells, surfaces with adatoms: their own seed and generators, no
+   training frame comes from them; read from ``--heldout-dir``, regenerated if missing) and
+   along the held-out MD trajectory (a Cu-Pd-Au alloy at 700 K; ``facet.data.emt.heldout_md``).
 2. Energy conservation: NVE (velocity Verlet, 1 fs) of a 108-atom random Cu-Pd-Au alloy started
    at 600 K, once with the Facet calculator and once with EMT: drift of the total energy.
 3. fcc lattice constants of the seven elements (E(a) minimum) with Facet and with EMT.
@@ -31,31 +34,37 @@ from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 from ase.md.verlet import VelocityVerlet
 
 from facet.calculator import FacetCalculator
-from facet.data.emt import ELEMENTS, LATTICE, heldout_md, random_alloy
+from facet.data.emt import (
+    ELEMENTS,
+    LATTICE,
+    heldout_md,
+    random_alloy,
+    read_heldout_sets,
+    reference_errors,
+)
 
 
-def heldout_errors(calc, frames) -> dict[str, float]:
-    de, df, ds, e_ref = [], [], [], []
-    for f in frames:
-        ref_e, ref_f, ref_s = f.get_potential_energy(), f.get_forces(), f.get_stress()
-        atoms = f.copy()
-        atoms.calc = calc
-        n = len(atoms)
-        de.append((atoms.get_potential_energy() - ref_e) / n)
-        df.append((atoms.get_forces() - ref_f).ravel())
-        ds.append(atoms.get_stress() - ref_s)
-        e_ref.append(ref_e / n)
-    de, df, ds = np.array(de), np.concatenate(df), np.concatenate(ds)
-    fref = np.concatenate([f.get_forces().ravel() for f in frames])
-    return {
-        "frames": len(frames),
-        "e_mae_mev_atom": 1000 * float(np.abs(de).mean()),
-        "e_mae_after_mean_shift_mev_atom": 1000 * float(np.abs(de - de.mean()).mean()),
-        "e_ref_std_mev_atom": 1000 * float(np.std(e_ref)),
-        "f_mae_mev_a": 1000 * float(np.abs(df).mean()),
-        "f_ref_mean_abs_mev_a": 1000 * float(np.abs(fref).mean()),
-        "s_mae_mev_a3": 1000 * float(np.abs(ds).mean()),
-    }
+def heldout_table(calc, heldout_dir: str, trajectory: str) -> dict[str, dict[str, float]]:
+    """``reference_errors`` on every held-out set, the 700 K trajectory ("md_700K") and all of
+    them pooled ("all": every frame counts once)."""
+    sets = read_heldout_sets(heldout_dir)
+    held = Path(trajectory)
+    sets["md_700K"] = ase.io.read(held, ":") if held.exists() else heldout_md()
+    out = {name: reference_errors(calc, frames) for name, frames in sets.items()}
+    out["all"] = reference_errors(calc, [f for frames in sets.values() for f in frames])
+    return out
+
+
+def print_table(table: dict[str, dict[str, float]]) -> None:
+    print(f"{'set':16s} {'frames':>6s} {'E MAE':>8s} {'E RMSE':>8s} {'E offset':>9s} "
+          f"{'F MAE':>8s} {'F RMSE':>8s} {'<|F|>':>7s} {'S MAE':>7s}")
+    for name, r in table.items():
+        s = r.get("s_mae_mev_a3")
+        print(f"{name:16s} {r['frames']:6d} {r['e_mae_mev_atom']:8.2f} {r['e_rmse_mev_atom']:8.2f} "
+              f"{r['e_mean_offset_mev_atom']:+9.2f} {r['f_mae_mev_a']:8.1f} "
+              f"{r['f_rmse_mev_a']:8.1f} {r['f_ref_mean_abs_mev_a']:7.0f} "
+              + (f"{s:7.2f}" if s is not None else f"{'-':>7s}"))
+    print("(meV/atom, meV/Å, meV/Å^3; E offset = mean of E_model - E_EMT per atom)")
 
 
 def nve_drift(calc, steps: int, seed: int = 7) -> dict[str, float]:
@@ -119,7 +128,12 @@ def lattice_constants(calc) -> dict[str, list[float]]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("model", help="Facet checkpoint")
-    p.add_argument("--heldout", default="data/emt_heldout_md.xyz")
+    p.add_argument("--heldout", default="data/emt_heldout_md.xyz",
+                   help="the 700 K held-out trajectory (regenerated if missing)")
+    p.add_argument("--heldout-dir", default="data/heldout",
+                   help="folder of the held-out sets (regenerated if missing)")
+    p.add_argument("--only-heldout", action="store_true",
+                   help="only the held-out errors (no NVE, no lattice constants)")
     p.add_argument("--nve-steps", type=int, default=200)
     p.add_argument("--dtype", default="float64")
     p.add_argument("--json", help="write the numbers here")
@@ -128,11 +142,13 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     calc = FacetCalculator(args.model, dtype=args.dtype)
-    held = Path(args.heldout)
-    frames = ase.io.read(held, ":") if held.exists() else heldout_md()
     result = {"model": args.model, "dtype": args.dtype}
-    result["heldout_md"] = heldout_errors(calc, frames)
-    print("held-out MD:", json.dumps(result["heldout_md"], indent=1))
+    result["heldout"] = heldout_table(calc, args.heldout_dir, args.heldout)
+    print_table(result["heldout"])
+    if args.only_heldout:
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=1))
+        return 0
     result["nve_facet"] = nve_drift(calc, args.nve_steps)
     result["nve_emt"] = nve_drift(EMT(), args.nve_steps)
     print("NVE Facet:", json.dumps(result["nve_facet"], indent=1))

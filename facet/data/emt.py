@@ -14,7 +14,9 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
+import ase.io
 import numpy as np
 from ase import Atoms, units
 from ase.build import bulk, fcc100, fcc111
@@ -252,3 +254,192 @@ def heldout_md(
     for f in frames:
         tag(f, "heldout_md")
     return frames
+
+
+# ---------------------------------------------------------------------------------------------
+# Held-out test sets: structures the trainer never sees, from their own seed and generators.
+
+#: Seed of the held-out sets (the training data use ``generate(seed=0)``).
+HELDOUT_SEED = 2026
+#: Names of the held-out sets, in the order ``heldout_sets`` returns them.
+HELDOUT_SETS = ("md_hot", "vacancy_strain", "surface_adatom")
+
+
+def vegard_lattice(symbols: list[str]) -> float:
+    """Mean of the elements' fcc lattice constants (Å): Vegard's law for an equimolar mix."""
+    return float(np.mean([LATTICE[s] for s in symbols]))
+
+
+def decorate(atoms: Atoms, rng: np.random.Generator, symbols: list[str]) -> Atoms:
+    """Random composition of ``symbols`` (Dirichlet weights, every element present) on the sites
+    of ``atoms``, without touching the cell."""
+    weights = rng.dirichlet(np.ones(len(symbols)))
+    choice = rng.choice(len(symbols), size=len(atoms), p=weights)
+    choice[: len(symbols)] = np.arange(len(symbols))
+    rng.shuffle(choice)
+    atoms.set_chemical_symbols([symbols[k] for k in choice])
+    return atoms
+
+
+def heldout_bulk_cell(symbol: str, a: float, kind: int) -> Atoms:
+    """Bulk cells with shapes that the training data do not use: 0 = 3x2x2 conventional
+    (48 atoms), 1 = 4x3x3 primitive (36 atoms), 2 = 2x2x2 conventional (32 atoms)."""
+    if kind == 0:
+        return bulk(symbol, "fcc", a=a, cubic=True).repeat((3, 2, 2))
+    if kind == 1:
+        return bulk(symbol, "fcc", a=a).repeat((4, 3, 3))
+    return bulk(symbol, "fcc", a=a, cubic=True).repeat((2, 2, 2))
+
+
+def heldout_md_hot(
+    rng: np.random.Generator, temperatures: tuple[float, ...] = (1000.0, 1400.0),
+    systems: int = 8, snapshots: int = 6,
+) -> list[Atoms]:
+    """Langevin MD snapshots at high temperature: per temperature, ``systems`` cells (pure
+    metals and 2- to 4-element alloys alternating; every fourth with a vacancy) of the held-out
+    shapes, ``snapshots`` frames each, 40 fs apart after 100 fs of equilibration."""
+    frames = []
+    for temperature in temperatures:
+        for k in range(systems):
+            symbols = [ELEMENTS[int(rng.integers(len(ELEMENTS)))]] if k % 2 == 0 \
+                else pick_elements(rng)
+            a = vegard_lattice(symbols)
+            atoms = decorate(heldout_bulk_cell(symbols[0], a, k % 3), rng, symbols)
+            if k % 4 == 3:
+                del atoms[int(rng.integers(len(atoms)))]
+            random_strain(atoms, rng, iso=0.01, shear=0.0)
+            for frame in md_snapshots(atoms, rng, temperature, snapshots, 50, 20, stress=True):
+                frame.info["temperature_K"] = temperature
+                frames.append(tag(frame, "md_hot"))
+    return frames
+
+
+def heldout_vacancy_strain(rng: np.random.Generator, frames_per_kind: int = 24) -> list[Atoms]:
+    """Vacancies and strained cells: (a) 1 to 3 vacancies in pure and alloyed cells, strained
+    by up to +-3 % (shear sigma 1 %) and rattled 0.02-0.1 Å; (b) cells without vacancies strained
+    by up to +-5 % with a shear of sigma 2.5 % (beyond the training's +-4 % and 1.5 %), rattled
+    0.02-0.1 Å. Half of each pure, half 2- to 4-element alloys."""
+    frames = []
+    for k in range(frames_per_kind):
+        symbols = [ELEMENTS[k % len(ELEMENTS)]] if k % 2 == 0 else pick_elements(rng)
+        atoms = decorate(heldout_bulk_cell(symbols[0], vegard_lattice(symbols), k % 3), rng,
+                         symbols)
+        nvac = 1 + int(rng.integers(3))
+        del atoms[[int(i) for i in rng.choice(len(atoms), size=nvac, replace=False)]]
+        random_strain(atoms, rng, iso=0.03, shear=0.01)
+        rattle(atoms, rng, rng.uniform(0.02, 0.1))
+        frames.append(tag(label(atoms), "vacancy"))
+    for k in range(frames_per_kind):
+        symbols = [ELEMENTS[(k + 3) % len(ELEMENTS)]] if k % 2 == 0 else pick_elements(rng)
+        atoms = decorate(heldout_bulk_cell(symbols[0], vegard_lattice(symbols), k % 3), rng,
+                         symbols)
+        random_strain(atoms, rng, iso=0.05, shear=0.025)
+        rattle(atoms, rng, rng.uniform(0.02, 0.1))
+        frames.append(tag(label(atoms), "strained"))
+    return frames
+
+
+def adatom_slab(rng: np.random.Generator, symbols: list[str], facet: str) -> Atoms:
+    """A (111), (100) or (110) slab of random composition at the Vegard lattice constant, 6 Å
+    of vacuum on each side, with one or two adatoms (random elements of ``symbols``) on hollow
+    sites of the top layer, at the height of the next lattice layer."""
+    from ase.build import add_adsorbate, fcc110
+
+    a = vegard_lattice(symbols)
+    if facet == "111":
+        slab = fcc111(symbols[0], size=(3, 2, 4), a=a, vacuum=6.0, orthogonal=True)
+        sites, height = ("fcc", "hcp"), a / np.sqrt(3.0)
+        cells = [(i, j) for i in range(3) for j in range(1)]
+    elif facet == "100":
+        slab = fcc100(symbols[0], size=(3, 3, 4), a=a, vacuum=6.0)
+        sites, height = ("hollow",), a / 2.0
+        cells = [(i, j) for i in range(3) for j in range(3)]
+    else:
+        slab = fcc110(symbols[0], size=(2, 3, 5), a=a, vacuum=6.0)
+        sites, height = ("hollow",), a * np.sqrt(2.0) / 4.0
+        cells = [(i, j) for i in range(2) for j in range(3)]
+    decorate(slab, rng, symbols)
+    n_ad = 1 + int(rng.integers(2))
+    picked = rng.choice(len(cells), size=n_ad, replace=False)
+    for k in picked:
+        site = sites[int(rng.integers(len(sites)))]
+        el = symbols[int(rng.integers(len(symbols)))]
+        add_adsorbate(slab, el, height, position=site, offset=cells[int(k)])
+    slab.info.pop("adsorbate_info", None)
+    slab.pbc = True
+    return slab
+
+
+def heldout_surface_adatom(
+    rng: np.random.Generator, slabs: int = 12, snapshots: int = 4, temperature: float = 600.0,
+) -> list[Atoms]:
+    """Surfaces with adatoms: ``slabs`` slabs cycling (111), (100), (110) (the last is not in
+    the training data), pure and alloyed alternately, one or two adatoms each; ``snapshots``
+    Langevin MD frames each at ``temperature`` (40 fs apart after 60 fs), no stress label."""
+    frames = []
+    for k in range(slabs):
+        facet = ("111", "100", "110")[k % 3]
+        symbols = [ELEMENTS[int(rng.integers(len(ELEMENTS)))]] if (k // 3) % 2 == 0 \
+            else pick_elements(rng, 2, 3)
+        slab = adatom_slab(rng, symbols, facet)
+        for frame in md_snapshots(slab, rng, temperature, snapshots, 30, 20, stress=False):
+            frame.info["facet"] = facet
+            frames.append(tag(frame, "surface_adatom"))
+    return frames
+
+
+def heldout_sets(seed: int = HELDOUT_SEED) -> dict[str, list[Atoms]]:
+    """The held-out test sets (``HELDOUT_SETS``), from ``seed`` and generators of their own
+    (cell shapes, temperatures, strains, facets and adatoms that differ from ``generate``)."""
+    rng = np.random.default_rng(seed)
+    return {
+        "md_hot": heldout_md_hot(rng),
+        "vacancy_strain": heldout_vacancy_strain(rng),
+        "surface_adatom": heldout_surface_adatom(rng),
+    }
+
+
+def read_heldout_sets(folder: str, seed: int = HELDOUT_SEED) -> dict[str, list[Atoms]]:
+    """The held-out sets from ``folder/<name>.xyz`` (as written by
+    ``scripts/make_emt_dataset.py --heldout-sets``), generated anew where a file is missing."""
+    out: dict[str, list[Atoms]] = {}
+    missing = [n for n in HELDOUT_SETS if not (Path(folder) / f"{n}.xyz").exists()]
+    made = heldout_sets(seed) if missing else {}
+    for name in HELDOUT_SETS:
+        path = Path(folder) / f"{name}.xyz"
+        out[name] = made[name] if name in missing else ase.io.read(path, ":")
+    return out
+
+
+def reference_errors(calc, frames: list[Atoms]) -> dict[str, float]:
+    """Errors of ``calc`` (any ASE calculator) against the frames' EMT labels: MAE and RMSE of
+    the energy per atom (meV/atom; also after removing the mean offset), of the force components
+    (meV/Å) and of the stress components where the frames have one (meV/Å^3)."""
+    de, df, ds, e_ref, fref = [], [], [], [], []
+    for f in frames:
+        atoms = f.copy()
+        atoms.calc = calc
+        n = len(atoms)
+        de.append((atoms.get_potential_energy() - f.get_potential_energy()) / n)
+        df.append((atoms.get_forces() - f.get_forces()).ravel())
+        fref.append(f.get_forces().ravel())
+        e_ref.append(f.get_potential_energy() / n)
+        if "stress" in f.calc.results:
+            ds.append(atoms.get_stress() - f.get_stress())
+    de, df, fref = np.array(de), np.concatenate(df), np.concatenate(fref)
+    out = {
+        "frames": len(frames),
+        "atoms": int(sum(len(f) for f in frames)),
+        "e_mae_mev_atom": 1000 * float(np.abs(de).mean()),
+        "e_rmse_mev_atom": 1000 * float(np.sqrt((de**2).mean())),
+        "e_mean_offset_mev_atom": 1000 * float(de.mean()),
+        "e_mae_after_mean_shift_mev_atom": 1000 * float(np.abs(de - de.mean()).mean()),
+        "e_ref_std_mev_atom": 1000 * float(np.std(e_ref)),
+        "f_mae_mev_a": 1000 * float(np.abs(df).mean()),
+        "f_rmse_mev_a": 1000 * float(np.sqrt((df**2).mean())),
+        "f_ref_mean_abs_mev_a": 1000 * float(np.abs(fref).mean()),
+    }
+    if ds:
+        ds = np.concatenate(ds)
+        out["s_mae_mev_a3"] = 1000 * float(np.abs(ds).mean())
+    return out
