@@ -265,30 +265,43 @@ HELDOUT_SEED = 2026
 HELDOUT_SETS = ("md_hot", "vacancy_strain", "surface_adatom")
 
 
-def vegard_lattice(symbols: list[str]) -> float:
-    """Mean of the elements' fcc lattice constants (Å): Vegard's law for an equimolar mix."""
-    return float(np.mean([LATTICE[s] for s in symbols]))
+def vegard_lattice(sites: list[str]) -> float:
+    """Mean of the fcc lattice constants (Å) over ``sites`` (one symbol per atom): Vegard's
+    law."""
+    return float(np.mean([LATTICE[s] for s in sites]))
 
 
-def decorate(atoms: Atoms, rng: np.random.Generator, symbols: list[str]) -> Atoms:
-    """Random composition of ``symbols`` (Dirichlet weights, every element present) on the sites
-    of ``atoms``, without touching the cell."""
+def random_composition(rng: np.random.Generator, symbols: list[str], n: int) -> list[str]:
+    """``n`` site occupations drawn from ``symbols`` with random (Dirichlet) weights, every
+    element present, in random order."""
     weights = rng.dirichlet(np.ones(len(symbols)))
-    choice = rng.choice(len(symbols), size=len(atoms), p=weights)
+    choice = rng.choice(len(symbols), size=n, p=weights)
     choice[: len(symbols)] = np.arange(len(symbols))
     rng.shuffle(choice)
-    atoms.set_chemical_symbols([symbols[k] for k in choice])
+    return [symbols[k] for k in choice]
+
+
+def heldout_bulk_cell(kind: int, rng: np.random.Generator, symbols: list[str]) -> Atoms:
+    """A bulk cell of a shape that the training data do not use (0 = 3x2x2 conventional,
+    48 atoms; 1 = 4x3x3 primitive, 36 atoms; 2 = 2x2x2 conventional, 32 atoms), with a random
+    composition of ``symbols`` at that composition's Vegard lattice constant."""
+    sites = random_composition(rng, symbols, (48, 36, 32)[kind])
+    a = vegard_lattice(sites)
+    if kind == 0:
+        atoms = bulk("Cu", "fcc", a=a, cubic=True).repeat((3, 2, 2))
+    elif kind == 1:
+        atoms = bulk("Cu", "fcc", a=a).repeat((4, 3, 3))
+    else:
+        atoms = bulk("Cu", "fcc", a=a, cubic=True).repeat((2, 2, 2))
+    atoms.set_chemical_symbols(sites)
     return atoms
 
 
-def heldout_bulk_cell(symbol: str, a: float, kind: int) -> Atoms:
-    """Bulk cells with shapes that the training data do not use: 0 = 3x2x2 conventional
-    (48 atoms), 1 = 4x3x3 primitive (36 atoms), 2 = 2x2x2 conventional (32 atoms)."""
-    if kind == 0:
-        return bulk(symbol, "fcc", a=a, cubic=True).repeat((3, 2, 2))
-    if kind == 1:
-        return bulk(symbol, "fcc", a=a).repeat((4, 3, 3))
-    return bulk(symbol, "fcc", a=a, cubic=True).repeat((2, 2, 2))
+def some_elements(rng: np.random.Generator, k: int) -> list[str]:
+    """One random element for even ``k``, 2 to 4 distinct ones for odd ``k``."""
+    if k % 2 == 0:
+        return [ELEMENTS[int(rng.integers(len(ELEMENTS)))]]
+    return pick_elements(rng)
 
 
 def heldout_md_hot(
@@ -301,10 +314,7 @@ def heldout_md_hot(
     frames = []
     for temperature in temperatures:
         for k in range(systems):
-            symbols = [ELEMENTS[int(rng.integers(len(ELEMENTS)))]] if k % 2 == 0 \
-                else pick_elements(rng)
-            a = vegard_lattice(symbols)
-            atoms = decorate(heldout_bulk_cell(symbols[0], a, k % 3), rng, symbols)
+            atoms = heldout_bulk_cell(k % 3, rng, some_elements(rng, k))
             if k % 4 == 3:
                 del atoms[int(rng.integers(len(atoms)))]
             random_strain(atoms, rng, iso=0.01, shear=0.0)
@@ -317,54 +327,50 @@ def heldout_md_hot(
 def heldout_vacancy_strain(rng: np.random.Generator, frames_per_kind: int = 24) -> list[Atoms]:
     """Vacancies and strained cells: (a) 1 to 3 vacancies in pure and alloyed cells, strained
     by up to +-3 % (shear sigma 1 %) and rattled 0.02-0.1 Å; (b) cells without vacancies strained
-    by up to +-5 % with a shear of sigma 2.5 % (beyond the training's +-4 % and 1.5 %), rattled
-    0.02-0.1 Å. Half of each pure, half 2- to 4-element alloys."""
+    by up to +-4 % with a shear of sigma 2 % (the training's bulk frames: +-4 % and 1.5 %),
+    rattled 0.02-0.1 Å. Half of each pure, half 2- to 4-element alloys."""
     frames = []
     for k in range(frames_per_kind):
-        symbols = [ELEMENTS[k % len(ELEMENTS)]] if k % 2 == 0 else pick_elements(rng)
-        atoms = decorate(heldout_bulk_cell(symbols[0], vegard_lattice(symbols), k % 3), rng,
-                         symbols)
+        atoms = heldout_bulk_cell(k % 3, rng, some_elements(rng, k))
         nvac = 1 + int(rng.integers(3))
         del atoms[[int(i) for i in rng.choice(len(atoms), size=nvac, replace=False)]]
         random_strain(atoms, rng, iso=0.03, shear=0.01)
         rattle(atoms, rng, rng.uniform(0.02, 0.1))
         frames.append(tag(label(atoms), "vacancy"))
     for k in range(frames_per_kind):
-        symbols = [ELEMENTS[(k + 3) % len(ELEMENTS)]] if k % 2 == 0 else pick_elements(rng)
-        atoms = decorate(heldout_bulk_cell(symbols[0], vegard_lattice(symbols), k % 3), rng,
-                         symbols)
-        random_strain(atoms, rng, iso=0.05, shear=0.025)
+        atoms = heldout_bulk_cell(k % 3, rng, some_elements(rng, k))
+        random_strain(atoms, rng, iso=0.04, shear=0.02)
         rattle(atoms, rng, rng.uniform(0.02, 0.1))
         frames.append(tag(label(atoms), "strained"))
     return frames
 
 
 def adatom_slab(rng: np.random.Generator, symbols: list[str], facet: str) -> Atoms:
-    """A (111), (100) or (110) slab of random composition at the Vegard lattice constant, 6 Å
-    of vacuum on each side, with one or two adatoms (random elements of ``symbols``) on hollow
-    sites of the top layer, at the height of the next lattice layer."""
+    """A (111), (100) or (110) slab of a random composition of ``symbols`` at its Vegard
+    lattice constant, 6 Å of vacuum on each side, with one or two adatoms (random elements of
+    ``symbols``) on hollow sites of the top layer, at the height of the next lattice layer."""
     from ase.build import add_adsorbate, fcc110
 
-    a = vegard_lattice(symbols)
+    sites = random_composition(rng, symbols, {"111": 24, "100": 36, "110": 30}[facet])
+    a = vegard_lattice(sites)
     if facet == "111":
-        slab = fcc111(symbols[0], size=(3, 2, 4), a=a, vacuum=6.0, orthogonal=True)
-        sites, height = ("fcc", "hcp"), a / np.sqrt(3.0)
-        cells = [(i, j) for i in range(3) for j in range(1)]
+        slab = fcc111("Cu", size=(3, 2, 4), a=a, vacuum=6.0, orthogonal=True)
+        kinds, height = ("fcc", "hcp"), a / np.sqrt(3.0)
+        cells = [(i, 0) for i in range(3)]
     elif facet == "100":
-        slab = fcc100(symbols[0], size=(3, 3, 4), a=a, vacuum=6.0)
-        sites, height = ("hollow",), a / 2.0
+        slab = fcc100("Cu", size=(3, 3, 4), a=a, vacuum=6.0)
+        kinds, height = ("hollow",), a / 2.0
         cells = [(i, j) for i in range(3) for j in range(3)]
     else:
-        slab = fcc110(symbols[0], size=(2, 3, 5), a=a, vacuum=6.0)
-        sites, height = ("hollow",), a * np.sqrt(2.0) / 4.0
+        slab = fcc110("Cu", size=(2, 3, 5), a=a, vacuum=6.0)
+        kinds, height = ("hollow",), a * np.sqrt(2.0) / 4.0
         cells = [(i, j) for i in range(2) for j in range(3)]
-    decorate(slab, rng, symbols)
+    slab.set_chemical_symbols(sites)
     n_ad = 1 + int(rng.integers(2))
-    picked = rng.choice(len(cells), size=n_ad, replace=False)
-    for k in picked:
-        site = sites[int(rng.integers(len(sites)))]
+    for k in rng.choice(len(cells), size=n_ad, replace=False):
+        kind = kinds[int(rng.integers(len(kinds)))]
         el = symbols[int(rng.integers(len(symbols)))]
-        add_adsorbate(slab, el, height, position=site, offset=cells[int(k)])
+        add_adsorbate(slab, el, height, position=kind, offset=cells[int(k)])
     slab.info.pop("adsorbate_info", None)
     slab.pbc = True
     return slab
@@ -374,8 +380,9 @@ def heldout_surface_adatom(
     rng: np.random.Generator, slabs: int = 12, snapshots: int = 4, temperature: float = 600.0,
 ) -> list[Atoms]:
     """Surfaces with adatoms: ``slabs`` slabs cycling (111), (100), (110) (the last is not in
-    the training data), pure and alloyed alternately, one or two adatoms each; ``snapshots``
-    Langevin MD frames each at ``temperature`` (40 fs apart after 60 fs), no stress label."""
+    the training data), pure and 2- to 3-element alloys alternately by triple, one or two
+    adatoms each; ``snapshots`` Langevin MD frames each at ``temperature`` (40 fs apart after
+    60 fs), no stress label."""
     frames = []
     for k in range(slabs):
         facet = ("111", "100", "110")[k % 3]
