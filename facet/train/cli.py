@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=int, default=100, help="total epochs (also when resuming)")
-    t.add_argument("--batch-size", type=int, default=8, help="structures per step")
+    t.add_argument("--batch-size", type=int, default=8,
+                   help="structures per step: the global batch, split among torchrun processes")
     t.add_argument("--valid-batch-size", type=int, default=16)
     t.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (AdamW)")
     t.add_argument("--scheduler", choices=("cosine", "constant"), default="cosine")
