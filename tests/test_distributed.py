@@ -127,6 +127,7 @@ def test_two_processes_train_like_one(tiny_file, tmp_path):
         torch.testing.assert_close(s2["model"][k], p, rtol=1e-10, atol=1e-13)
         torch.testing.assert_close(s2["ema"]["shadow"][k], s1["ema"]["shadow"][k],
                                    rtol=1e-10, atol=1e-13)
+    assert s1["optimizer"]["state"].keys() == s2["optimizer"]["state"].keys()
     for k, st in s1["optimizer"]["state"].items():
         torch.testing.assert_close(s2["optimizer"]["state"][k]["exp_avg"], st["exp_avg"],
                                    rtol=1e-9, atol=1e-15)

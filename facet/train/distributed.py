@@ -134,22 +134,30 @@ def shard(indices: Sequence[int], cost: Sequence[float] | np.ndarray, rank: int,
 def reduce_gradients(params: Iterable[nn.Parameter], loss: torch.Tensor,
                      parallel: Parallel) -> torch.Tensor:
     """Sum every parameter's gradient and ``loss`` over the processes (one all-reduce of one flat
-    buffer); a parameter without a gradient counts as zeros and gets the sum. Returns the summed
-    loss (detached). With one process: ``loss`` detached, gradients untouched."""
+    buffer). A parameter without a gradient on some process counts as zeros there; one without a
+    gradient on every process keeps none (as with one process, so the optimiser skips it alike).
+    Returns the summed loss (detached). With one process: ``loss`` detached, gradients
+    untouched."""
     if not parallel.active:
         return loss.detach()
     params = list(params)
+    dtype = params[0].dtype
+    has = [p.grad is not None for p in params]
     flat = torch.cat(
         [p.grad.reshape(-1) if p.grad is not None else p.new_zeros(p.numel()) for p in params]
-        + [loss.detach().reshape(1).to(params[0].dtype)]
+        + [torch.tensor(has, dtype=dtype, device=params[0].device),
+           loss.detach().reshape(1).to(dtype)]
     )
     flat = parallel.all_reduce_sum(flat)
+    n_grad = flat[-1 - len(params) : -1].tolist()
     offset = 0
-    for p in params:
+    for p, n in zip(params, n_grad, strict=True):
         g = flat[offset : offset + p.numel()].view_as(p)
-        if p.grad is None:
+        offset += p.numel()
+        if n == 0:
+            p.grad = None
+        elif p.grad is None:
             p.grad = g.clone()
         else:
             p.grad.copy_(g)
-        offset += p.numel()
     return flat[-1]
