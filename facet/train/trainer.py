@@ -262,9 +262,11 @@ class Trainer:
         w = o.weights
         stop = o.epochs if until is None else min(until, o.epochs)
         while self.epoch < stop:
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), time.process_time()
             train_metrics = self.train_epoch()
             t_train = time.perf_counter() - t0
+            cpu = self.parallel.all_reduce_sum(
+                torch.tensor([time.process_time() - cpu0], dtype=torch.float64))
             row: dict[str, Any] = {"epoch": self.epoch, "step": self.step,
                                    "lr": self.optimizer.param_groups[0]["lr"]}
             row.update(train_metrics.summary("train", w))
@@ -274,6 +276,7 @@ class Trainer:
             self.elapsed += time.perf_counter() - t0
             row["time_s"] = round(self.elapsed, 2)
             row["train_epoch_s"] = round(t_train, 3)  # this epoch's training steps alone
+            row["train_epoch_cpu_s"] = round(float(cpu), 3)  # their CPU time, all processes
             self.history.append(row)
             self.log(self.format_row(row))
             if self.valid_set and row["valid_loss"] < self.best_valid:
