@@ -29,6 +29,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def export_facet(rev: str, dest: Path) -> Path:
+    """``facet/`` as committed at ``rev``, extracted under ``dest`` (a PYTHONPATH entry), so that
+    edits to the working tree during a run do not change what is measured."""
+    dest.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "facet"], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest
+
+
 def run_config(nproc: int, train: str, args: argparse.Namespace, out: Path) -> dict:
     """One facet-train run; returns its epoch time and wall time (s)."""
     cmd = [sys.executable, "-m", "facet.train.cli"]
@@ -39,9 +49,10 @@ def run_config(nproc: int, train: str, args: argparse.Namespace, out: Path) -> d
             "--batch-size", str(args.batch_size), "--valid-fraction", "0.1", "--lr", "1e-2",
             "--dtype", args.dtype, "--threads", str(args.threads), "--seed", "0",
             "--device", args.device, "--no-plots", "--quiet", "--out", str(out)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(args.threads)}
+    env = {**os.environ, "PYTHONPATH": str(args.pythonpath),
+           "OMP_NUM_THREADS": str(args.threads)}
     t0 = time.perf_counter()
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
     wall = time.perf_counter() - t0
     if res.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{res.stderr[-3000:]}")
@@ -63,12 +74,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-streamed", action="store_true",
                    help="skip the 1-process run from the --preprocess form")
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--commit", default="HEAD",
+                   help="measure facet/ as committed at this revision ('worktree': as on disk)")
     args = p.parse_args(argv)
     if not Path(args.data).exists():
         raise SystemExit(f"{args.data} missing: python scripts/make_emt_dataset.py --out "
                          f"{args.data} --seed 0")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        if args.commit == "worktree":
+            args.pythonpath = ROOT
+        else:
+            args.pythonpath = export_facet(args.commit, tmp / "src")
+            args.commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", args.commit],
+                                         check=True, capture_output=True,
+                                         text=True).stdout.strip()
         configs = [(f"{n} process{'es' if n > 1 else ''}, in memory", n, args.data)
                    for n in args.nproc]
         if not args.no_streamed:
@@ -76,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             subprocess.run([sys.executable, "-m", "facet.train.cli", "--train", args.data,
                             "--preprocess", str(store), "--quiet"], check=True,
-                           env={**os.environ, "PYTHONPATH": str(ROOT)})
+                           env={**os.environ, "PYTHONPATH": str(args.pythonpath)}, cwd=ROOT)
             print(f"--preprocess: {time.perf_counter() - t0:.1f} s")
             configs.append(("1 process, streamed from disk", 1, str(store)))
         results: dict[str, list[dict]] = {name: [] for name, _, _ in configs}
@@ -89,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"train loss {res['train_loss']:.6g})", flush=True)
     base = min(x["train_epoch_s"] for x in results[configs[0][0]])
     lines = [f"one epoch, {args.device}, {args.dtype}, batch {args.batch_size}, "
-             f"{args.threads} thread(s) per process, best of {args.rounds}",
+             f"{args.threads} thread(s) per process, best of {args.rounds}, facet/ at "
+             f"{str(args.commit)[:10]}",
              "| configuration | epoch (s) | speed-up | epoch CPU time, all processes (s) | "
              "whole command (s) |", "|---|---:|---:|---:|---:|"]
     for name, rows in results.items():
@@ -102,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"train-epoch-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    args.pythonpath = str(args.pythonpath)
     path.write_text(json.dumps({"args": vars(args), "results": results, "table": table,
                                 "load_avg": os.getloadavg()}, indent=1))
     print(f"wrote {path}")

@@ -196,19 +196,14 @@ def to_graphs(source: Source, cfg: FacetConfig, dtype: torch.dtype):
     return build_graphs(source, cfg.elements, cfg.r_max, cfg.min_distance, dtype)
 
 
-def load_data(args: argparse.Namespace, keys: LabelKeys) -> tuple[Source, Source, dict]:
-    """Training and validation frames and the split (frame numbers of --train)."""
+def load_data(args: argparse.Namespace, keys: LabelKeys) -> tuple[Source, Source]:
+    """Training and validation frames (``--valid``, or a seeded split of ``--train``)."""
     require_forces = args.forces_weight > 0
     train = open_source(args.train, keys, require_forces)
     if args.valid:
-        valid = open_source(args.valid, keys, require_forces)
-        split = {"train": list(range(source_size(train))), "valid": None}
-    else:
-        tr, va = split_indices(source_size(train), args.valid_fraction, args.seed)
-        valid = take(train, va)
-        train = take(train, tr)
-        split = {"train": tr, "valid": va}
-    return train, valid, split
+        return train, open_source(args.valid, keys, require_forces)
+    tr, va = split_indices(source_size(train), args.valid_fraction, args.seed)
+    return take(train, tr), take(train, va)
 
 
 def train_statistics(graphs, num_species: int, parallel: Parallel) -> DataStatistics:
@@ -284,7 +279,7 @@ def train(args: argparse.Namespace, keys: LabelKeys, device: torch.device,
     if args.threads:
         torch.set_num_threads(args.threads)
     log = (lambda s: None) if args.quiet or not parallel.is_main else print
-    train_src, valid_src, split = load_data(args, keys)
+    train_src, valid_src = load_data(args, keys)
 
     state = None
     if args.resume:

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -155,10 +156,11 @@ class Trainer:
         t = min(1.0, (step - warm) / max(1, total - warm))
         return o.min_lr_ratio + (1.0 - o.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
 
-    def epoch_order(self, epoch: int) -> list[int]:
-        """Frame order of epoch ``epoch`` (1-based): a function of (seed, epoch) only."""
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """Frame order of epoch ``epoch`` (1-based): a function of (seed, epoch) only (an int64
+        array: 8 bytes per frame however large the set)."""
         g = torch.Generator().manual_seed(self.options.seed * 1_000_003 + epoch)
-        return torch.randperm(len(self.train_set), generator=g).tolist()
+        return torch.randperm(len(self.train_set), generator=g).numpy()
 
     # ----------------------------------------------------------------- steps
     def train_step(self, indices: Sequence[int]
@@ -170,7 +172,7 @@ class Trainer:
         Returns the global batch's loss and this process's batch and predictions (None for an
         empty shard)."""
         self.model.train()
-        info = self._train_info[list(indices)]
+        info = self._train_info[np.asarray(indices, dtype=np.int64)]
         norm = LossNorm.of_frames(info[:, 0], info[:, 1], info[:, 2])
         mine = shard(indices, info[:, 0], self.parallel.rank, self.parallel.world_size)
         self.optimizer.zero_grad(set_to_none=True)
@@ -205,9 +207,11 @@ class Trainer:
         epoch = self.epoch + 1
         metrics = Metrics()
         order = self.epoch_order(epoch)
+        size = self.options.batch_size
         quiet = self.options.quiet or not sys.stderr.isatty() or not self.parallel.is_main
         bar = tqdm(
-            batches(self.train_set, self.options.batch_size, order),
+            (order[k : k + size] for k in range(0, len(order), size)),
+            total=self.steps_per_epoch,
             desc=f"epoch {epoch}/{self.options.epochs}",
             disable=quiet,
             leave=False,
