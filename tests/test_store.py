@@ -98,7 +98,7 @@ def test_streamed_set_holds_maps_not_frames(tiny_file, store_dir, monkeypatch):
 def test_training_from_the_store_equals_training_in_memory(tiny_file, store_dir, tmp_path):
     args = ["--preset", "tiny", "--valid-fraction", "0.25", "--batch-size", "3", "--epochs",
             "2", "--lr", "1e-2", "--dtype", "float64", "--threads", "1", "--seed", "0",
-            "--stress-weight", "10", "--quiet", "--save-every", "1"]
+            "--stress-weight", "10", "--quiet", "--save-every", "1", "--device", "cpu"]
     finals = {}
     for name, train in (("memory", tiny_file), ("streamed", store_dir)):
         finals[name] = cli.run(cli.build_parser().parse_args(

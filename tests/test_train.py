@@ -22,7 +22,7 @@ from facet.train.trainer import Trainer, TrainOptions, load_state_file, state_pa
 torch.set_num_threads(1)
 
 COMMON = ["--preset", "tiny", "--valid-fraction", "0.25", "--batch-size", "2", "--lr", "1e-2",
-          "--threads", "1", "--quiet", "--seed", "0", "--ema-decay", "0.9"]
+          "--threads", "1", "--quiet", "--seed", "0", "--ema-decay", "0.9", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
