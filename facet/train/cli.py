@@ -32,21 +32,12 @@ import torch
 from facet.config import PRESETS, FacetConfig, preset
 from facet.model import build_model, count_parameters
 from facet.train import distributed
-from facet.train.data import (
-    DataError,
-    GraphFrame,
-    LabelKeys,
-    LabelledFrame,
-    build_graphs,
-    elements_of,
-    label_summary,
-    read_labelled,
-    split_indices,
-)
+from facet.train.data import DataError, GraphFrame, LabelKeys, label_summary, split_indices
 from facet.train.device import DeviceError, resolve_device
 from facet.train.distributed import Parallel
-from facet.train.stats import DataStatistics, statistics
-from facet.train.store import FrameStore, StreamedGraphs, is_store, write_store
+from facet.train.sources import Source, load_source, source_elements, source_size, take, to_graphs
+from facet.train.stats import DataStatistics, sharded_statistics, statistics
+from facet.train.store import FrameStore, StreamedGraphs, write_store
 from facet.train.trainer import (
     Trainer,
     TrainingError,
@@ -151,69 +142,14 @@ def model_config(args: argparse.Namespace, data_elements: list[str]) -> FacetCon
     return FacetConfig(elements=elements, **d)
 
 
-Source = list[LabelledFrame] | tuple[FrameStore, np.ndarray]
-"""Frames in memory, or a store and the frame numbers taken from it."""
-
-
-def open_source(path: str, keys: LabelKeys, require_forces: bool) -> Source:
-    """An extxyz file read into memory, or a ``--preprocess`` directory opened as a store."""
-    if is_store(path):
-        store = FrameStore(path)
-        if keys != LabelKeys(*store.meta["label_keys"]) and keys != LabelKeys():
-            raise DataError(f"{path} was preprocessed with label keys "
-                            f"{store.meta['label_keys']}; drop the --*-key options")
-        everything = np.arange(len(store))
-        if require_forces:
-            store.check_forces(everything)
-        return store, everything
-    if Path(path).is_dir():
-        raise DataError(f"{path}: a directory but not one written by --preprocess")
-    return read_labelled(path, keys, require_forces=require_forces)
-
-
-def take(source: Source, indices: list[int]) -> Source:
-    """The frames ``indices`` (numbers within ``source``)."""
-    if isinstance(source, tuple):
-        store, idx = source
-        return store, idx[np.asarray(indices, dtype=np.int64)]
-    return [source[i] for i in indices]
-
-
-def source_size(source: Source) -> int:
-    return len(source[1]) if isinstance(source, tuple) else len(source)
-
-
-def source_elements(source: Source) -> list[str]:
-    """Chemical symbols present (a store lists those of the whole file it was written from)."""
-    return list(source[0].elements) if isinstance(source, tuple) else elements_of(source)
-
-
-def to_graphs(source: Source, cfg: FacetConfig, dtype: torch.dtype):
-    """In memory: every graph built now. A store: graphs built when a batch asks for them."""
-    if isinstance(source, tuple):
-        store, idx = source
-        return StreamedGraphs(store, idx, cfg.elements, cfg.r_max, cfg.min_distance, dtype)
-    return build_graphs(source, cfg.elements, cfg.r_max, cfg.min_distance, dtype)
-
-
 def load_data(args: argparse.Namespace, keys: LabelKeys) -> tuple[Source, Source]:
     """Training and validation frames (``--valid``, or a seeded split of ``--train``)."""
     require_forces = args.forces_weight > 0
-    train = open_source(args.train, keys, require_forces)
+    train = load_source(args.train, keys, require_forces)
     if args.valid:
-        return train, open_source(args.valid, keys, require_forces)
+        return train, load_source(args.valid, keys, require_forces)
     tr, va = split_indices(source_size(train), args.valid_fraction, args.seed)
     return take(train, tr), take(train, va)
-
-
-def train_statistics(graphs, num_species: int, parallel: Parallel) -> DataStatistics:
-    """``DataStatistics`` of the training graphs; with several processes each visits every
-    world_size-th frame and the sums are added (a streamed set is read once in all)."""
-    mine = range(parallel.rank, len(graphs), parallel.world_size)
-    stats = statistics((graphs[i] for i in mine), num_species)
-    if parallel.active:
-        stats = DataStatistics.from_vector(num_species, parallel.all_reduce_sum(stats.vector()))
-    return stats
 
 
 def init_reference(model, data: DataStatistics | Sequence[GraphFrame]) -> dict[str, float]:
@@ -298,7 +234,7 @@ def train(args: argparse.Namespace, keys: LabelKeys, device: torch.device,
     train_set = to_graphs(train_src, cfg, dtype)
     valid_set = to_graphs(valid_src, cfg, dtype)
     streamed = isinstance(train_set, StreamedGraphs)
-    stats = train_statistics(train_set, len(cfg.elements), parallel)
+    stats = sharded_statistics(train_set, len(cfg.elements), parallel)
     log(f"{len(train_set)} training and {len(valid_set)} validation frames "
         f"({'streamed from disk' if streamed else 'in memory'}), graphs "
         f"{'checked' if streamed else 'built'} in {time.perf_counter() - t0:.1f} s; device "

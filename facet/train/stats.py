@@ -1,5 +1,5 @@
 """Statistics of a training set that set up a model: the mean neighbour count, per-species
-reference energies and the force RMS.
+reference energies and the force RMS (``sharded_statistics``: shared among processes).
 
 They are accumulated as sums, one frame at a time (``DataStatistics.add``), so a data set
 streamed from disk never has to be in memory, and the sums of several processes' shards add up
@@ -8,13 +8,14 @@ streamed from disk never has to be in memory, and the sums of several processes'
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from facet.train.data import GraphFrame
+from facet.train.distributed import Parallel
 
 
 @dataclass
@@ -117,3 +118,14 @@ def forces_rms(graphs: Iterable[GraphFrame]) -> float | None:
             sq += float(g.forces.double().pow(2).sum())
             n += int(g.forces.numel())
     return (sq / n) ** 0.5 if n else None
+
+
+def sharded_statistics(graphs: Sequence[GraphFrame], num_species: int, parallel: Parallel
+                       ) -> DataStatistics:
+    """``DataStatistics`` of the training graphs; with several processes each visits every
+    world_size-th frame and the sums are added (a streamed set is read once in all)."""
+    mine = range(parallel.rank, len(graphs), parallel.world_size)
+    stats = statistics((graphs[i] for i in mine), num_species)
+    if parallel.active:
+        stats = DataStatistics.from_vector(num_species, parallel.all_reduce_sum(stats.vector()))
+    return stats
