@@ -139,6 +139,18 @@ def test_store_errors_name_the_file_and_frame(tiny_file, store_dir, tmp_path, ca
     rc = cli.main(["--train", str(tmp_path / "nof.frames"), "--preset", "tiny", "--epochs", "1",
                    "--quiet", "--out", str(tmp_path / "x")])
     assert rc == 2 and "noforces.xyz, frame 4: no forces label 'forces'" in capsys.readouterr().err
+    # a bad streamed validation frame stops the run before training, not after an epoch
+    close = frames[0].copy()
+    close.calc = frames[0].calc
+    close.positions[1] = close.positions[0] + [0.05, 0.0, 0.0]
+    ase.io.write(tmp_path / "close.xyz", [close], format="extxyz")
+    write_store(tmp_path / "close.xyz", tmp_path / "close.frames")
+    rc = cli.main(["--train", str(store_dir), "--valid", str(tmp_path / "close.frames"),
+                   "--preset", "tiny", "--epochs", "1", "--quiet", "--device", "cpu",
+                   "--out", str(tmp_path / "y")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "close.xyz, frame 0: atoms 0 and 1 are 0.05 Å apart" in err, err
+    assert not (tmp_path / "y").exists()
     (tmp_path / "nof.frames" / "energy.bin").write_bytes(b"\0" * 8)
     with pytest.raises(DataError, match=r"energy\.bin: missing or truncated"):
         FrameStore(tmp_path / "nof.frames")

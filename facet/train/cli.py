@@ -235,6 +235,9 @@ def train(args: argparse.Namespace, keys: LabelKeys, device: torch.device,
     valid_set = to_graphs(valid_src, cfg, dtype)
     streamed = isinstance(train_set, StreamedGraphs)
     stats = sharded_statistics(train_set, len(cfg.elements), parallel)
+    if isinstance(valid_set, StreamedGraphs):  # bad frames now, not after the first epoch
+        for i in range(parallel.rank, len(valid_set), parallel.world_size):
+            valid_set[i]
     log(f"{len(train_set)} training and {len(valid_set)} validation frames "
         f"({'streamed from disk' if streamed else 'in memory'}), graphs "
         f"{'checked' if streamed else 'built'} in {time.perf_counter() - t0:.1f} s; device "
