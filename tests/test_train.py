@@ -22,7 +22,7 @@ from facet.train.trainer import Trainer, TrainOptions, load_state_file, state_pa
 torch.set_num_threads(1)
 
 COMMON = ["--preset", "tiny", "--valid-fraction", "0.25", "--batch-size", "2", "--lr", "1e-2",
-          "--threads", "1", "--quiet", "--seed", "0", "--ema-decay", "0.9"]
+          "--threads", "1", "--quiet", "--seed", "0", "--ema-decay", "0.9", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
@@ -154,10 +154,10 @@ def test_resume_continues_exactly(data_file, tmp_path, monkeypatch):
     seen = {}
     original_step = Trainer.train_step
 
-    def spy(self, batch):
+    def spy(self, indices):
         seen.setdefault("first_step", self.step)
         seen.setdefault("first_lr", self.optimizer.param_groups[0]["lr"])
-        return original_step(self, batch)
+        return original_step(self, indices)
 
     monkeypatch.setattr(Trainer, "train_step", spy)
     cli.run(cli.build_parser().parse_args(
