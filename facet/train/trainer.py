@@ -277,6 +277,8 @@ class Trainer:
             if self.valid_set:
                 vm, _ = self.evaluate()
                 row.update(vm.summary("valid", w))
+                if self.parallel.is_main:
+                    row.update(self.rotation_error())
             self.elapsed += time.perf_counter() - t0
             row["time_s"] = round(self.elapsed, 2)
             row["train_epoch_s"] = round(t_train, 3)  # this epoch's training steps alone
@@ -291,6 +293,19 @@ class Trainer:
             self.write_metrics()
         return self.history
 
+    def rotation_error(self, n_frames: int = 2) -> dict[str, float]:
+        """Rotation/inversion error of the EMA weights on the first ``n_frames`` validation
+        frames (``facet.symmetry``, float64): the S2 grid's aliasing as training shapes it."""
+        from facet.symmetry import graph_symmetry_error
+
+        de = df = 0.0
+        with self.ema.applied(self.model):
+            for i in range(min(n_frames, len(self.valid_set))):
+                g = self.valid_set[i]
+                err = graph_symmetry_error(self.model, g.species, g.centre, g.neighbour, g.rij)
+                de, df = max(de, err.energy_per_atom), max(df, err.forces)
+        return {"valid_rot_e_ev_atom": de, "valid_rot_f_ev_a": df}
+
     def format_row(self, row: dict[str, Any]) -> str:
         s = (f"epoch {row['epoch']:4d}/{self.options.epochs} step {row['step']:6d} "
              f"lr {row['lr']:.2e} train loss {row['train_loss']:.4g}")
@@ -298,6 +313,8 @@ class Trainer:
             s += (f" | valid loss {row['valid_loss']:.4g} E {row['valid_e_mae_mev_atom']:.2f} "
                   f"meV/atom F {row['valid_f_mae_mev_a']:.1f} meV/Å "
                   f"S {row['valid_s_mae_mev_a3']:.3f} meV/Å^3")
+        if "valid_rot_f_ev_a" in row:
+            s += f" rot F {row['valid_rot_f_ev_a']:.1e} eV/Å"
         return s + f" | {row['time_s']:.0f} s"
 
     # ----------------------------------------------------------------- files
