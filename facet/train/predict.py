@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from facet.contract import forces_from_pair_gradients, virial_from_pair_gradients
 from facet.model import Facet
 from facet.train.data import Batch
 
@@ -44,13 +45,8 @@ def predict(model: Facet, batch: Batch, create_graph: bool) -> Prediction:
             g = torch.zeros_like(rij)
         else:
             (g,) = torch.autograd.grad(energy.sum(), rij, create_graph=create_graph)
-    forces = torch.zeros_like(batch.forces).index_add(0, batch.centre, g)
-    forces = forces.index_add(0, batch.neighbour, -g)
-    pair_virial = (rij.unsqueeze(2) * g.unsqueeze(1)).reshape(-1, 9)
-    virial = g.new_zeros(batch.num_structures, 9).index_add(
-        0, batch.edge_batch, pair_virial
-    )
-    virial = virial.reshape(-1, 3, 3)
+    forces = forces_from_pair_gradients(g, batch.centre, batch.neighbour, batch.forces.shape[0])
+    virial = virial_from_pair_gradients(rij, g, batch.edge_batch, batch.num_structures)
     # Voigt components from the upper triangle, as LAMMPS tallies them (see facet.contract)
     stress = virial / batch.volume.reshape(-1, 1, 1)
     voigt = torch.stack([stress[:, a, b] for a, b in VOIGT], dim=1)
