@@ -1,0 +1,96 @@
+/* pair_style facet: Facet machine-learned interatomic potentials in LAMMPS through libtorch.
+
+   Loaded with `plugin load facetplugin.so`. Reads the TorchScript file written by
+   `facet-deploy model.pt --format plugin` and runs the model layer by layer on the local atoms
+   of each rank; between layers the features of ghost atoms are refreshed from their owners with
+   this pair style's forward communication, and in the backward pass the gradients that land on
+   ghost atoms are summed into their owners with its reverse communication. A ghost shell of one
+   cutoff (LAMMPS' default comm cutoff) suffices and no ghost features are computed.
+*/
+
+#ifndef LMP_PAIR_FACET_H
+#define LMP_PAIR_FACET_H
+
+#include "pair.h"
+
+#include <torch/script.h>
+
+#include <string>
+#include <vector>
+
+namespace LAMMPS_NS {
+
+class PairFacet : public Pair {
+ public:
+  PairFacet(class LAMMPS *);
+  ~PairFacet() override;
+
+  void compute(int, int) override;
+  void settings(int, char **) override;
+  void coeff(int, char **) override;
+  void init_style() override;
+  double init_one(int, int) override;
+
+  int pack_forward_comm(int, int *, double *, int, int *) override;
+  void unpack_forward_comm(int, int, double *) override;
+  int pack_reverse_comm(int, int, double *) override;
+  void unpack_reverse_comm(int, int *, double *) override;
+  double memory_usage() override;
+
+ protected:
+  void allocate();
+  void load_model();
+  void select_device(const std::string &request);
+
+  // per-layer halo exchange through LAMMPS' communication of this pair style
+  torch::Tensor halo_forward(const torch::Tensor &h_local, int nall);
+  torch::Tensor halo_reverse(const torch::Tensor &g_all, int nlocal, int nall);
+
+  // the two evaluations; both return (per-atom energies of local atoms, dE/drij)
+  std::pair<torch::Tensor, torch::Tensor> single_pass(const torch::Tensor &species,
+                                                      const torch::Tensor &pi,
+                                                      const torch::Tensor &pj,
+                                                      const torch::Tensor &rij,
+                                                      const torch::Tensor &mask, int nlocal,
+                                                      int nall);
+  std::pair<torch::Tensor, torch::Tensor> recomputing(const torch::Tensor &species,
+                                                      const torch::Tensor &pi,
+                                                      const torch::Tensor &pj,
+                                                      const torch::Tensor &rij,
+                                                      const torch::Tensor &mask, int nlocal,
+                                                      int nall);
+
+  std::string model_path;
+  std::string device_request;           // "" = from the file's metadata
+  long chunk_edges_override = -1;       // < 0: from the file's metadata
+  long single_pass_edges_override = -1;
+
+  torch::jit::Module module;
+  bool loaded = false;
+  torch::Device device = torch::Device(torch::kCPU);
+  torch::Dtype dtype = torch::kFloat64;
+  std::string dtype_name, device_name;
+  std::vector<std::string> model_elements;
+  std::vector<long> feature_dims;  // embedding width, then the output width of every layer
+  int num_layers = 0;
+  double r_max = 0.0;
+  long chunk_edges = 0, single_pass_edges = 0;
+  std::string facet_version, torch_version;
+
+  int *type_map = nullptr;  // LAMMPS type -> model element index, -1 for NULL
+
+  // host buffer of the exchange: rows of all (local + ghost) atoms, `comm_width` doubles each
+  std::vector<double> halo;
+  int comm_width = 0;
+
+  // per-call scratch (kept to avoid reallocations)
+  std::vector<int64_t> pair_i, pair_j, species_buf;
+  std::vector<double> rij_buf, mask_buf;
+
+  bool announced = false;
+  std::string last_evaluation;
+};
+
+}    // namespace LAMMPS_NS
+
+#endif
