@@ -237,11 +237,13 @@ void PairFacet::select_device(const std::string &request)
     index = std::stoi(request.substr(5));
   } else {
     // one GPU per rank, from the node-local rank
+    int local_rank = 0;
+#if !defined(MPI_STUBS)
     MPI_Comm local;
     MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, comm->me, MPI_INFO_NULL, &local);
-    int local_rank = 0;
     MPI_Comm_rank(local, &local_rank);
     MPI_Comm_free(&local);
+#endif
     index = local_rank % ngpu;
   }
   if (index < 0 || index >= ngpu)
@@ -556,6 +558,9 @@ void PairFacet::compute(int eflag, int vflag)
                    single_pass_edges, chunk_edges > 0 ? "" : " (off)");
     announced = true;
   }
+  if (comm->me == 0 && last_evaluation != evaluation)
+    utils::logmesg(lmp, "Facet plugin: {} evaluation on rank 0 ({} local atoms, {} pairs)\n",
+                   evaluation, nlocal, npairs);
   last_evaluation = evaluation;
 
   torch::Tensor e_local, g_rij;
