@@ -43,7 +43,7 @@ def prepare_models(work: Path, names: list[str]) -> dict[str, dict]:
     import torch
 
     import facet
-    from facet.deploy.cli import main as deploy_main
+    from facet.cli.deploy import main as deploy_main
 
     out = {}
     for name in names:
@@ -87,7 +87,7 @@ def write_crystal(work: Path, target: int) -> tuple[Path, int]:
 
 
 def deck(path: str, model: dict, data: Path, warmup: int, steps: int, lib: Path) -> str:
-    from facet.deploy.mliap import recommended_comm_cutoff
+    from facet.lammps.deck import recommended_comm_cutoff
 
     if path == "plugin":
         pair = f"plugin load {lib}\npair_style facet {model['plugin']}\npair_coeff * * Cu"

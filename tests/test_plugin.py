@@ -26,7 +26,7 @@ from lammps_utils import REPO, assert_matches_reference, env, mpirun, require_la
 
 import facet
 from facet.calculator import FacetCalculator
-from facet.deploy.cli import main as deploy_main
+from facet.cli.deploy import main as deploy_main
 from facet.lammps.plugin import METADATA_FILE, plugin_library
 
 pytestmark = [pytest.mark.lammps, pytest.mark.plugin]
