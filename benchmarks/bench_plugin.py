@@ -35,7 +35,14 @@ PATHS = ("plugin", "kokkos", "plain")
 
 
 def lammps_prefix() -> Path:
-    return Path((REPO / ".venv" / "facet-lammps-prefix").read_text().strip())
+    """The LAMMPS install of this run (read once: a rebuild during the run changes nothing)."""
+    global _PREFIX
+    if _PREFIX is None:
+        _PREFIX = Path((REPO / ".venv" / "facet-lammps-prefix").read_text().strip())
+    return _PREFIX
+
+
+_PREFIX: Path | None = None
 
 
 def prepare_models(work: Path, names: list[str]) -> dict[str, dict]:
@@ -192,6 +199,7 @@ def main() -> None:
     from facet.lammps.plugin import plugin_library
 
     lib = plugin_library()
+    print(f"LAMMPS {lammps_prefix()}, plugin {lib}", flush=True)
     if lib is None:
         raise SystemExit("the plugin is not built: run deploy/build_plugin.sh")
     paths = args.paths.split(",")
