@@ -25,6 +25,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <fstream>
 #include <mpi.h>
@@ -32,6 +33,12 @@
 using namespace LAMMPS_NS;
 
 namespace {
+
+double now()
+{
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
 
 constexpr const char *kFormat = "facet-lammps-plugin";
 constexpr int kFormatVersion = 1;
@@ -323,8 +330,19 @@ double PairFacet::init_one(int, int)
 int PairFacet::pack_forward_comm(int n, int *list, double *buf, int /*pbc_flag*/, int * /*pbc*/)
 {
   const int w = comm_width;
+  const int nlocal = atom->nlocal;
+  if (recording) {
+    for (int i = 0; i < n; i++)
+      if (list[i] < nlocal) is_border[list[i]] = 1;
+  } else {
+    for (int i = 0; i < n; i++)
+      if (list[i] < nlocal && !is_border[list[i]])
+        error->one(FLERR, "pair_style facet: internal error: LAMMPS' send lists changed without "
+                          "re-neighbouring; please report this with your input deck");
+  }
   for (int i = 0; i < n; i++)
     std::memcpy(buf + (size_t) i * w, halo.data() + (size_t) list[i] * w, w * sizeof(double));
+  packed_values += (double) n * w;
   return n * w;
 }
 
@@ -338,6 +356,7 @@ int PairFacet::pack_reverse_comm(int n, int first, double *buf)
 {
   const int w = comm_width;
   std::memcpy(buf, halo.data() + (size_t) first * w, (size_t) n * w * sizeof(double));
+  packed_values += (double) n * w;
   return n * w;
 }
 
@@ -357,15 +376,53 @@ torch::Tensor PairFacet::halo_forward(const torch::Tensor &h_local, int nall)
   const int nlocal = (int) h_local.size(0);
   const int w = (int) h_local.size(1);
   if (w > comm_forward) error->one(FLERR, "pair_style facet: exchange width {} > {}", w, comm_forward);
-  halo.assign((size_t) nall * w, 0.0);
-  if (nlocal > 0) {
-    auto host = h_local.detach().to(torch::kCPU, torch::kFloat64).contiguous();
-    std::memcpy(halo.data(), host.data_ptr<double>(), (size_t) nlocal * w * sizeof(double));
-  }
+  const double t0 = now();
+  halo.resize((size_t) nall * w);    // every ghost row is received, local rows are staged
   comm_width = w;
-  comm->forward_comm(this, w);
-  auto full = torch::from_blob(halo.data(), {nall, w}, torch::kFloat64);
-  return full.to(device, dtype, /*non_blocking=*/false, /*copy=*/true);
+  if (!border_valid) {
+    // first exchange with these send lists: stage every local row, record the packed ones
+    if (nlocal > 0) stage_rows(h_local, 0);
+    is_border.assign(nlocal, 0);
+    recording = true;
+    comm->forward_comm(this, w);
+    recording = false;
+    border_rows.clear();
+    for (int i = 0; i < nlocal; i++)
+      if (is_border[i]) border_rows.push_back(i);
+    border_index = torch::from_blob(border_rows.data(), {(int64_t) border_rows.size()},
+                                    torch::kInt64)
+                       .to(device, false, true);
+    border_valid = true;
+  } else {
+    if (!border_rows.empty()) {
+      auto rows = h_local.detach().index_select(0, border_index).to(torch::kCPU, torch::kFloat64);
+      const double *src = rows.contiguous().data_ptr<double>();
+      for (size_t k = 0; k < border_rows.size(); k++)
+        std::memcpy(halo.data() + (size_t) border_rows[k] * w, src + k * w, w * sizeof(double));
+    }
+    comm->forward_comm(this, w);
+  }
+  torch::Tensor out;
+  if (nall > nlocal) {
+    auto ghosts = torch::from_blob(halo.data() + (size_t) nlocal * w, {nall - nlocal, w},
+                                   torch::kFloat64)
+                      .to(device, dtype, false, true);
+    out = torch::cat({h_local.detach(), ghosts});
+  } else {
+    out = h_local.detach().clone();
+  }
+  t_exchange += now() - t0;
+  return out;
+}
+
+// host rows first_row.. of `halo` from src [rows, w] (any device and dtype)
+void PairFacet::stage_rows(const torch::Tensor &src, int first_row)
+{
+  const int64_t rows = src.size(0), w = src.size(1);
+  if (rows == 0) return;
+  auto host = src.detach().to(torch::kCPU, torch::kFloat64).contiguous();
+  std::memcpy(halo.data() + (size_t) first_row * w, host.data_ptr<double>(),
+              (size_t) rows * w * sizeof(double));
 }
 
 // The local rows of g_all [nall, w] with the ghost rows summed into their owners.
@@ -373,15 +430,28 @@ torch::Tensor PairFacet::halo_reverse(const torch::Tensor &g_all, int nlocal, in
 {
   const int w = (int) g_all.size(1);
   if (w > comm_reverse) error->one(FLERR, "pair_style facet: exchange width {} > {}", w, comm_reverse);
+  if (!border_valid)    // a forward exchange with the same send lists always comes first
+    error->one(FLERR, "pair_style facet: internal error: reverse exchange before a forward one");
+  const double t0 = now();
   halo.resize((size_t) nall * w);
-  if (nall > 0) {
-    auto host = g_all.detach().to(torch::kCPU, torch::kFloat64).contiguous();
-    std::memcpy(halo.data(), host.data_ptr<double>(), (size_t) nall * w * sizeof(double));
-  }
   comm_width = w;
+  // ghost rows carry their gradients; the local rows that receive sums start at zero
+  if (nall > nlocal) stage_rows(g_all.narrow(0, nlocal, nall - nlocal), nlocal);
+  for (int64_t i : border_rows) std::memset(halo.data() + (size_t) i * w, 0, w * sizeof(double));
   comm->reverse_comm(this, w);
-  auto local = torch::from_blob(halo.data(), {nlocal, w}, torch::kFloat64);
-  return local.to(device, dtype, false, true);
+  auto local = g_all.narrow(0, 0, nlocal).detach();
+  torch::Tensor out;
+  if (!border_rows.empty()) {
+    auto delta = torch::empty({(int64_t) border_rows.size(), (int64_t) w}, torch::kFloat64);
+    double *dst = delta.data_ptr<double>();
+    for (size_t k = 0; k < border_rows.size(); k++)
+      std::memcpy(dst + k * w, halo.data() + (size_t) border_rows[k] * w, w * sizeof(double));
+    out = local.index_add(0, border_index, delta.to(device, dtype, false, true));
+  } else {
+    out = local.clone();
+  }
+  t_exchange += now() - t0;
+  return out;
 }
 
 /* ----------------------------------------------------------------------
@@ -489,6 +559,7 @@ PairFacet::recomputing(const torch::Tensor &species, const torch::Tensor &pi,
 
 void PairFacet::compute(int eflag, int vflag)
 {
+  const double t_start = now();
   ev_init(eflag, vflag);
 
   double **x = atom->x;
@@ -501,6 +572,10 @@ void PairFacet::compute(int eflag, int vflag)
   int *numneigh = list->numneigh;
   int **firstneigh = list->firstneigh;
   const double cut2 = r_max * r_max;
+  // the send lists of the exchange change whenever LAMMPS re-neighbours (borders)
+  if (neighbor->ago == 0 || nlocal != border_nlocal || nall != border_nall) border_valid = false;
+  border_nlocal = nlocal;
+  border_nall = nall;
 
   // pair list grouped by centre, centres ascending (the chunked evaluation needs that)
   pair_i.clear();
@@ -607,6 +682,33 @@ void PairFacet::compute(int eflag, int vflag)
         }
     }
   }
+  n_calls++;
+  t_total += now() - t_start;
+}
+
+/* ----------------------------------------------------------------------
+   end of a run: where the pair style's time went (every rank calls this)
+------------------------------------------------------------------------- */
+
+void PairFacet::finish()
+{
+  double mine[3] = {t_total, t_exchange, packed_values}, sum[3], mx[3];
+  MPI_Allreduce(mine, sum, 3, MPI_DOUBLE, MPI_SUM, world);
+  MPI_Allreduce(mine, mx, 3, MPI_DOUBLE, MPI_MAX, world);
+  long calls = n_calls;
+  if (comm->me == 0 && calls > 0) {
+    const double np = comm->nprocs;
+    utils::logmesg(lmp,
+                   "Facet plugin: {} calls; per call and rank (average / max over {} ranks): "
+                   "pair style {:.3f} / {:.3f} ms, of which halo exchanges {:.3f} / {:.3f} ms "
+                   "({:.1f} % of the average), {:.0f} / {:.0f} values packed\n",
+                   calls, comm->nprocs, 1e3 * sum[0] / np / calls, 1e3 * mx[0] / calls,
+                   1e3 * sum[1] / np / calls, 1e3 * mx[1] / calls,
+                   sum[0] > 0 ? 100.0 * sum[1] / sum[0] : 0.0, sum[2] / np / calls,
+                   mx[2] / calls);
+  }
+  n_calls = 0;
+  t_total = t_exchange = packed_values = 0.0;
 }
 
 double PairFacet::memory_usage()

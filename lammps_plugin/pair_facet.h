@@ -36,6 +36,7 @@ class PairFacet : public Pair {
   int pack_reverse_comm(int, int, double *) override;
   void unpack_reverse_comm(int, int *, double *) override;
   double memory_usage() override;
+  void finish() override;
 
  protected:
   void allocate();
@@ -79,9 +80,19 @@ class PairFacet : public Pair {
 
   int *type_map = nullptr;  // LAMMPS type -> model element index, -1 for NULL
 
-  // host buffer of the exchange: rows of all (local + ghost) atoms, `comm_width` doubles each
+  // host buffer of the exchange: rows of all (local + ghost) atoms, `comm_width` doubles each.
+  // Only the rows LAMMPS packs ("border" local atoms: those in the send lists) and the ghost
+  // rows move between the model's device and this buffer. The border rows are recorded during
+  // the first exchange after the send lists were (re)built (re-neighbouring, or a change of
+  // nlocal/nall); until then every local row is staged.
   std::vector<double> halo;
   int comm_width = 0;
+  bool border_valid = false, recording = false;
+  std::vector<char> is_border;          // [nlocal]: 1 if LAMMPS packs this local row
+  std::vector<int64_t> border_rows;     // sorted local rows that LAMMPS packs
+  torch::Tensor border_index;           // the same, on the model's device
+  int border_nlocal = -1, border_nall = -1;
+  void stage_rows(const torch::Tensor &src, int first_row);
 
   // per-call scratch (kept to avoid reallocations)
   std::vector<int64_t> pair_i, pair_j, species_buf;
@@ -89,6 +100,11 @@ class PairFacet : public Pair {
 
   bool announced = false;
   std::string last_evaluation;
+
+  // timings of the current run (printed and reset by finish())
+  long n_calls = 0;
+  double t_total = 0.0, t_exchange = 0.0;    // seconds in compute() and in the exchanges
+  double packed_values = 0.0;                // doubles packed for the exchanges
 };
 
 }    // namespace LAMMPS_NS

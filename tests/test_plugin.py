@@ -336,10 +336,14 @@ def test_shipped_model_element_order_differs(lmp_exe, lib, tmp_path):
 
 @pytest.mark.mpi
 def test_nve_same_on_1_and_2_ranks(work, lmp_exe):
+    """20 NVE steps re-neighbouring every 5 (the exchange's send lists change and are reused in
+    between): the same trajectory on 1 and 2 ranks, and the last step's forces equal ASE's on
+    the last positions."""
     d = work["d"]
     body = ("velocity all create 600.0 4928459 mom yes rot no dist gaussian loop geom\n"
-            "fix nve all nve\ntimestep 0.001\nundump {tag}\n"
-            "dump fin all custom 20 {tag}.final id x y z vx vy vz\n"
+            "neigh_modify every 5 delay 0 check no\n"
+            "fix nve all nve\ntimestep 0.002\nundump {tag}\n"
+            "dump fin all custom 20 {tag}.final id x y z vx vy vz fx fy fz\n"
             "dump_modify fin sort id format float %.15g\nrun 20\n")
     out = []
     for p in (1, 2):
@@ -347,11 +351,18 @@ def test_nve_same_on_1_and_2_ranks(work, lmp_exe):
         run_lmp(d, lmp_exe, deck_for(plugin_library(), work["data"],
                                      pair_lines(work["file"], ["Cu", "Au", "Ag"]), dump=tag,
                                      body=body.format(tag=tag)), p, tag=tag)
+        log = (d / f"log.{tag}").read_text()
+        assert re.search(r"Neighbor list builds = 4\b", log), "expected 4 rebuilds in 20 steps"
         lines = (d / f"{tag}.final").read_text().splitlines()
         k = max(i for i, line in enumerate(lines) if line.startswith("ITEM: ATOMS"))
         out.append(np.array([line.split() for line in lines[k + 1:]], dtype=float))
     assert len(out[0]) == len(work["atoms"])
     assert np.abs(out[0][:, 1:] - out[1][:, 1:]).max() < 1e-8
+    moved = work["atoms"].copy()
+    moved.positions = out[1][:, 1:4]  # LAMMPS' frame = the atoms' frame (lammps_frame)
+    assert np.abs(moved.positions - work["atoms"].positions).max() > 0.01
+    ref = ase_reference(work["model"], moved)
+    np.testing.assert_allclose(out[1][:, 7:10], ref["forces"], atol=1e-6)
 
 
 @pytest.mark.mpi
@@ -442,20 +453,23 @@ def test_rank_without_atoms_or_ghosts(work, lmp_exe):
 
 
 @pytest.mark.mpi
-def test_slab_with_vacuum_across_ranks_and_thin_subdomains(work, lmp_exe):
+def test_slab_vacuum_thin_subdomains_and_tiled_comm(work, lmp_exe):
     """A slab in a periodic box with vacuum, cut by processor planes (processors 1 1 3: one rank
-    in the vacuum) and again with sub-domains thinner than the ghost cutoff in x (processors
-    3 1 1: several swaps per direction)."""
+    in the vacuum), with sub-domains thinner than the ghost cutoff in x (processors 3 1 1:
+    several swaps per direction), and with `comm_style tiled` + `balance rcb`."""
     d = work["d"]
     atoms = slab()
     atoms.positions[:, 2] += 10.0
     atoms.set_cell([atoms.cell[0, 0], atoms.cell[1, 1], 40.0])
     data = write_data(d, atoms, ["Cu", "Au", "Ag"], "vacslab")
     ref = ase_reference(work["model"], atoms)
-    for grid, tag in (("1 1 3", "vac113"), ("3 1 1", "vac311")):
-        run_lmp(d, lmp_exe, deck_for(plugin_library(), data,
-                                     pair_lines(work["file"], ["Cu", "Au", "Ag"]), dump=tag,
-                                     before_read=f"processors {grid}"), 3, tag=tag)
+    for before, tag in (("processors 1 1 3", "vac113"), ("processors 3 1 1", "vac311"),
+                        ("comm_style tiled", "tiled")):
+        pair = pair_lines(work["file"], ["Cu", "Au", "Ag"])
+        if tag == "tiled":  # recursive bisection: sub-domains of uneven shape
+            pair += "\nbalance 1.0 rcb"
+        run_lmp(d, lmp_exe, deck_for(plugin_library(), data, pair, dump=tag,
+                                     before_read=before), 3, tag=tag)
         assert_ref(results(d, atoms, tag), ref)
     # x is 11.1 Å over 3 ranks: 3.7 Å sub-domains against a 6 Å ghost cutoff (r_max 4 + skin 2)
     assert atoms.cell[0, 0] / 3 < work["model"].r_max + 2.0
