@@ -61,7 +61,9 @@ PairFacet::PairFacet(LAMMPS *lmp) : Pair(lmp)
   one_coeff = 1;
   manybody_flag = 1;
   no_virial_fdotr_compute = 1;    // the virial is tallied per pair (also right under hybrid)
-  centroidstressflag = CENTROID_NOTAVAIL;
+  // forces are sums of pair terms (+g on i, -g on j): the centroid form of each term is the
+  // half-half split of -r_ij (x) g_ij that vatom holds
+  centroidstressflag = CENTROID_SAME;
   unit_convert_flag = utils::NOCONVERT;
 }
 

@@ -70,8 +70,10 @@ read_data {data}
 compute pe all pe/atom
 compute sa all stress/atom NULL
 compute vsum all reduce sum c_sa[1] c_sa[2] c_sa[3] c_sa[4] c_sa[5] c_sa[6]
+compute ca all centroid/stress/atom NULL
+compute csum all reduce sum c_ca[1] c_ca[2] c_ca[3]
 thermo_style custom step pe pxx pyy pzz pyz pxz pxy vol c_vsum[1] c_vsum[2] c_vsum[3] &
-  c_vsum[6] c_vsum[5] c_vsum[4]
+  c_vsum[6] c_vsum[5] c_vsum[4] c_csum[1] c_csum[2] c_csum[3]
 thermo_modify format float %.15g
 """
 
@@ -152,6 +154,7 @@ def results(d: Path, atoms: Atoms, tag: str, dump: str | None = None,
         # virial (eV): pressure * volume, and minus the sum of per-atom stresses (bar Å^3)
         "virial": row[2:8] * vol / BAR_PER_EV_A3,
         "virial_atoms": -row[9:15] / BAR_PER_EV_A3,
+        "virial_centroid_diag": -row[15:18] / BAR_PER_EV_A3,
     }
 
 
@@ -238,7 +241,8 @@ def test_deploy_plugin_prints_deck_lines(tiny_model, tmp_path, capsys, lib):
 @pytest.mark.mpi
 @pytest.mark.parametrize("nproc", [1, 2, 3, 4])
 def test_matches_ase(work, lmp_exe, nproc):
-    """Triclinic 3-element cell; also the per-atom virials sum to the global virial."""
+    """Triclinic 3-element cell; also the per-atom virials (stress/atom, and the diagonal of
+    centroid/stress/atom) sum to the global virial."""
     d = work["d"]
     tag = f"par{nproc}"
     deck = deck_for(plugin_library(), work["data"], pair_lines(work["file"], ["Cu", "Au", "Ag"]),
@@ -247,6 +251,8 @@ def test_matches_ase(work, lmp_exe, nproc):
     res = results(d, work["atoms"], tag)
     assert_ref(res, work["ref"])
     np.testing.assert_allclose(res["virial_atoms"], res["virial"], rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(res["virial_centroid_diag"], res["virial"][:3], rtol=1e-10,
+                               atol=1e-10)
 
 
 @pytest.mark.mpi
