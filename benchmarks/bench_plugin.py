@@ -146,26 +146,39 @@ def run_one(path: str, model: dict, data: Path, ranks: int, warmup: int, steps: 
     return float(t) / int(n), float(cpu[-1]) / 100 if cpu else float("nan")
 
 
+def cpu_ms(row: dict, path: str) -> float | None:
+    """Median over rounds of loop time x CPU use: the CPU time per step of a rank (on a loaded
+    machine the wall time also counts the time a rank waited for a core; MPICH's busy-waiting
+    in MPI calls counts as CPU time)."""
+    walls, uses = row["all_ms"].get(path), row.get("cpu_use", {}).get(path)
+    if not walls or not uses:
+        return None
+    v = sorted(w * u for w, u in zip(walls, uses, strict=True))
+    return v[len(v) // 2]
+
+
 def table(rows: list[dict]) -> str:
-    lines = ["| model | atoms | ranks | plugin ms/step | KOKKOS path ms/step (÷ plugin) | "
-             "plain path ms/step (÷ plugin) |",
+    lines = ["| model | atoms | ranks | plugin ms/step: wall (CPU) | KOKKOS path: wall (CPU), "
+             "÷ plugin wall (CPU) | plain path: wall (CPU), ÷ plugin wall (CPU) |",
              "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
-        p = r["ms"].get("plugin")
+        p, pc = r["ms"].get("plugin"), cpu_ms(r, "plugin")
 
-        def cell(name, r=r, p=p):
-            v = r["ms"].get(name)
+        def cell(name, r=r, p=p, pc=pc):
+            v, vc = r["ms"].get(name), cpu_ms(r, name)
             if v is None:
                 return "-"
-            return f"{v:.1f} ({v / p:.2f}x)" if p else f"{v:.1f}"
+            text = f"{v:.0f} ({vc:.0f})" if vc else f"{v:.0f}"
+            if p:
+                text += f", {v / p:.2f}x" + (f" ({vc / pc:.2f}x)" if vc and pc else "")
+            return text
 
-        lines.append(f"| {r['model']} | {r['atoms']} | {r['ranks']} | "
-                     f"{p:.1f} | {cell('kokkos')} | {cell('plain')} |" if p else
-                     f"| {r['model']} | {r['atoms']} | {r['ranks']} | - | {cell('kokkos')} | "
-                     f"{cell('plain')} |")
+        plug = f"{p:.0f} ({pc:.0f})" if p and pc else (f"{p:.0f}" if p else "-")
+        lines.append(f"| {r['model']} | {r['atoms']} | {r['ranks']} | {plug} | "
+                     f"{cell('kokkos')} | {cell('plain')} |")
     # 2-rank speed-ups
-    lines += ["", "| model | atoms | path | 1 rank ms/step | 2 ranks ms/step | speed-up |",
-              "|---|---:|---|---:|---:|---:|"]
+    lines += ["", "| model | atoms | path | 1 rank ms/step wall (CPU) | 2 ranks ms/step wall "
+              "(CPU) | speed-up wall (CPU) |", "|---|---:|---|---:|---:|---:|"]
     by = {(r["model"], r["atoms"], r["ranks"]): r for r in rows}
     for (model, atoms, ranks), r in by.items():
         if ranks != 1 or (model, atoms, 2) not in by:
@@ -173,8 +186,13 @@ def table(rows: list[dict]) -> str:
         two = by[(model, atoms, 2)]
         for name in PATHS:
             a, b = r["ms"].get(name), two["ms"].get(name)
+            ac, bc = cpu_ms(r, name), cpu_ms(two, name)
             if a and b:
-                lines.append(f"| {model} | {atoms} | {name} | {a:.1f} | {b:.1f} | {a / b:.2f}x |")
+                cpu = f" ({ac:.0f})" if ac else ""
+                cpu2 = f" ({bc:.0f})" if bc else ""
+                su = f" ({ac / bc:.2f}x)" if ac and bc else ""
+                lines.append(f"| {model} | {atoms} | {name} | {a:.0f}{cpu} | {b:.0f}{cpu2} | "
+                             f"{a / b:.2f}x{su} |")
     return "\n".join(lines)
 
 
