@@ -4,7 +4,7 @@ of an MD step. Prints markdown tables for benchmarks/README.md.
 
     python benchmarks/plugin_scaling.py                 # Facet-S on H100-class GPUs (float32)
     python benchmarks/plugin_scaling.py --dtype float64
-    python benchmarks/plugin_scaling.py --cpu-check 2048:1=T1,2=T2 --cpu-us-per-atom C
+    python benchmarks/plugin_scaling.py --cpu-atoms 2048 --cpu-ms-per-atom C
 
 Per rank (a cube of n atoms, fcc Cu density rho = 4 / 3.61^3 Å^-3, side a = (n / rho)^(1/3)):
 - ghosts within the comm cutoff r_g = r_max + skin: n_g = rho ((a + 2 r_g)^3 - a^3);
@@ -91,10 +91,10 @@ def main() -> None:
     p.add_argument("--beta-net", type=float, default=25.0, help="network GB/s per GPU")
     p.add_argument("--beta-pcie", type=float, default=25.0, help="host<->GPU GB/s")
     p.add_argument("--t-x-ms", type=float, default=0.2, help="fixed cost per exchange (ms)")
-    p.add_argument("--cpu-us-per-atom", type=float, default=0.0,
-                   help="CPU check: measured plugin compute per atom and step (µs)")
-    p.add_argument("--cpu-check", default="",
-                   help="CPU check: ATOMS:1=ms,2=ms measured plugin ms/step on 1 and 2 ranks")
+    p.add_argument("--cpu-atoms", type=int, default=0,
+                   help="CPU check: atoms of the measured system (one node, 1 and 2 ranks)")
+    p.add_argument("--cpu-ms-per-atom", type=float, default=0.0,
+                   help="CPU check: measured compute per atom and step on 1 rank (ms)")
     args = p.parse_args()
     table = GPU_MS[args.dtype]
 
@@ -152,23 +152,30 @@ def main() -> None:
             cells.append(f"{t:.0f} ms ({100 * ideal / t:.0f} %, {n:,.0f}/GPU)")
         print(f"| {gpus} | " + " | ".join(cells) + " |")
 
-    if args.cpu_check and args.cpu_us_per_atom:
-        atoms, runs = args.cpu_check.split(":")
-        atoms = int(atoms)
-        ms = {int(k): float(v) for k, v in (r.split("=") for r in runs.split(","))}
-        cpu = argparse.Namespace(**{**vars(args), "alpha_us": 1.0, "beta_net": 5.0,
-                                    "beta_pcie": 1e9, "t_x_ms": 0.05})
-        pred = {}
+    if args.cpu_atoms and args.cpu_ms_per_atom:
+        # one node: messages are memory copies (alpha 1 µs, 5 GB/s), staging is a memcpy too
+        print(f"\nCPU check, {args.cpu_atoms} atoms in a cube, split into 1 or 2 slabs along x "
+              "(LAMMPS' grid for 2 ranks), alpha 1 µs, 5 GB/s for messages and row copies, "
+              f"{args.cpu_ms_per_atom} ms compute per atom:")
+        print("| ranks | atoms per rank | ghosts per rank | compute ms | exchange ms per step "
+              "(share) |")
+        print("|---:|---:|---:|---:|---:|")
+        side = (args.cpu_atoms / RHO) ** (1 / 3)
+        times = {}
         for ranks in (1, 2):
-            n = atoms / ranks
-            c = args.cpu_us_per_atom * 1e-3 * n
-            # 2 ranks on one node: the slab decomposition has two faces per rank
-            pred[ranks] = c + halo_ms(n, cpu, staging=False, network=ranks > 1)
-        print(f"\nCPU check at {atoms} atoms: predicted {pred[1]:.0f} / {pred[2]:.0f} ms per step "
-              f"on 1 / 2 ranks (speed-up {pred[1] / pred[2]:.2f}x); measured "
-              f"{ms.get(1, float('nan')):.0f} / {ms.get(2, float('nan')):.0f} ms "
-              f"(speed-up {ms.get(1, 1) / ms.get(2, 1):.2f}x)")
-
+            ax = side / ranks
+            n = args.cpu_atoms / ranks
+            n_g = RHO * ((ax + 2 * args.r_g) * (side + 2 * args.r_g) ** 2 - ax * side**2)
+            n_b = RHO * (ax * side**2 - max(ax - 2 * args.r_g, 0) * max(side - 2 * args.r_g, 0)
+                         ** 2)
+            swaps = 6 * math.ceil(args.r_g / ax)
+            per = 0.05 + swaps * 1e-3 + (n_g + (n_g + n_b)) * args.width * 8 / 5e6
+            halo = args.exchanges * per
+            comp = args.cpu_ms_per_atom * n
+            times[ranks] = comp + halo
+            print(f"| {ranks} | {n:.0f} | {n_g:.0f} | {comp:.0f} | {halo:.1f} "
+                  f"({100 * halo / (comp + halo):.2f} %) |")
+        print(f"predicted 2-rank speed-up {times[1] / times[2]:.2f}x")
 
 if __name__ == "__main__":
     main()

@@ -23,6 +23,7 @@
 #include "utils.h"
 
 #include <torch/torch.h>
+#include <torch/version.h>
 
 #include <algorithm>
 #include <chrono>
@@ -221,9 +222,10 @@ void PairFacet::load_model()
     for (auto d : feature_dims) widths += " " + std::to_string(d);
     utils::logmesg(lmp,
                    "Facet plugin: {} ({} layers, r_max {} Å, feature widths{}, {} on {}; "
-                   "elements{}; facet {}, written with torch {})\n",
+                   "elements{}; facet {}, written with torch {}; libtorch {} with {} threads "
+                   "per rank)\n",
                    model_path, num_layers, r_max, widths, dtype_name, device.str(), elems,
-                   facet_version, torch_version);
+                   facet_version, torch_version, TORCH_VERSION, at::get_num_threads());
   }
 }
 

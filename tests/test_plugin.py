@@ -211,6 +211,20 @@ def test_style_registered(lib, lmp_exe, tmp_path):
     assert rc != 0 and "Unrecognized pair style" in out
 
 
+def test_build_script_is_cached(lib):
+    """./setup.sh runs deploy/build_plugin.sh every time: with nothing changed it is a cache hit
+    (seconds) and still checks that the style registers."""
+    import time
+
+    t0 = time.time()
+    proc = subprocess.run(["bash", str(REPO / "deploy" / "build_plugin.sh")], env=env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "cached build found" in proc.stdout and "smoke test passed" in proc.stdout
+    assert time.time() - t0 < 60
+    assert plugin_library() == lib
+
+
 def test_deploy_plugin_prints_deck_lines(tiny_model, tmp_path, capsys, lib):
     ckpt = facet.save_model(tiny_model, tmp_path / "m.pt")
     assert deploy_main([str(ckpt), "--format", "plugin", "--dtype", "float32"]) == 0
