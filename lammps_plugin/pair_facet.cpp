@@ -185,6 +185,10 @@ void PairFacet::load_model()
     device_name = meta.value("device", "cpu");
     chunk_edges = meta.value("chunk_edges", 4096L);
     single_pass_edges = meta.value("single_pass_edges", 16384L);
+    chunking_by_device.clear();
+    if (meta.contains("chunking_by_device"))
+      for (auto &item : meta["chunking_by_device"].items())
+        chunking_by_device[item.key()] = item.value().get<std::vector<long>>();
     facet_version = meta.value("facet_version", "?");
     torch_version = meta.value("torch_version", "?");
   } catch (const json::exception &e) {
@@ -205,10 +209,16 @@ void PairFacet::load_model()
     if (!module.find_method(name))
       error->all(FLERR, "pair_style facet: {} lacks the method {}; write it with `{}`",
                  model_path, name, kRedeploy);
+  select_device(device_request.empty() ? device_name : device_request);
+  // chunking for the device type the model runs on (the file may be written for another)
+  auto by_type = chunking_by_device.find(device.is_cuda() ? "cuda" : "cpu");
+  if (by_type != chunking_by_device.end() && by_type->second.size() == 2) {
+    chunk_edges = by_type->second[0];
+    single_pass_edges = by_type->second[1];
+  }
   if (chunk_edges_override >= 0) chunk_edges = chunk_edges_override;
   if (single_pass_edges_override >= 0) single_pass_edges = single_pass_edges_override;
 
-  select_device(device_request.empty() ? device_name : device_request);
   module.eval();
   for (auto p : module.parameters()) p.requires_grad_(false);
   if (device.is_cuda()) module.to(device);

@@ -15,6 +15,7 @@
 
 #include <torch/script.h>
 
+#include <map>
 #include <string>
 #include <vector>
 
@@ -76,6 +77,7 @@ class PairFacet : public Pair {
   int num_layers = 0;
   double r_max = 0.0;
   long chunk_edges = 0, single_pass_edges = 0;
+  std::map<std::string, std::vector<long>> chunking_by_device;
   std::string facet_version, torch_version;
 
   int *type_map = nullptr;  // LAMMPS type -> model element index, -1 for NULL

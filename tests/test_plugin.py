@@ -623,6 +623,17 @@ def test_cuda_device_without_gpu(work, lmp_exe):
     assert rc != 0 and "libtorch sees no GPU" in out and "device cpu" in out
 
 
+def test_cuda_file_runs_on_cpu_with_cpu_chunking(work, lmp_exe):
+    """A file written for CUDA runs with `device cpu`, with the CPU's chunking defaults (the
+    file carries them for each device type)."""
+    d = work["d"]
+    assert deploy_main([str(d / "model.pt"), "--format", "plugin", "--device", "cuda", "-o",
+                        str(d / "cuda-plugin.pt")]) == 0
+    rc, out = run_bad(work, lmp_exe, model=d / "cuda-plugin.pt", extra="device cpu")
+    assert rc == 0, out[-2000:]
+    assert "float64 on cpu" in out and "chunks of 4096 pairs above 16384 pairs" in out
+
+
 def test_bad_keyword(work, lmp_exe):
     rc, out = run_bad(work, lmp_exe, extra="chunk 5")
     assert rc != 0 and "unknown keyword chunk" in out

@@ -35,6 +35,10 @@ def plugin_metadata(model, dtype: str, device: str, chunk_edges: int | None = No
 
     cfg = model.config
     chunking = resolve_chunking(device, chunk_edges, single_pass_edges)
+    # the plugin may run the file on another device than written for (pair_style ... device
+    # cuda): the chunking for each device type, the explicit values where given
+    by_device = {d: list(resolve_chunking(d, chunk_edges, single_pass_edges))
+                 for d in ("cpu", "cuda")}
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -48,6 +52,7 @@ def plugin_metadata(model, dtype: str, device: str, chunk_edges: int | None = No
         "device": device,
         "chunk_edges": chunking[0],
         "single_pass_edges": chunking[1],
+        "chunking_by_device": by_device,
         "facet_version": __version__,
         "torch_version": str(torch.__version__),
         "checkpoint": str(Path(checkpoint).resolve()) if checkpoint else "",
