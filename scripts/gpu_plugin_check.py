@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-BAR_PER_EV_A3 = 1.602176634e6
+BAR_PER_EV_A3 = 1.6021765e6  # LAMMPS metal units: nktv2p (bar per eV/Å^3), not CODATA
 SIZES = {"small": (3, 3, 3), "2k": (8, 8, 8), "8k": (16, 16, 8), "32k": (32, 16, 16)}
 
 

@@ -25,7 +25,7 @@ from facet.calculator import FacetCalculator
 from facet.lammps.plugin import write_plugin_file
 
 REPO = Path(__file__).resolve().parents[1]
-BAR_PER_EV_A3 = 1.602176634e6
+BAR_PER_EV_A3 = 1.6021765e6  # LAMMPS metal units: nktv2p (bar per eV/Å^3), not CODATA
 
 
 def lammps_frame(atoms):
