@@ -127,7 +127,7 @@ void PairFacet::settings(int narg, char **arg)
   // comm->init() sizes LAMMPS' buffers from comm_forward/comm_reverse.
   int widest = 1;
   for (int k = 1; k < num_layers; k++) widest = std::max(widest, (int) feature_dims[k]);
-  comm_forward = comm_reverse = widest;
+  comm_forward = comm_reverse = row_doubles(widest);
 }
 
 void PairFacet::load_model()
@@ -204,6 +204,7 @@ void PairFacet::load_model()
     dtype = torch::kFloat32;
   else
     error->all(FLERR, "pair_style facet: {} has unsupported dtype {}", model_path, dtype_name);
+  wire_size = dtype == torch::kFloat32 ? sizeof(float) : sizeof(double);
   for (const char *name : {"embed", "edge_features", "layer", "layer_forward_chunked",
                            "layer_backward_chunked", "readout"})
     if (!module.find_method(name))
@@ -338,12 +339,24 @@ double PairFacet::init_one(int, int)
 }
 
 /* ----------------------------------------------------------------------
-   halo exchange: pack/unpack `comm_width` doubles per atom from `halo`
+   halo exchange. A row holds `w` values in the model's precision (float32 rows travel as
+   float32: half the bytes), padded to whole doubles: `comm_width` doubles per atom, the unit
+   of LAMMPS' buffers. Rows are moved with memcpy; only the reverse sum reads values.
 ------------------------------------------------------------------------- */
+
+char *PairFacet::row(int64_t i)
+{
+  return reinterpret_cast<char *>(halo.data()) + (size_t) i * comm_width * sizeof(double);
+}
+
+int PairFacet::row_doubles(int64_t w) const
+{
+  return (int) ((w * wire_size + sizeof(double) - 1) / sizeof(double));
+}
 
 int PairFacet::pack_forward_comm(int n, int *list, double *buf, int /*pbc_flag*/, int * /*pbc*/)
 {
-  const int w = comm_width;
+  const int cw = comm_width;
   const int nlocal = atom->nlocal;
   if (recording) {
     for (int i = 0; i < n; i++)
@@ -355,33 +368,79 @@ int PairFacet::pack_forward_comm(int n, int *list, double *buf, int /*pbc_flag*/
                           "re-neighbouring; please report this with your input deck");
   }
   for (int i = 0; i < n; i++)
-    std::memcpy(buf + (size_t) i * w, halo.data() + (size_t) list[i] * w, w * sizeof(double));
-  packed_values += (double) n * w;
-  return n * w;
+    std::memcpy(buf + (size_t) i * cw, row(list[i]), cw * sizeof(double));
+  packed_values += (double) n * comm_values;
+  return n * cw;
 }
 
 void PairFacet::unpack_forward_comm(int n, int first, double *buf)
 {
-  const int w = comm_width;
-  std::memcpy(halo.data() + (size_t) first * w, buf, (size_t) n * w * sizeof(double));
+  std::memcpy(row(first), buf, (size_t) n * comm_width * sizeof(double));
 }
 
 int PairFacet::pack_reverse_comm(int n, int first, double *buf)
 {
-  const int w = comm_width;
-  std::memcpy(buf, halo.data() + (size_t) first * w, (size_t) n * w * sizeof(double));
-  packed_values += (double) n * w;
-  return n * w;
+  std::memcpy(buf, row(first), (size_t) n * comm_width * sizeof(double));
+  packed_values += (double) n * comm_values;
+  return n * comm_width;
+}
+
+template <typename T> static void add_rows(char *dst, const char *src, int w)
+{
+  T *d = reinterpret_cast<T *>(dst);
+  const T *s = reinterpret_cast<const T *>(src);
+  for (int c = 0; c < w; c++) d[c] += s[c];
 }
 
 void PairFacet::unpack_reverse_comm(int n, int *list, double *buf)
 {
-  const int w = comm_width;
+  const int cw = comm_width, w = comm_values;
   for (int i = 0; i < n; i++) {
-    double *row = halo.data() + (size_t) list[i] * w;
-    const double *src = buf + (size_t) i * w;
-    for (int c = 0; c < w; c++) row[c] += src[c];
+    const char *src = reinterpret_cast<const char *>(buf + (size_t) i * cw);
+    if (dtype == torch::kFloat32)
+      add_rows<float>(row(list[i]), src, w);
+    else
+      add_rows<double>(row(list[i]), src, w);
   }
+}
+
+// the exchange buffer sized for nall rows of w values; sets comm_width/comm_values
+void PairFacet::halo_setup(int nall, int w)
+{
+  comm_values = w;
+  comm_width = row_doubles(w);
+  if (comm_width > comm_forward || comm_width > comm_reverse)
+    error->one(FLERR, "pair_style facet: internal error: exchange width {} > {}", comm_width,
+               std::min(comm_forward, comm_reverse));
+  halo.resize((size_t) nall * comm_width);
+}
+
+// rows[k] of the buffer <- src[k] (a [rows.size(), w] tensor in the wire dtype, on the host)
+void PairFacet::scatter_rows(const torch::Tensor &src, const std::vector<int64_t> &rows)
+{
+  const size_t bytes = (size_t) comm_values * wire_size;
+  const char *p = static_cast<const char *>(src.data_ptr());
+  for (size_t k = 0; k < rows.size(); k++) std::memcpy(row(rows[k]), p + k * bytes, bytes);
+}
+
+// host rows first_row.. of the buffer from src [rows, w] (any device and dtype)
+void PairFacet::stage_rows(const torch::Tensor &src, int first_row)
+{
+  const int64_t rows = src.size(0);
+  if (rows == 0) return;
+  auto host = src.detach().to(torch::kCPU, dtype).contiguous();
+  const size_t bytes = (size_t) comm_values * wire_size;
+  const char *p = static_cast<const char *>(host.data_ptr());
+  for (int64_t k = 0; k < rows; k++) std::memcpy(row(first_row + k), p + k * bytes, bytes);
+}
+
+// buffer rows first.. first+count-1 as a [count, w] tensor on the model's device
+torch::Tensor PairFacet::rows_tensor(int64_t first, int64_t count)
+{
+  const int64_t stride = (int64_t) comm_width * sizeof(double) / wire_size;
+  auto view = torch::from_blob(row(first), {count, (int64_t) comm_values}, {stride, 1},
+                               torch::TensorOptions().dtype(dtype));
+  return view.to(device, dtype, false, true);
 }
 
 // All nall rows from the nlocal local ones; ghost rows copied from their owners.
@@ -389,16 +448,14 @@ torch::Tensor PairFacet::halo_forward(const torch::Tensor &h_local, int nall)
 {
   const int nlocal = (int) h_local.size(0);
   const int w = (int) h_local.size(1);
-  if (w > comm_forward) error->one(FLERR, "pair_style facet: exchange width {} > {}", w, comm_forward);
   const double t0 = now();
-  halo.resize((size_t) nall * w);    // every ghost row is received, local rows are staged
-  comm_width = w;
+  halo_setup(nall, w);    // every ghost row is received; local rows are staged
   if (!border_valid) {
     // first exchange with these send lists: stage every local row, record the packed ones
     if (nlocal > 0) stage_rows(h_local, 0);
     is_border.assign(nlocal, 0);
     recording = true;
-    comm->forward_comm(this, w);
+    comm->forward_comm(this, comm_width);
     recording = false;
     border_rows.clear();
     for (int i = 0; i < nlocal; i++)
@@ -409,57 +466,41 @@ torch::Tensor PairFacet::halo_forward(const torch::Tensor &h_local, int nall)
     border_valid = true;
   } else {
     if (!border_rows.empty()) {
-      auto rows = h_local.detach().index_select(0, border_index).to(torch::kCPU, torch::kFloat64);
-      const double *src = rows.contiguous().data_ptr<double>();
-      for (size_t k = 0; k < border_rows.size(); k++)
-        std::memcpy(halo.data() + (size_t) border_rows[k] * w, src + k * w, w * sizeof(double));
+      auto rows = h_local.detach().index_select(0, border_index).to(torch::kCPU, dtype);
+      scatter_rows(rows.contiguous(), border_rows);
     }
-    comm->forward_comm(this, w);
+    comm->forward_comm(this, comm_width);
   }
   torch::Tensor out;
-  if (nall > nlocal) {
-    auto ghosts = torch::from_blob(halo.data() + (size_t) nlocal * w, {nall - nlocal, w},
-                                   torch::kFloat64)
-                      .to(device, dtype, false, true);
-    out = torch::cat({h_local.detach(), ghosts});
-  } else {
+  if (nall > nlocal)
+    out = torch::cat({h_local.detach(), rows_tensor(nlocal, nall - nlocal)});
+  else
     out = h_local.detach().clone();
-  }
   t_exchange += now() - t0;
   return out;
-}
-
-// host rows first_row.. of `halo` from src [rows, w] (any device and dtype)
-void PairFacet::stage_rows(const torch::Tensor &src, int first_row)
-{
-  const int64_t rows = src.size(0), w = src.size(1);
-  if (rows == 0) return;
-  auto host = src.detach().to(torch::kCPU, torch::kFloat64).contiguous();
-  std::memcpy(halo.data() + (size_t) first_row * w, host.data_ptr<double>(),
-              (size_t) rows * w * sizeof(double));
 }
 
 // The local rows of g_all [nall, w] with the ghost rows summed into their owners.
 torch::Tensor PairFacet::halo_reverse(const torch::Tensor &g_all, int nlocal, int nall)
 {
   const int w = (int) g_all.size(1);
-  if (w > comm_reverse) error->one(FLERR, "pair_style facet: exchange width {} > {}", w, comm_reverse);
   if (!border_valid)    // a forward exchange with the same send lists always comes first
     error->one(FLERR, "pair_style facet: internal error: reverse exchange before a forward one");
   const double t0 = now();
-  halo.resize((size_t) nall * w);
-  comm_width = w;
+  halo_setup(nall, w);
   // ghost rows carry their gradients; the local rows that receive sums start at zero
   if (nall > nlocal) stage_rows(g_all.narrow(0, nlocal, nall - nlocal), nlocal);
-  for (int64_t i : border_rows) std::memset(halo.data() + (size_t) i * w, 0, w * sizeof(double));
-  comm->reverse_comm(this, w);
+  for (int64_t i : border_rows) std::memset(row(i), 0, comm_width * sizeof(double));
+  comm->reverse_comm(this, comm_width);
   auto local = g_all.narrow(0, 0, nlocal).detach();
   torch::Tensor out;
   if (!border_rows.empty()) {
-    auto delta = torch::empty({(int64_t) border_rows.size(), (int64_t) w}, torch::kFloat64);
-    double *dst = delta.data_ptr<double>();
+    auto delta = torch::empty({(int64_t) border_rows.size(), (int64_t) w},
+                              torch::TensorOptions().dtype(dtype));
+    char *dst = static_cast<char *>(delta.data_ptr());
+    const size_t bytes = (size_t) w * wire_size;
     for (size_t k = 0; k < border_rows.size(); k++)
-      std::memcpy(dst + k * w, halo.data() + (size_t) border_rows[k] * w, w * sizeof(double));
+      std::memcpy(dst + k * bytes, row(border_rows[k]), bytes);
     out = local.index_add(0, border_index, delta.to(device, dtype, false, true));
   } else {
     out = local.clone();
@@ -640,7 +681,7 @@ void PairFacet::compute(int eflag, int vflag)
   const char *evaluation = recompute ? "recomputing" : "single pass";
   if (!announced && comm->me == 0) {
     utils::logmesg(lmp,
-                   "Facet plugin: per-layer halo exchange ({} exchanges of up to {} values per "
+                   "Facet plugin: per-layer halo exchange ({} exchanges of up to {} doubles per "
                    "ghost atom each way), {} on {}; recomputing evaluation in chunks of {} pairs "
                    "above {} pairs per rank{}\n",
                    num_layers - 1, comm_forward, dtype_name, device.str(), chunk_edges,

@@ -82,13 +82,21 @@ class PairFacet : public Pair {
 
   int *type_map = nullptr;  // LAMMPS type -> model element index, -1 for NULL
 
-  // host buffer of the exchange: rows of all (local + ghost) atoms, `comm_width` doubles each.
+  // host buffer of the exchange: rows of all (local + ghost) atoms, `comm_width` doubles each
+  // (float32 models: rows of float32 values, padded to whole doubles).
   // Only the rows LAMMPS packs ("border" local atoms: those in the send lists) and the ghost
   // rows move between the model's device and this buffer. The border rows are recorded during
   // the first exchange after the send lists were (re)built (re-neighbouring, or a change of
   // nlocal/nall); until then every local row is staged.
   std::vector<double> halo;
-  int comm_width = 0;
+  int comm_width = 0;     // doubles per row (LAMMPS' unit)
+  int comm_values = 0;    // values per row, in the model's precision
+  size_t wire_size = sizeof(double);
+  char *row(int64_t i);
+  int row_doubles(int64_t w) const;
+  void halo_setup(int nall, int w);
+  void scatter_rows(const torch::Tensor &src, const std::vector<int64_t> &rows);
+  torch::Tensor rows_tensor(int64_t first, int64_t count);
   bool border_valid = false, recording = false;
   std::vector<char> is_border;          // [nlocal]: 1 if LAMMPS packs this local row
   std::vector<int64_t> border_rows;     // sorted local rows that LAMMPS packs
@@ -106,7 +114,7 @@ class PairFacet : public Pair {
   // timings of the current run (printed and reset by finish())
   long n_calls = 0;
   double t_total = 0.0, t_exchange = 0.0;    // seconds in compute() and in the exchanges
-  double packed_values = 0.0;                // doubles packed for the exchanges
+  double packed_values = 0.0;                // values packed for the exchanges
 };
 
 }    // namespace LAMMPS_NS
