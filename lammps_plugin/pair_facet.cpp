@@ -22,6 +22,7 @@
 #include "update.h"
 #include "utils.h"
 
+#include <torch/csrc/jit/runtime/graph_executor.h>
 #include <torch/torch.h>
 #include <torch/version.h>
 
@@ -97,10 +98,12 @@ void PairFacet::settings(int narg, char **arg)
 {
   if (narg < 1)
     error->all(FLERR, "Illegal pair_style facet command: expected `pair_style facet FILE "
-                      "[device cpu|cuda] [chunk_edges N] [single_pass_edges N]`");
+                      "[device cpu|cuda] [chunk_edges N] [single_pass_edges N] "
+                      "[jit_optimize yes|no]`");
   model_path = arg[0];
   device_request.clear();
   chunk_edges_override = single_pass_edges_override = -1;
+  jit_optimize_override = -1;
   int iarg = 1;
   while (iarg < narg) {
     std::string key = arg[iarg];
@@ -109,6 +112,8 @@ void PairFacet::settings(int narg, char **arg)
       device_request = arg[iarg + 1];
     } else if (key == "chunk_edges") {
       chunk_edges_override = utils::bnumeric(FLERR, arg[iarg + 1], false, lmp);
+    } else if (key == "jit_optimize") {
+      jit_optimize_override = utils::logical(FLERR, arg[iarg + 1], false, lmp);
     } else if (key == "single_pass_edges") {
       single_pass_edges_override = utils::bnumeric(FLERR, arg[iarg + 1], false, lmp);
       if (single_pass_edges_override < 0)
@@ -116,7 +121,7 @@ void PairFacet::settings(int narg, char **arg)
     } else {
       error->all(FLERR,
                  "pair_style facet: unknown keyword {} (known: device, chunk_edges, "
-                 "single_pass_edges)",
+                 "single_pass_edges, jit_optimize)",
                  key);
     }
     iarg += 2;
@@ -219,6 +224,11 @@ void PairFacet::load_model()
   }
   if (chunk_edges_override >= 0) chunk_edges = chunk_edges_override;
   if (single_pass_edges_override >= 0) single_pass_edges = single_pass_edges_override;
+  // TorchScript's optimising executor specialises graphs on the shapes it profiled; on the CPU,
+  // where it fuses nothing, the pair count changing every MD step makes it 15-25 % slower than
+  // the plain interpreter for a single-pass step (measured, benchmarks/README). On CUDA its
+  // fusion may pay: kept on there.
+  jit_optimize = jit_optimize_override >= 0 ? jit_optimize_override == 1 : device.is_cuda();
 
   module.eval();
   for (auto p : module.parameters()) p.requires_grad_(false);
@@ -683,9 +693,10 @@ void PairFacet::compute(int eflag, int vflag)
     utils::logmesg(lmp,
                    "Facet plugin: per-layer halo exchange ({} exchanges of up to {} doubles per "
                    "ghost atom each way), {} on {}; recomputing evaluation in chunks of {} pairs "
-                   "above {} pairs per rank{}\n",
+                   "above {} pairs per rank{}; TorchScript executor {}\n",
                    num_layers - 1, comm_forward, dtype_name, device.str(), chunk_edges,
-                   single_pass_edges, chunk_edges > 0 ? "" : " (off)");
+                   single_pass_edges, chunk_edges > 0 ? "" : " (off)",
+                   jit_optimize ? "optimising" : "plain (jit_optimize no)");
     announced = true;
   }
   if (comm->me == 0 && last_evaluation != evaluation)
@@ -694,6 +705,7 @@ void PairFacet::compute(int eflag, int vflag)
   last_evaluation = evaluation;
 
   torch::Tensor e_local, g_rij;
+  torch::jit::GraphOptimizerEnabledGuard executor(jit_optimize);
   try {
     auto res = recompute ? recomputing(species, pi, pj, rij, mask, nlocal, nall)
                          : single_pass(species, pi, pj, rij, mask, nlocal, nall);

@@ -66,6 +66,8 @@ class PairFacet : public Pair {
   std::string device_request;           // "" = from the file's metadata
   long chunk_edges_override = -1;       // < 0: from the file's metadata
   long single_pass_edges_override = -1;
+  int jit_optimize_override = -1;       // < 0: on for CUDA, off for the CPU
+  bool jit_optimize = false;
 
   torch::jit::Module module;
   bool loaded = false;
