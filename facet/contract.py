@@ -155,15 +155,25 @@ def forces_from_pair_gradients(
     return f.index_add(0, neighbour, -dE_drij)
 
 
-def virial_from_pair_gradients(rij: torch.Tensor, dE_drij: torch.Tensor) -> torch.Tensor:
-    """``W_ab = sum r_ij,a dE/dr_ij,b`` (eV), i.e. dE/d(strain) = -virial.
+def virial_from_pair_gradients(
+    rij: torch.Tensor,
+    dE_drij: torch.Tensor,
+    edge_structure: torch.Tensor | None = None,
+    n_structures: int = 1,
+) -> torch.Tensor:
+    """``W_ab = sum r_ij,a dE/dr_ij,b`` (eV), i.e. dE/d(strain) = -virial: ``[3, 3]``, or
+    ``[n_structures, 3, 3]`` summed per structure when ``edge_structure`` [n_edges] says which
+    structure each edge belongs to (a batch of disjoint structures).
 
     W is symmetric for an exactly rotation-invariant energy; the S2-grid layer makes it so only
     up to grid aliasing. Stresses everywhere (ASE calculator, training, LAMMPS' ``v_tally``) use
     the upper triangle ``W_xy, W_xz, W_yz`` for the off-diagonal components, so that every
     runtime reports the same numbers.
     """
-    return rij.transpose(0, 1) @ dE_drij
+    if edge_structure is None:
+        return rij.transpose(0, 1) @ dE_drij
+    pair = (rij.unsqueeze(2) * dE_drij.unsqueeze(1)).reshape(-1, 9)
+    return dE_drij.new_zeros(n_structures, 9).index_add(0, edge_structure, pair).reshape(-1, 3, 3)
 
 
 def upper_symmetric(w: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from ase import Atoms
 from ase.build import bulk, fcc111
 from ase.data import atomic_numbers, covalent_radii, reference_states
@@ -166,3 +167,41 @@ def rotation_error(
     err = symmetry_error(model, atoms, n_rotations, seed)
     return err.energy_per_atom, err.forces
 
+
+
+def graph_symmetry_error(
+    model: object,
+    species: torch.Tensor,
+    centre: torch.Tensor,
+    neighbour: torch.Tensor,
+    rij: torch.Tensor,
+    n_rotations: int = 3,
+    seed: int = 0,
+) -> SymmetryError:
+    """``symmetry_error`` on a graph instead of ``Atoms``: the edge vectors ``rij`` (Å) are
+    transformed, edges and species kept (what a rigid motion does to a radius graph). Used for
+    training frames, which are stored as graphs. ``model`` (a ``Facet``) is evaluated in float64
+    (a copy when it is in another dtype); nothing of it is changed."""
+    from facet.contract import energy_forces_stress
+    from facet.model import with_dtype
+
+    m = with_dtype(model, torch.float64)  # type: ignore[arg-type]
+    dev = next(m.parameters()).device
+    species, centre, neighbour = (t.to(dev) for t in (species, centre, neighbour))
+    x = rij.detach().to(device=dev, dtype=torch.float64)
+    n = int(species.shape[0])
+
+    def energy_forces(r: torch.Tensor) -> tuple[float, np.ndarray]:
+        _, total, forces, _ = energy_forces_stress(m, species, centre, neighbour,
+                                                   r.clone().requires_grad_(True))
+        return float(total.detach()), forces.detach().cpu().numpy()
+
+    e0, f0 = energy_forces(x)
+    per: dict[str, tuple[float, float]] = {}
+    for name, q in orthogonal_transforms(n_rotations, seed).items():
+        qt = torch.as_tensor(q, dtype=torch.float64, device=dev)
+        e, f = energy_forces(x @ qt.T)
+        per[name] = (abs(e - e0) / max(n, 1), float(np.abs(f - f0 @ q.T).max()))
+    worst = max(per, key=lambda k: per[k][1])
+    return SymmetryError(max(v[0] for v in per.values()), max(v[1] for v in per.values()),
+                         worst, per)

@@ -16,15 +16,14 @@ from facet.data.emt import generate
 from facet.train.data import (
     DataError,
     LabelKeys,
-    average_num_neighbors,
     build_graphs,
     collate,
     elements_of,
-    fit_reference_energies,
     read_labelled,
     split_indices,
 )
 from facet.train.predict import predict
+from facet.train.stats import average_num_neighbors, fit_reference_energies
 
 torch.set_num_threads(1)
 

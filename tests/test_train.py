@@ -22,7 +22,7 @@ from facet.train.trainer import Trainer, TrainOptions, load_state_file, state_pa
 torch.set_num_threads(1)
 
 COMMON = ["--preset", "tiny", "--valid-fraction", "0.25", "--batch-size", "2", "--lr", "1e-2",
-          "--threads", "1", "--quiet", "--seed", "0", "--ema-decay", "0.9"]
+          "--threads", "1", "--quiet", "--seed", "0", "--ema-decay", "0.9", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
@@ -154,10 +154,10 @@ def test_resume_continues_exactly(data_file, tmp_path, monkeypatch):
     seen = {}
     original_step = Trainer.train_step
 
-    def spy(self, batch):
+    def spy(self, indices):
         seen.setdefault("first_step", self.step)
         seen.setdefault("first_lr", self.optimizer.param_groups[0]["lr"])
-        return original_step(self, batch)
+        return original_step(self, indices)
 
     monkeypatch.setattr(Trainer, "train_step", spy)
     cli.run(cli.build_parser().parse_args(
@@ -212,3 +212,22 @@ def test_cli_bad_input_exits_with_file_and_frame(data_file, tmp_path, capsys):
                      if set(frames[k].get_chemical_symbols()) - {"Cu", "Au"})
     assert rc == 2 and str(data_file) in err and f"frame {first_bad}:" in err
     assert "does not know" in err and "['Cu', 'Au']" in err
+
+
+def test_training_logs_the_rotation_error_of_the_ema_weights(cu_file, tmp_path):
+    """Every epoch row carries the rotation/inversion error of the EMA weights on validation
+    frames (facet.symmetry on their graphs); it equals the same measurement made on the
+    structures themselves with the saved checkpoint."""
+    from facet.symmetry import graph_symmetry_error, symmetry_error
+
+    trainer = make_trainer(cu_file, tmp_path / "run", epochs=1)
+    row = trainer.fit()[-1]
+    assert math.isfinite(row["valid_rot_f_ev_a"]) and row["valid_rot_f_ev_a"] > 0
+    model = facet.load_model(tmp_path / "run" / "last.pt", dtype=torch.float64)
+    frames = read_labelled(cu_file)
+    _, va = split_indices(len(frames), 0.25, seed=0)
+    errors = [symmetry_error(model, frames[i].atoms) for i in va[:2]]
+    assert row["valid_rot_f_ev_a"] == pytest.approx(max(e.forces for e in errors), rel=1e-6)
+    g = trainer.valid_set[0]
+    on_graph = graph_symmetry_error(model, g.species, g.centre, g.neighbour, g.rij)
+    assert on_graph.forces == pytest.approx(errors[0].forces, rel=1e-6)

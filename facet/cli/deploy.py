@@ -1,8 +1,10 @@
-"""``facet-deploy model.pt``: freeze a checkpoint for LAMMPS ``pair_style mliap unified``.
+"""``facet-deploy model.pt``: freeze a checkpoint for LAMMPS ``pair_style mliap unified``, or with
+``--format plugin`` for the native plugin's ``pair_style facet``.
 
-Writes ``<name>-mliap.pt`` (the ML-IAP unified object with the TorchScript contract inside) and
-prints the deck lines to use it. ``--check`` runs the result on a small structure and compares it
-with the ASE calculator (through LAMMPS when its Python module is installed).
+Writes ``<name>-mliap.pt`` (the ML-IAP unified object with the TorchScript contract inside) or
+``<name>-plugin.pt`` (a TorchScript archive with its metadata inside, no pickled Python objects)
+and prints the deck lines to use it. ``--check`` runs the ML-IAP result on a small structure and
+compares it with the ASE calculator (through LAMMPS when its Python module is installed).
 
 The written file is a pickle, by LAMMPS' design (``pair_style mliap unified`` unpickles it):
 load only deployed files you made or trust. Checkpoints are read without running code.
@@ -25,7 +27,12 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="facet-deploy", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="Facet checkpoint (from facet-train or facet.save_model)")
-    p.add_argument("-o", "--output", help="output file (default: <model>-mliap.pt)")
+    p.add_argument("-o", "--output",
+                   help="output file (default: <model>-mliap.pt, or <model>-plugin.pt with "
+                        "--format plugin)")
+    p.add_argument("--format", choices=["mliap", "plugin"], default="mliap",
+                   help="mliap: object for `pair_style mliap unified`; plugin: TorchScript file "
+                        "for the native `pair_style facet` (plugin load; no Python at run time)")
     p.add_argument("--dtype", choices=["float64", "float32"], default="float64",
                    help="precision of the frozen model (float64: reference numbers)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
@@ -60,9 +67,45 @@ def symmetry_warning(checkpoint: Path) -> str | None:
             "'The model'), or accept orientation-dependent results at that level.")
 
 
+def deploy_plugin(src: Path, args: argparse.Namespace) -> int:
+    """``--format plugin``: write the native plugin's TorchScript file, print its deck lines."""
+    from facet.lammps.deck import plugin_lines
+    from facet.lammps.plugin import plugin_library, write_plugin_file
+
+    out = Path(args.output) if args.output else src.with_name(f"{src.stem}-plugin.pt")
+    try:
+        meta = write_plugin_file(src, out, args.dtype, args.device, args.chunk_edges,
+                                 args.single_pass_edges)
+    except FacetError as exc:
+        print(f"facet-deploy: error: {exc}", file=sys.stderr)
+        return 2
+    lib = plugin_library()
+    print(f"wrote {quote(out)}  ({out.stat().st_size / 1e6:.2f} MB, {args.dtype}, "
+          f"{args.device}; TorchScript for pair_style facet)")
+    print(f"elements (LAMMPS types map by name in pair_coeff): {' '.join(meta['elements'])}")
+    print(f"cutoff r_max = {meta['r_max']:g} Å, {meta['num_layers']} message-passing layers; "
+          "per-layer halo exchange, default ghost cutoff")
+    warning = None if args.no_symmetry_check else symmetry_warning(src)
+    if warning:
+        print(warning, file=sys.stderr)
+    print("\nLAMMPS input lines (units metal, newton on):")
+    for line in plugin_lines(out, meta["elements"], lib):
+        print(f"  {line}")
+    print("  (pair_coeff lists one element per atom type, in type order; NULL skips a type)")
+    if lib is None:
+        print("\nthe plugin is not built yet: run deploy/build_plugin.sh (./setup.sh does)",
+              file=sys.stderr)
+    if args.check:
+        print("facet-deploy: --check covers the ML-IAP format; the plugin's parity checks are "
+              "tests/test_plugin.py", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     src = Path(args.model)
+    if args.format == "plugin":
+        return deploy_plugin(src, args)
     out = Path(args.output) if args.output else src.with_name(f"{src.stem}-mliap.pt")
     try:
         obj = FacetMLIAP.from_checkpoint(src, args.dtype, args.device, args.chunk_edges,

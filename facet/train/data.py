@@ -1,5 +1,5 @@
-"""Training data: read labelled extxyz with ASE, validate every frame, precompute the graphs once,
-and collate frames into batches.
+"""Training data: read labelled extxyz with ASE, validate every frame, build the graphs, and
+collate frames into batches (on the CPU; ``Batch.to`` moves one to the training device).
 
 Units: positions Å, energy eV, forces eV/Å, stress eV/Å^3 (ASE convention: Voigt order
 xx yy zz yz xz xy, negative under compression). Frames are numbered from 0 in error messages.
@@ -7,6 +7,7 @@ xx yy zz yz xz xy, negative under compression). Frames are numbered from 0 in er
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -92,67 +93,76 @@ def labelled_frames(
     A frame without stress (or not periodic in all three directions) simply has no stress label,
     unless ``require_stress``.
     """
-    out = []
-    for k, atoms in enumerate(frames):
-        where = f"{source}, frame {k}"
-        n = len(atoms)
-        if n == 0:
-            raise DataError(f"{where}: the frame has no atoms")
-        if not np.isfinite(atoms.positions).all():
-            raise DataError(f"{where}: positions contain NaN or inf")
-        if not np.isfinite(atoms.cell.array).all():
-            raise DataError(f"{where}: the cell contains NaN or inf")
-        energy = _lookup(atoms, keys.energy, per_atom=False)
-        if energy is None:
+    return [
+        check_frame(atoms, f"{source}, frame {k}", keys, require_forces, require_stress)
+        for k, atoms in enumerate(frames)
+    ]
+
+
+def check_frame(
+    atoms: Atoms,
+    where: str,
+    keys: LabelKeys = LabelKeys(),
+    require_forces: bool = True,
+    require_stress: bool = False,
+) -> LabelledFrame:
+    """The labels of one frame, checked (see ``labelled_frames``); ``where`` names it in
+    errors."""
+    n = len(atoms)
+    if n == 0:
+        raise DataError(f"{where}: the frame has no atoms")
+    if not np.isfinite(atoms.positions).all():
+        raise DataError(f"{where}: positions contain NaN or inf")
+    if not np.isfinite(atoms.cell.array).all():
+        raise DataError(f"{where}: the cell contains NaN or inf")
+    energy = _lookup(atoms, keys.energy, per_atom=False)
+    if energy is None:
+        raise DataError(
+            f"{where}: no energy label '{keys.energy}' (set --energy-key to the name the "
+            f"file uses; info keys here: {sorted(atoms.info)})"
+        )
+    try:
+        energy = float(np.asarray(energy).reshape(()))
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{where}: energy '{keys.energy}' is not one number") from exc
+    if not np.isfinite(energy):
+        raise DataError(f"{where}: energy '{keys.energy}' is {energy} (NaN/inf label)")
+    forces = _lookup(atoms, keys.forces, per_atom=True)
+    if forces is None:
+        if require_forces:
             raise DataError(
-                f"{where}: no energy label '{keys.energy}' (set --energy-key to the name the "
-                f"file uses; info keys here: {sorted(atoms.info)})"
+                f"{where}: no forces label '{keys.forces}' but the force weight is > 0 (set "
+                f"--forces-key, or --forces-weight 0 to train on energies only; per-atom "
+                f"arrays here: {sorted(atoms.arrays)})"
             )
-        try:
-            energy = float(np.asarray(energy).reshape(()))
-        except (TypeError, ValueError) as exc:
-            raise DataError(f"{where}: energy '{keys.energy}' is not one number") from exc
-        if not np.isfinite(energy):
-            raise DataError(f"{where}: energy '{keys.energy}' is {energy} (NaN/inf label)")
-        forces = _lookup(atoms, keys.forces, per_atom=True)
-        if forces is None:
-            if require_forces:
-                raise DataError(
-                    f"{where}: no forces label '{keys.forces}' but the force weight is > 0 (set "
-                    f"--forces-key, or --forces-weight 0 to train on energies only; per-atom "
-                    f"arrays here: {sorted(atoms.arrays)})"
-                )
-        else:
-            forces = np.asarray(forces, dtype=np.float64)
-            if forces.shape != (n, 3):
-                raise DataError(
-                    f"{where}: forces '{keys.forces}' have shape {forces.shape}, expected ({n}, 3)"
-                )
-            bad = np.argwhere(~np.isfinite(forces))
-            if len(bad):
-                raise DataError(
-                    f"{where}: forces '{keys.forces}' contain NaN/inf (atom {int(bad[0][0])})"
-                )
-        stress = _lookup(atoms, keys.stress, per_atom=False)
-        if stress is not None:
-            stress = np.asarray(stress, dtype=np.float64)
-            if stress.shape in ((3, 3), (9,)):
-                stress = full_3x3_to_voigt_6_stress(stress.reshape(3, 3))
-            if stress.shape != (6,):
-                raise DataError(
-                    f"{where}: stress '{keys.stress}' has shape {stress.shape}; expected 6 (Voigt "
-                    "xx yy zz yz xz xy) or 3x3"
-                )
-            if not np.isfinite(stress).all():
-                raise DataError(f"{where}: stress '{keys.stress}' contains NaN/inf")
-            if not atoms.pbc.all():
-                stress = None  # no volume: a stress label is meaningless here
-        if stress is None and require_stress:
+    else:
+        forces = np.asarray(forces, dtype=np.float64)
+        if forces.shape != (n, 3):
             raise DataError(
-                f"{where}: no stress label '{keys.stress}' (or the cell is not periodic)"
+                f"{where}: forces '{keys.forces}' have shape {forces.shape}, expected ({n}, 3)"
             )
-        out.append(LabelledFrame(atoms, energy, forces, stress, where))
-    return out
+        bad = np.argwhere(~np.isfinite(forces))
+        if len(bad):
+            raise DataError(
+                f"{where}: forces '{keys.forces}' contain NaN/inf (atom {int(bad[0][0])})"
+            )
+    stress = _lookup(atoms, keys.stress, per_atom=False)
+    if stress is not None:
+        stress = np.asarray(stress, dtype=np.float64)
+        if stress.shape in ((3, 3), (9,)):
+            stress = full_3x3_to_voigt_6_stress(stress.reshape(3, 3))
+        if stress.shape != (6,):
+            raise DataError(
+                f"{where}: stress '{keys.stress}' has shape {stress.shape}; expected 6 (Voigt "
+                "xx yy zz yz xz xy) or 3x3"
+            )
+        if not np.isfinite(stress).all():
+            raise DataError(f"{where}: stress '{keys.stress}' contains NaN/inf")
+        if not atoms.pbc.all():
+            stress = None  # no volume: a stress label is meaningless here
+    if stress is None and require_stress:
+        raise DataError(f"{where}: no stress label '{keys.stress}' (or the cell is not periodic)")
+    return LabelledFrame(atoms, energy, forces, stress, where)
 
 
 def read_labelled(
@@ -198,56 +208,34 @@ def build_graphs(
     dtype: torch.dtype = torch.float32,
 ) -> list[GraphFrame]:
     """Neighbour lists of every frame, computed once. Errors name the file and frame."""
-    out = []
-    for f in frames:
-        try:
-            g = build_graph(f.atoms, elements, r_max, min_distance)
-        except FacetInputError as exc:
-            raise DataError(f"{f.where}: {exc}") from exc
-        volume = float(f.atoms.get_volume()) if f.atoms.pbc.all() else 1.0
-        out.append(
-            GraphFrame(
-                species=torch.as_tensor(g.species),
-                centre=torch.as_tensor(g.centre),
-                neighbour=torch.as_tensor(g.neighbour),
-                rij=torch.as_tensor(g.rij, dtype=dtype),
-                energy=f.energy,
-                forces=None if f.forces is None else torch.as_tensor(f.forces, dtype=dtype),
-                stress=None if f.stress is None else torch.as_tensor(f.stress, dtype=dtype),
-                volume=volume,
-                where=f.where,
-            )
-        )
-    return out
+    return [graph_frame(f, elements, r_max, min_distance, dtype) for f in frames]
 
 
-def average_num_neighbors(graphs: Sequence[GraphFrame]) -> float:
-    """Mean number of neighbours within r_max per atom (edges / atoms)."""
-    atoms = sum(g.num_atoms for g in graphs)
-    edges = sum(int(g.centre.shape[0]) for g in graphs)
-    return edges / max(atoms, 1)
-
-
-def fit_reference_energies(graphs: Sequence[GraphFrame], num_species: int) -> np.ndarray:
-    """Per-species energies (eV/atom) minimising ``sum_s (E_s - sum_Z n_sZ mu_Z)^2`` (least
-    squares; species absent from the data get 0)."""
-    counts = np.zeros((len(graphs), num_species))
-    energies = np.zeros(len(graphs))
-    for k, g in enumerate(graphs):
-        counts[k] = np.bincount(g.species.numpy(), minlength=num_species)
-        energies[k] = g.energy
-    mu, *_ = np.linalg.lstsq(counts, energies, rcond=None)
-    mu[counts.sum(axis=0) == 0] = 0.0
-    return mu
-
-
-def forces_rms(graphs: Sequence[GraphFrame]) -> float | None:
-    """Root mean square of the force components, or None without forces."""
-    fs = [g.forces for g in graphs if g.forces is not None]
-    if not fs:
-        return None
-    f = torch.cat(fs).double()
-    return float(f.pow(2).mean().sqrt())
+def graph_frame(
+    frame: LabelledFrame,
+    elements: list[str],
+    r_max: float,
+    min_distance: float = 0.1,
+    dtype: torch.dtype = torch.float32,
+) -> GraphFrame:
+    """The radius graph (cutoff ``r_max``, Å) and labels of one frame as CPU tensors, ``rij``
+    and labels in ``dtype``. Errors name the file and frame."""
+    try:
+        g = build_graph(frame.atoms, elements, r_max, min_distance)
+    except FacetInputError as exc:
+        raise DataError(f"{frame.where}: {exc}") from exc
+    volume = float(frame.atoms.get_volume()) if frame.atoms.pbc.all() else 1.0
+    return GraphFrame(
+        species=torch.as_tensor(g.species),
+        centre=torch.as_tensor(g.centre),
+        neighbour=torch.as_tensor(g.neighbour),
+        rij=torch.as_tensor(g.rij, dtype=dtype),
+        energy=frame.energy,
+        forces=None if frame.forces is None else torch.as_tensor(frame.forces, dtype=dtype),
+        stress=None if frame.stress is None else torch.as_tensor(frame.stress, dtype=dtype),
+        volume=volume,
+        where=frame.where,
+    )
 
 
 @dataclass
@@ -271,6 +259,14 @@ class Batch:
     @property
     def num_structures(self) -> int:
         return int(self.energy.shape[0])
+
+    def to(self, device: torch.device | str) -> Batch:
+        """This batch with every tensor on ``device`` (``self`` if they are already there)."""
+        device = torch.device(device)
+        if self.rij.device == device:
+            return self
+        return Batch(**{f.name: getattr(self, f.name).to(device, non_blocking=True)
+                        for f in dataclasses.fields(self)})
 
 
 def collate(frames: Sequence[GraphFrame]) -> Batch:
@@ -303,6 +299,17 @@ def collate(frames: Sequence[GraphFrame]) -> Batch:
         stress_mask=torch.tensor([f.stress is not None for f in frames], dtype=torch.bool),
         volume=torch.tensor([f.volume for f in frames], dtype=dtype),
     )
+
+
+def label_summary(frames: Sequence[GraphFrame]) -> np.ndarray:
+    """``[F, 3]`` int64: atom count, has forces (0/1), has stress (0/1) of every frame. A set
+    streamed from disk answers from its index (method ``label_summary``) without building
+    graphs."""
+    own = getattr(frames, "label_summary", None)
+    if own is not None:
+        return own()
+    rows = [[g.num_atoms, g.forces is not None, g.stress is not None] for g in frames]
+    return np.asarray(rows, dtype=np.int64).reshape(-1, 3)
 
 
 def batches(

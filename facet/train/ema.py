@@ -51,7 +51,10 @@ class EMA:
                     p.copy_(backup[k])
 
     def state_dict(self) -> dict:
-        return {"decay": self.decay, "num_updates": self.num_updates, "shadow": self.shadow}
+        """Decay, update count and the averaged weights (copies on the CPU: loadable anywhere;
+        ``load_state_dict`` moves them to the model's device)."""
+        return {"decay": self.decay, "num_updates": self.num_updates,
+                "shadow": {k: v.detach().cpu().clone() for k, v in self.shadow.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         self.decay = float(state["decay"])
@@ -60,4 +63,4 @@ class EMA:
         if missing:
             raise ValueError(f"EMA state does not match the model (e.g. {sorted(missing)[:3]})")
         for k, v in state["shadow"].items():
-            self.shadow[k] = v.detach().clone().to(self.shadow[k].dtype)
+            self.shadow[k] = v.detach().to(self.shadow[k].device, self.shadow[k].dtype, copy=True)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from facet.contract import forces_from_pair_gradients, virial_from_pair_gradients
 from facet.model import Facet
 from facet.train.data import Batch
 
@@ -31,25 +32,21 @@ def predict(model: Facet, batch: Batch, create_graph: bool) -> Prediction:
     """Energies, forces and stresses of every structure in ``batch``.
 
     ``create_graph=True`` keeps the graph so that a loss on forces/stress can be back-propagated
-    to the parameters (training); use False for evaluation.
+    to the parameters (training); use False for evaluation. The model and ``batch`` must be on
+    the same device; every tensor made here is made there.
     """
     with torch.enable_grad():
         rij = batch.rij.detach().requires_grad_(True)
         e_atoms = model(batch.species, batch.centre, batch.neighbour, rij)
-        energy = torch.zeros(batch.num_structures, dtype=e_atoms.dtype).index_add(
+        energy = e_atoms.new_zeros(batch.num_structures).index_add(
             0, batch.node_batch, e_atoms
         )
         if rij.shape[0] == 0:
             g = torch.zeros_like(rij)
         else:
             (g,) = torch.autograd.grad(energy.sum(), rij, create_graph=create_graph)
-    forces = torch.zeros_like(batch.forces).index_add(0, batch.centre, g)
-    forces = forces.index_add(0, batch.neighbour, -g)
-    pair_virial = (rij.unsqueeze(2) * g.unsqueeze(1)).reshape(-1, 9)
-    virial = torch.zeros(batch.num_structures, 9, dtype=g.dtype).index_add(
-        0, batch.edge_batch, pair_virial
-    )
-    virial = virial.reshape(-1, 3, 3)
+    forces = forces_from_pair_gradients(g, batch.centre, batch.neighbour, batch.forces.shape[0])
+    virial = virial_from_pair_gradients(rij, g, batch.edge_batch, batch.num_structures)
     # Voigt components from the upper triangle, as LAMMPS tallies them (see facet.contract)
     stress = virial / batch.volume.reshape(-1, 1, 1)
     voigt = torch.stack([stress[:, a, b] for a, b in VOIGT], dim=1)

@@ -28,6 +28,8 @@ def main() -> None:
     with FacetLammps(args.model, kokkos=args.kokkos) as runner:
         if args.task == "eval":
             res = runner.evaluate(atoms)
+            here = runner.current_atoms(atoms)  # LAMMPS' own positions, full precision
+            res.update(lammps_positions=here.positions, lammps_cell=here.cell.array)
         elif args.task == "nve":
             runner.load_atoms(atoms)
             runner.lmp.commands_list([
