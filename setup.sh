@@ -3,8 +3,9 @@
 #   1. Python environment (.venv): torch (CPU, pinned), e3nn, ase, vesin, mpi4py on MPICH
 #   2. LAMMPS with ML-IAP + Python (+ KOKKOS), built once and cached outside the repo, and the
 #      native plugin `pair_style facet` (C++, libtorch) against it, cached the same way
-#   3. the shipped Facet model frozen for LAMMPS (facet-deploy)
+#   3. the shipped Facet model frozen for LAMMPS (facet-deploy: ML-IAP and plugin files)
 #   4. the main job: a LAMMPS crystal relaxation (minimize + fix box/relax) on 2 MPI ranks
+#      with the native plugin
 # Re-runs take seconds. Set FACET_SKIP_MAIN_JOB=1 to stop after step 3.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -17,10 +18,16 @@ source "$(cat .venv/facet-lammps-prefix)/facet-lammps.env"
 export PATH="$repo/.venv/bin:$PATH" OMP_NUM_THREADS=1 OMP_PROC_BIND=false
 model=examples/models/facet-emt-small.pt
 deployed=examples/models/facet-emt-small-mliap.pt
+plugin_model=examples/models/facet-emt-small-plugin.pt
 if [ ! -f "$deployed" ] || [ "$deployed" -ot "$model" ]; then
   facet-deploy "$model" -o "$deployed"
 fi
+if [ ! -f "$plugin_model" ] || [ "$plugin_model" -ot "$model" ]; then
+  facet-deploy "$model" --format plugin -o "$plugin_model"
+fi
 if [ "${FACET_SKIP_MAIN_JOB:-0}" != 1 ]; then
-  echo "== main job: relaxing a Cu3Au crystal with Facet in LAMMPS on 2 MPI ranks =="
-  (cd examples/relax && mpirun -np 2 lmp -in in.relax -var model "$repo/$deployed" -log log.relax)
+  echo "== main job: relaxing a Cu3Au crystal with Facet in LAMMPS on 2 MPI ranks (native plugin) =="
+  (cd examples/relax && mpirun -np 2 lmp -in in.relax -var style plugin \
+     -var plugin "$(cat "$repo/.venv/facet-lammps-plugin")" -var model "$repo/$plugin_model" \
+     -log log.relax)
 fi

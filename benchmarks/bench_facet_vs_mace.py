@@ -18,7 +18,8 @@
    (``emt_timing.py``), each in its own process;
 4. prints the table and writes everything to ``--json``.
 
-``table`` prints the table of a finished ``--json``. The MACE venv comes from
+``evaluate`` repeats steps 3 and 4 on the finished runs of ``--out``. ``table`` prints the
+table of a finished ``--json``. The MACE venv comes from
 ``benchmarks/setup_mace_env.sh`` (``--mace-python`` or ``$MACE_PYTHON`` to point elsewhere).
 """
 
@@ -194,10 +195,26 @@ def run(args) -> int:
             "train_wall_time_s"],
         "curves": {"facet": facet_validation_curve(fout), "mace": mace_validation_curve(mout)},
     }
+    return evaluate_runs(args, result)
+
+
+def mace_final_model(out: Path) -> Path:
+    """The model at the end of MACE's training: with ``--swa`` mace-torch writes the stage-one
+    model as ``<name>.model`` and the final one as ``<name>_stagetwo.model``."""
+    models = [m for m in sorted(out.glob("*.model")) if "compiled" not in m.name]
+    final = [m for m in models if m.name.endswith("_stagetwo.model")]
+    if not (final or models):
+        raise FileNotFoundError(f"no MACE model in {out}")
+    return (final or models)[0]
+
+
+def evaluate_runs(args, result: dict) -> int:
+    """Step 3 and 4 of ``run`` on the finished trainings in ``--out``."""
+    fout, mout = Path(args.out) / "facet", Path(args.out) / "mace"
     result["facet"] = facet_evaluate(fout / "last.pt", args)
-    models = sorted(mout.glob("*.model"))
-    result["mace"] = mace_evaluate([m for m in models if "compiled" not in m.name][0], args,
-                                   mout)
+    model = mace_final_model(mout)
+    result["mace"] = mace_evaluate(model, args, mout)
+    result["mace"]["model_file"] = model.name
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=1))
     print_table(result)
@@ -249,12 +266,23 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--mace-python", default=os.environ.get("MACE_PYTHON", str(DEFAULT_MACE_PY)))
     r.add_argument("--out", default="runs/facet-vs-mace")
     r.add_argument("--json", default="benchmarks/results/facet-vs-mace.json")
+    e = sub.add_parser("evaluate", help="evaluate the finished trainings of a 'run' again "
+                       "(held-out errors and timing), keeping its training record in --json")
+    for name, default in (("--heldout-dir", "data/heldout"),
+                          ("--heldout", "data/emt_heldout_md.xyz"),
+                          ("--out", "runs/facet-vs-mace"),
+                          ("--json", "benchmarks/results/facet-vs-mace.json")):
+        e.add_argument(name, default=default)
+    e.add_argument("--mace-python", default=os.environ.get("MACE_PYTHON", str(DEFAULT_MACE_PY)))
     t = sub.add_parser("table")
     t.add_argument("--json", default="benchmarks/results/facet-vs-mace.json")
     args = p.parse_args(argv)
     if args.cmd == "table":
         print_table(json.loads(Path(args.json).read_text()))
         return 0
+    if args.cmd == "evaluate":
+        result = json.loads(Path(args.json).read_text())
+        return evaluate_runs(args, {k: v for k, v in result.items() if k not in ("facet", "mace")})
     return run(args)
 
 

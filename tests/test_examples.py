@@ -9,6 +9,7 @@ import pytest
 from lammps_utils import REPO, env, mpirun, require_lammps
 
 from facet.cli.deploy import main as deploy_main
+from facet.lammps.plugin import plugin_library
 
 pytestmark = [pytest.mark.lammps, pytest.mark.mpi, pytest.mark.slow]
 
@@ -21,6 +22,18 @@ def deployed(tmp_path_factory):
     out = tmp_path_factory.mktemp("examples") / "facet-emt-small-mliap.pt"
     assert deploy_main([str(SHIPPED), "-o", str(out)]) == 0
     return out
+
+
+@pytest.fixture(scope="module")
+def deployed_plugin(tmp_path_factory):
+    """The shipped model as the native plugin's file, and the built plugin (the main job)."""
+    require_lammps()
+    lib = plugin_library()
+    if lib is None:
+        pytest.skip("the native plugin is not built (deploy/build_plugin.sh)")
+    out = tmp_path_factory.mktemp("examples") / "facet-emt-small-plugin.pt"
+    assert deploy_main([str(SHIPPED), "--format", "plugin", "-o", str(out)]) == 0
+    return lib, out
 
 
 @pytest.mark.parametrize(
@@ -45,9 +58,11 @@ def test_deck_runs_on_two_ranks(deployed, deck, extra, kokkos):
         assert 3.6 < a < 4.2  # Cu3Au: EMT gives 3.708 Å
 
 
-def test_main_job_relaxation_converges_to_the_ase_minimum(deployed):
-    """The main job's deck (KOKKOS path, 2 ranks) stops on a tolerance, not on maxiter, at the
-    lattice parameter of an ASE cell relaxation of the same model (ideal L1_2 Cu3Au)."""
+@pytest.mark.parametrize("runtime", ["plugin", "kokkos"])
+def test_main_job_relaxation_converges_to_the_ase_minimum(request, runtime):
+    """The main job's deck on 2 ranks (the native plugin, as ./setup.sh runs it, and the ML-IAP
+    KOKKOS path) stops on a tolerance, not on maxiter, at the lattice parameter of an ASE cell
+    relaxation of the same model (ideal L1_2 Cu3Au)."""
     from ase.build import bulk
     from ase.filters import FrechetCellFilter
     from ase.optimize import BFGS
@@ -56,11 +71,17 @@ def test_main_job_relaxation_converges_to_the_ase_minimum(deployed):
     from facet.calculator import FacetCalculator
 
     lmp = require_lammps()
-    if not has_kokkos():
-        pytest.skip("this LAMMPS build has no KOKKOS (deploy/build_lammps.sh --kokkos)")
     path = REPO / "examples" / "relax" / "in.relax"
-    args = [str(lmp), "-k", "on", "t", "1", "-sf", "kk", "-in", path.name, "-var", "model",
-            str(deployed), "-var", "ghostneigh", "0", "-var", "ghost", "7", "-log", "none"]
+    if runtime == "plugin":
+        lib, model = request.getfixturevalue("deployed_plugin")
+        args = [str(lmp), "-in", path.name, "-var", "style", "plugin", "-var", "plugin",
+                str(lib), "-var", "model", str(model), "-log", "none"]
+    else:
+        if not has_kokkos():
+            pytest.skip("this LAMMPS build has no KOKKOS (deploy/build_lammps.sh --kokkos)")
+        args = [str(lmp), "-k", "on", "t", "1", "-sf", "kk", "-in", path.name, "-var", "model",
+                str(request.getfixturevalue("deployed")), "-var", "ghostneigh", "0",
+                "-var", "ghost", "7", "-log", "none"]
     proc = mpirun(2, args, cwd=path.parent)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     criterion = next(x for x in proc.stdout.splitlines() if "Stopping criterion" in x)
@@ -73,6 +94,15 @@ def test_main_job_relaxation_converges_to_the_ase_minimum(deployed):
     BFGS(FrechetCellFilter(atoms), logfile=None).run(fmax=1e-5, steps=200)
     a_ase = atoms.cell.cellpar()[0]
     assert abs(a_lammps - a_ase) < 2e-4, (a_lammps, a_ase)
+
+
+def test_relax_deck_refuses_an_unknown_style(deployed):
+    lmp = require_lammps()
+    path = REPO / "examples" / "relax" / "in.relax"
+    proc = mpirun(1, [str(lmp), "-in", path.name, "-var", "style", "pair", "-var", "model",
+                      str(deployed), "-log", "none"], cwd=path.parent)
+    assert proc.returncode != 0
+    assert "style must be plugin or mliap, not pair" in proc.stdout + proc.stderr
 
 
 def test_python_mpi_job(deployed):

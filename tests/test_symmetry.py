@@ -18,8 +18,6 @@ from scipy.spatial.transform import Rotation
 
 import facet
 from facet.calculator import FacetCalculator
-from facet.checkpoint import read_checkpoint
-from facet.config import FacetConfig
 from facet.symmetry import ENERGY_BOUND, FORCE_BOUND, probe_structure, rotation_error
 
 SHIPPED = Path(__file__).resolve().parents[1] / "examples" / "models" / "facet-emt-small.pt"
@@ -72,21 +70,6 @@ def test_default_grid_equivariance_bound(tiny_model, alloy):
     assert de < ENERGY_BOUND and df < FORCE_BOUND and ds < 1e-4
 
 
-def _shipped_uses_old_grid() -> bool:
-    cfg = FacetConfig.from_dict(read_checkpoint(SHIPPED)["config"])
-    return cfg.s2_grid == "soft"
-
-
-# The shipped model predates the S2-grid option (SOFT 12x11): its aliasing exceeds the bound, so
-# the test must fail until the checkpoint is retrained with the new default (then it must pass).
-OLD_GRID = pytest.mark.xfail(
-    _shipped_uses_old_grid(),
-    strict=True,
-    reason="shipped model predates the new S2 default; retrained in issue 13 part 4",
-)
-
-
-@OLD_GRID
 @pytest.mark.parametrize("kind", ["bulk", "slab"])
 def test_shipped_model_rotation_error_within_bound(kind):
     """The shipped model at its shipped settings, rattled (0.1 and 0.15 Å) multi-element cells
