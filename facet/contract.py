@@ -16,6 +16,7 @@ from torch import nn
 
 from facet.chunks import resolve_chunking
 from facet.model import Facet
+from facet.tensor_product import neighbour_slots
 
 
 class FacetPotential(nn.Module):
@@ -105,12 +106,10 @@ class FacetPotential(nn.Module):
         if nlocal == species.shape[0]:
             return self.model(species, pair_i, pair_j, rij)
         sp, pi, pj, used, n_out = self.hop_pruning(species, pair_i, pair_j, nlocal)
-        sh, r = self.model.edge_features(rij[used])
-        h = self.model.embed(sp)
-        for k, layer in enumerate(self.model.layers):
-            sel = torch.nonzero(pi < n_out[k]).squeeze(1)
-            h = layer(h, sh[sel], r[sel], pi[sel], pj[sel], n_out[k])
-        return self.model.readout(h, sp[:nlocal])
+        # one neighbour-slot map; layer k takes the rows of its n_out[k] output atoms (a prefix)
+        slots = neighbour_slots(pi, n_out[0], pi.shape[0])
+        layer_slots = [slots[: n_out[k]] for k in range(self.num_layers)]
+        return self.model.forward_slots(sp, pj, rij[used], layer_slots)
 
     def recomputing(
         self,
