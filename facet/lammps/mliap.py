@@ -25,7 +25,6 @@ Errors never hang a multi-rank job (``facet.lammps.ranks``).
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import sys
@@ -37,6 +36,7 @@ import torch
 
 from facet.chunks import resolve_chunking
 from facet.errors import FacetLAMMPSError
+from facet.jitcompat import load_bytes
 from facet.lammps import ranks
 from facet.lammps.deck import recommended_comm_cutoff
 from facet.lammps.exchange import (
@@ -285,7 +285,7 @@ class FacetMLIAP(MLIAPUnified):
     def _load(self) -> None:
         self._device = pick_device(self.device_name)
         self._dtype = getattr(torch, self.dtype_name)
-        self._module = torch.jit.load(io.BytesIO(self.script_bytes), map_location=self._device)
+        self._module = load_bytes(self.script_bytes, self._device)
         self._module.eval()
         self._module.chunk_edges = self.chunk_edges
         self._module.single_pass_edges = self.single_pass_edges
@@ -355,7 +355,7 @@ class FacetMLIAP(MLIAPUnified):
         """Every rank runs every exchange, also with zero atoms, ghosts or pairs (else the job
         hangs): nothing here returns early."""
         if self._layers is None:
-            self._layers = torch.jit.load(io.BytesIO(self.layers_bytes), map_location=self._device)
+            self._layers = load_bytes(self.layers_bytes, self._device)
             self._layers.eval()
         m = self._layers
         dev, dt = self._device, self._dtype
