@@ -1,8 +1,10 @@
-"""``facet-deploy model.pt``: freeze a checkpoint for LAMMPS ``pair_style mliap unified``.
+"""``facet-deploy model.pt``: freeze a checkpoint for LAMMPS ``pair_style mliap unified``, or with
+``--format plugin`` for the native plugin's ``pair_style facet``.
 
-Writes ``<name>-mliap.pt`` (the ML-IAP unified object with the TorchScript contract inside) and
-prints the deck lines to use it. ``--check`` runs the result on a small structure and compares it
-with the ASE calculator (through LAMMPS when its Python module is installed).
+Writes ``<name>-mliap.pt`` (the ML-IAP unified object with the TorchScript contract inside) or
+``<name>-plugin.pt`` (a TorchScript archive with its metadata inside, no pickled Python objects)
+and prints the deck lines to use it. ``--check`` runs the ML-IAP result on a small structure and
+compares it with the ASE calculator (through LAMMPS when its Python module is installed).
 
 ``--format aoti`` compiles the model with AOTInductor instead (``facet.aoti``; a few CPU-minutes
 per program, compiled for this machine's CPU and torch): it writes the package ``<name>.pt2``
@@ -32,12 +34,14 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="Facet checkpoint (from facet-train or facet.save_model)")
     p.add_argument("-o", "--output",
-                   help="output file (default: <model>-mliap.pt; with --format aoti the "
-                        "package, default <model>.pt2, and the ML-IAP file <stem>-mliap.pt "
-                        "next to it)")
-    p.add_argument("--format", choices=["torchscript", "aoti"], default="torchscript",
-                   help="torchscript (default) or aoti: an AOTInductor package (about 2x "
-                        "faster on CPUs; compiled here, minutes)")
+                   help="output file (default: <model>-mliap.pt, or <model>-plugin.pt with "
+                        "--format plugin; with --format aoti the package, default <model>.pt2, "
+                        "and the ML-IAP file <stem>-mliap.pt next to it)")
+    p.add_argument("--format", choices=["mliap", "plugin", "aoti"], default="mliap",
+                   help="mliap: object for `pair_style mliap unified` (TorchScript inside); "
+                        "plugin: TorchScript file for the native `pair_style facet` (plugin "
+                        "load; no Python at run time); aoti: an AOTInductor package plus the "
+                        "ML-IAP object carrying it (compiled here, minutes; no TorchScript)")
     p.add_argument("--aoti-programs", choices=["all", "single", "layers"], default="all",
                    help="aoti: all programs (default), only the single-pass energy_forces "
                         "(no KOKKOS path, no recomputing evaluation), or only the per-layer "
@@ -98,9 +102,45 @@ def build_aoti(src: Path, package_path: Path, args) -> bytes:
                          threads=args.threads, log=log)
 
 
+def deploy_plugin(src: Path, args: argparse.Namespace) -> int:
+    """``--format plugin``: write the native plugin's TorchScript file, print its deck lines."""
+    from facet.lammps.deck import plugin_lines
+    from facet.lammps.plugin import plugin_library, write_plugin_file
+
+    out = Path(args.output) if args.output else src.with_name(f"{src.stem}-plugin.pt")
+    try:
+        meta = write_plugin_file(src, out, args.dtype, args.device, args.chunk_edges,
+                                 args.single_pass_edges)
+    except FacetError as exc:
+        print(f"facet-deploy: error: {exc}", file=sys.stderr)
+        return 2
+    lib = plugin_library()
+    print(f"wrote {quote(out)}  ({out.stat().st_size / 1e6:.2f} MB, {args.dtype}, "
+          f"{args.device}; TorchScript for pair_style facet)")
+    print(f"elements (LAMMPS types map by name in pair_coeff): {' '.join(meta['elements'])}")
+    print(f"cutoff r_max = {meta['r_max']:g} Å, {meta['num_layers']} message-passing layers; "
+          "per-layer halo exchange, default ghost cutoff")
+    warning = None if args.no_symmetry_check else symmetry_warning(src)
+    if warning:
+        print(warning, file=sys.stderr)
+    print("\nLAMMPS input lines (units metal, newton on):")
+    for line in plugin_lines(out, meta["elements"], lib):
+        print(f"  {line}")
+    print("  (pair_coeff lists one element per atom type, in type order; NULL skips a type)")
+    if lib is None:
+        print("\nthe plugin is not built yet: run deploy/build_plugin.sh (./setup.sh does)",
+              file=sys.stderr)
+    if args.check:
+        print("facet-deploy: --check covers the ML-IAP format; the plugin's parity checks are "
+              "tests/test_plugin.py", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     src = Path(args.model)
+    if args.format == "plugin":
+        return deploy_plugin(src, args)
     package_path = None
     if args.format == "aoti":
         package_path = Path(args.output) if args.output else src.with_name(f"{src.stem}.pt2")
@@ -112,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         if package_path is not None:
             package = build_aoti(src, package_path, args)
         obj = FacetMLIAP.from_checkpoint(src, args.dtype, args.device, args.chunk_edges,
-                                         args.single_pass_edges, format=args.format,
+                                         args.single_pass_edges,
+                                         format="aoti" if args.format == "aoti" else "torchscript",
                                          aoti_package=package)
     except FacetError as exc:
         print(f"facet-deploy: error: {exc}", file=sys.stderr)

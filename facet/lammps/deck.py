@@ -60,3 +60,16 @@ def mliap_lines(path: str | PathLike, elements: list[str], r_max: float, num_lay
     if num_layers > 1 and not kokkos:
         lines.append(f"comm_modify cutoff {recommended_comm_cutoff(r_max, num_layers, skin):g}")
     return lines
+
+
+def plugin_lines(path: str | PathLike, elements: list[str],
+                 library: str | PathLike | None = None) -> list[str]:
+    """``plugin load``, ``pair_style facet`` and ``pair_coeff`` for the native plugin
+    (``deploy/build_plugin.sh`` builds ``library``; None: a placeholder). The deck must use
+    ``units metal`` and ``newton on`` (LAMMPS' default); the default ghost cutoff suffices."""
+    lib = quote(Path(library).resolve()) if library else "<path of facetplugin.so>"
+    return [
+        f"plugin load {lib}",
+        f"pair_style facet {quote(Path(path).resolve())}",
+        f"pair_coeff * * {' '.join(elements)}",
+    ]

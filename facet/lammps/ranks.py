@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import traceback
 from typing import NoReturn
 
@@ -23,6 +24,8 @@ from typing import NoReturn
 # PMIx, SLURM's srun)
 _SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS",
                    "SLURM_NTASKS")
+# seconds between printing an abort message and ending the job
+_ABORT_GRACE_S = 2.0
 _RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID")
 
 
@@ -72,6 +75,11 @@ def abort(message: str, exc: BaseException | None = None) -> NoReturn:
             stream.flush()
         except (OSError, ValueError):  # a closed stream must not stop the abort
             pass
+    # MPI_Abort makes the launcher kill every process at once; output this rank has flushed
+    # into the launcher's pipe but that was not yet forwarded is lost with it (seen with
+    # MPICH's Hydra on a loaded machine: the job ended without a word). A failing job can
+    # spare a moment so that its message reaches the user.
+    time.sleep(_ABORT_GRACE_S)
     try:
         from mpi4py import MPI
 

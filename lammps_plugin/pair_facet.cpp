@@ -1,0 +1,788 @@
+/* pair_style facet: see pair_facet.h.
+
+   Conventions (shared with every Facet runtime, facet/contract.py): pairs (i, j) with centre i
+   a local atom and neighbour j local or ghost, r_ij = x_j - x_i (Å), |r_ij| < r_max, full
+   neighbour list (each pair once per centre). The model returns per-atom energies e_i of the
+   local atoms; g_ij = dE/dr_ij with E the energy of all atoms on all ranks. Forces:
+   F_i += g_ij, F_j -= g_ij (ghost forces are folded back by LAMMPS, newton on). Virial:
+   W = -sum r_ij (x) g_ij, upper triangle for the off-diagonal components as LAMMPS tallies it;
+   per-atom virial: half of each pair's term to each of its two atoms.
+*/
+
+#include "pair_facet.h"
+
+#include "atom.h"
+#include "comm.h"
+#include "error.h"
+#include "force.h"
+#include "json.h"
+#include "memory.h"
+#include "neigh_list.h"
+#include "neighbor.h"
+#include "update.h"
+#include "utils.h"
+
+#include <torch/csrc/jit/runtime/graph_executor.h>
+#include <torch/torch.h>
+#include <torch/version.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <mpi.h>
+
+using namespace LAMMPS_NS;
+
+namespace {
+
+double now()
+{
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+constexpr const char *kFormat = "facet-lammps-plugin";
+constexpr int kFormatVersion = 1;
+constexpr const char *kMetadataFile = "facet_plugin.json";
+constexpr const char *kRedeploy = "facet-deploy model.pt --format plugin -o FILE";
+
+torch::Tensor zeros_like_rows(int64_t rows, int64_t cols, const torch::Tensor &like)
+{
+  return torch::zeros({rows, cols}, like.options().requires_grad(false));
+}
+
+}    // namespace
+
+/* ---------------------------------------------------------------------- */
+
+PairFacet::PairFacet(LAMMPS *lmp) : Pair(lmp)
+{
+  single_enable = 0;
+  restartinfo = 0;    // the model file is not stored; repeat pair_style/pair_coeff after read_restart
+  one_coeff = 1;
+  manybody_flag = 1;
+  no_virial_fdotr_compute = 1;    // the virial is tallied per pair (also right under hybrid)
+  // forces are sums of pair terms (+g on i, -g on j): the centroid form of each term is the
+  // half-half split of -r_ij (x) g_ij that vatom holds
+  centroidstressflag = CENTROID_SAME;
+  unit_convert_flag = utils::NOCONVERT;
+}
+
+PairFacet::~PairFacet()
+{
+  if (allocated) {
+    memory->destroy(setflag);
+    memory->destroy(cutsq);
+    delete[] type_map;
+  }
+}
+
+void PairFacet::allocate()
+{
+  allocated = 1;
+  int n = atom->ntypes + 1;
+  memory->create(setflag, n, n, "pair:setflag");
+  for (int i = 1; i < n; i++)
+    for (int j = i; j < n; j++) setflag[i][j] = 0;
+  memory->create(cutsq, n, n, "pair:cutsq");
+  type_map = new int[n];
+  for (int i = 0; i < n; i++) type_map[i] = -1;
+}
+
+/* ----------------------------------------------------------------------
+   pair_style facet FILE [device cpu|cuda|cuda:K] [chunk_edges N] [single_pass_edges N]
+------------------------------------------------------------------------- */
+
+void PairFacet::settings(int narg, char **arg)
+{
+  if (narg < 1)
+    error->all(FLERR, "Illegal pair_style facet command: expected `pair_style facet FILE "
+                      "[device cpu|cuda] [chunk_edges N] [single_pass_edges N] "
+                      "[jit_optimize yes|no]`");
+  model_path = arg[0];
+  device_request.clear();
+  chunk_edges_override = single_pass_edges_override = -1;
+  jit_optimize_override = -1;
+  int iarg = 1;
+  while (iarg < narg) {
+    std::string key = arg[iarg];
+    if (iarg + 1 >= narg) error->all(FLERR, "pair_style facet: keyword {} needs a value", key);
+    if (key == "device") {
+      device_request = arg[iarg + 1];
+    } else if (key == "chunk_edges") {
+      chunk_edges_override = utils::bnumeric(FLERR, arg[iarg + 1], false, lmp);
+    } else if (key == "jit_optimize") {
+      jit_optimize_override = utils::logical(FLERR, arg[iarg + 1], false, lmp);
+    } else if (key == "single_pass_edges") {
+      single_pass_edges_override = utils::bnumeric(FLERR, arg[iarg + 1], false, lmp);
+      if (single_pass_edges_override < 0)
+        error->all(FLERR, "pair_style facet: single_pass_edges must be >= 0");
+    } else {
+      error->all(FLERR,
+                 "pair_style facet: unknown keyword {} (known: device, chunk_edges, "
+                 "single_pass_edges, jit_optimize)",
+                 key);
+    }
+    iarg += 2;
+  }
+  load_model();
+  // widths of the per-layer exchanges: forward after layers 0..L-2 (outputs of width
+  // feature_dims[1..L-1]), reverse of the gradients of the same features. Set here, before
+  // comm->init() sizes LAMMPS' buffers from comm_forward/comm_reverse.
+  int widest = 1;
+  for (int k = 1; k < num_layers; k++) widest = std::max(widest, (int) feature_dims[k]);
+  comm_forward = comm_reverse = row_doubles(widest);
+}
+
+void PairFacet::load_model()
+{
+  {
+    std::ifstream probe(model_path, std::ios::binary);
+    if (!probe.good())
+      error->all(FLERR,
+                 "pair_style facet: cannot open model file {}: check the path (write the file "
+                 "with `{}`)",
+                 model_path, kRedeploy);
+  }
+  torch::jit::ExtraFilesMap extra{{kMetadataFile, ""}};
+  try {
+    module = torch::jit::load(model_path, torch::kCPU, extra);
+  } catch (const std::exception &e) {
+    std::string what = e.what();
+    what = what.substr(0, what.find('\n'));
+    error->all(FLERR,
+               "pair_style facet: {} is not a readable Facet plugin file (corrupt, truncated, or "
+               "another format such as a pair_style mliap object); write it with `{}`. "
+               "libtorch said: {}",
+               model_path, kRedeploy, what);
+  }
+  json meta;
+  try {
+    if (extra[kMetadataFile].empty()) throw std::runtime_error("no metadata");
+    meta = json::parse(extra[kMetadataFile]);
+  } catch (const std::exception &) {
+    error->all(FLERR,
+               "pair_style facet: {} is a TorchScript file without Facet plugin metadata "
+               "({}); write it with `{}`",
+               model_path, kMetadataFile, kRedeploy);
+  }
+  try {
+    std::string format = meta.value("format", "");
+    int version = meta.value("format_version", -1);
+    if (format != kFormat)
+      error->all(FLERR, "pair_style facet: {} has format '{}', not '{}'; write it with `{}`",
+                 model_path, format, kFormat, kRedeploy);
+    if (version != kFormatVersion)
+      error->all(FLERR,
+                 "pair_style facet: {} has plugin file format version {}, this plugin reads "
+                 "version {}: {}",
+                 model_path, version, kFormatVersion,
+                 version > kFormatVersion
+                     ? "rebuild the plugin from the facet release that wrote the file "
+                       "(deploy/build_plugin.sh)"
+                     : std::string("write the file again with `") + kRedeploy + "`");
+    model_elements = meta.at("elements").get<std::vector<std::string>>();
+    r_max = meta.at("r_max").get<double>();
+    num_layers = meta.at("num_layers").get<int>();
+    feature_dims = meta.at("feature_dims").get<std::vector<long>>();
+    dtype_name = meta.at("dtype").get<std::string>();
+    device_name = meta.value("device", "cpu");
+    chunk_edges = meta.value("chunk_edges", 4096L);
+    single_pass_edges = meta.value("single_pass_edges", 16384L);
+    chunking_by_device.clear();
+    if (meta.contains("chunking_by_device"))
+      for (auto &item : meta["chunking_by_device"].items())
+        chunking_by_device[item.key()] = item.value().get<std::vector<long>>();
+    facet_version = meta.value("facet_version", "?");
+    torch_version = meta.value("torch_version", "?");
+  } catch (const json::exception &e) {
+    error->all(FLERR, "pair_style facet: the metadata of {} is incomplete ({}); write it with `{}`",
+               model_path, e.what(), kRedeploy);
+  }
+  if ((int) feature_dims.size() != num_layers + 1 || num_layers < 1 || r_max <= 0.0)
+    error->all(FLERR, "pair_style facet: inconsistent metadata in {}; write it with `{}`",
+               model_path, kRedeploy);
+  if (dtype_name == "float64")
+    dtype = torch::kFloat64;
+  else if (dtype_name == "float32")
+    dtype = torch::kFloat32;
+  else
+    error->all(FLERR, "pair_style facet: {} has unsupported dtype {}", model_path, dtype_name);
+  wire_size = dtype == torch::kFloat32 ? sizeof(float) : sizeof(double);
+  for (const char *name : {"embed", "edge_features", "layer", "layer_forward_chunked",
+                           "layer_backward_chunked", "readout"})
+    if (!module.find_method(name))
+      error->all(FLERR, "pair_style facet: {} lacks the method {}; write it with `{}`",
+                 model_path, name, kRedeploy);
+  select_device(device_request.empty() ? device_name : device_request);
+  // chunking for the device type the model runs on (the file may be written for another)
+  auto by_type = chunking_by_device.find(device.is_cuda() ? "cuda" : "cpu");
+  if (by_type != chunking_by_device.end() && by_type->second.size() == 2) {
+    chunk_edges = by_type->second[0];
+    single_pass_edges = by_type->second[1];
+  }
+  if (chunk_edges_override >= 0) chunk_edges = chunk_edges_override;
+  if (single_pass_edges_override >= 0) single_pass_edges = single_pass_edges_override;
+  // TorchScript's optimising executor specialises graphs on the shapes it profiled; on the CPU,
+  // where it fuses nothing, the pair count changing every MD step makes it 15-25 % slower than
+  // the plain interpreter for a single-pass step (measured, benchmarks/README). On CUDA its
+  // fusion may pay: kept on there.
+  jit_optimize = jit_optimize_override >= 0 ? jit_optimize_override == 1 : device.is_cuda();
+
+  module.eval();
+  for (auto p : module.parameters()) p.requires_grad_(false);
+  if (device.is_cuda()) module.to(device);
+  loaded = true;
+  announced = false;
+
+  if (comm->me == 0) {
+    std::string elems;
+    for (const auto &e : model_elements) elems += " " + e;
+    std::string widths;
+    for (auto d : feature_dims) widths += " " + std::to_string(d);
+    utils::logmesg(lmp,
+                   "Facet plugin: {} ({} layers, r_max {} Å, feature widths{}, {} on {}; "
+                   "elements{}; facet {}, written with torch {}; libtorch {} with {} threads "
+                   "per rank)\n",
+                   model_path, num_layers, r_max, widths, dtype_name, device.str(), elems,
+                   facet_version, torch_version, TORCH_VERSION, at::get_num_threads());
+  }
+}
+
+void PairFacet::select_device(const std::string &request)
+{
+  if (request == "cpu") {
+    device = torch::Device(torch::kCPU);
+    return;
+  }
+  if (request.rfind("cuda", 0) != 0)
+    error->all(FLERR, "pair_style facet: device must be cpu, cuda or cuda:K, not {}", request);
+  if (!torch::cuda::is_available())
+    error->all(FLERR,
+               "pair_style facet: the model asks for CUDA but libtorch sees no GPU on this node; "
+               "add `device cpu` to the pair_style line (or write the file with --device cpu), "
+               "or run on a GPU node with a CUDA build of libtorch");
+  int ngpu = (int) torch::cuda::device_count();
+  int index = 0;
+  if (request.size() > 5) {
+    index = std::stoi(request.substr(5));
+  } else {
+    // one GPU per rank, from the node-local rank
+    int local_rank = 0;
+#if !defined(MPI_STUBS)
+    MPI_Comm local;
+    MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, comm->me, MPI_INFO_NULL, &local);
+    MPI_Comm_rank(local, &local_rank);
+    MPI_Comm_free(&local);
+#endif
+    index = local_rank % ngpu;
+  }
+  if (index < 0 || index >= ngpu)
+    error->one(FLERR, "pair_style facet: GPU {} requested, this node has {}", index, ngpu);
+  device = torch::Device(torch::kCUDA, index);
+}
+
+/* ----------------------------------------------------------------------
+   pair_coeff * * El1 El2 ... (one element or NULL per atom type)
+------------------------------------------------------------------------- */
+
+void PairFacet::coeff(int narg, char **arg)
+{
+  if (!allocated) allocate();
+  const int ntypes = atom->ntypes;
+  if (narg != 2 + ntypes)
+    error->all(FLERR,
+               "pair_coeff for pair_style facet: expected `pair_coeff * * <element or NULL for "
+               "each of the {} atom types>`, got {} arguments",
+               ntypes, narg);
+  if (strcmp(arg[0], "*") != 0 || strcmp(arg[1], "*") != 0)
+    error->all(FLERR, "pair_coeff for pair_style facet must be `pair_coeff * * ...`");
+  std::string known;
+  for (const auto &e : model_elements) known += " " + e;
+  for (int t = 1; t <= ntypes; t++) {
+    std::string name = arg[t + 1];
+    if (name == "NULL") {
+      type_map[t] = -1;
+      continue;
+    }
+    auto it = std::find(model_elements.begin(), model_elements.end(), name);
+    if (it == model_elements.end())
+      error->all(FLERR,
+                 "pair_coeff: element {} (atom type {}) is not in the Facet model {}, whose "
+                 "elements are:{}; use one of them or NULL",
+                 name, t, model_path, known);
+    type_map[t] = (int) (it - model_elements.begin());
+  }
+  int count = 0;
+  for (int i = 1; i <= ntypes; i++)
+    for (int j = i; j <= ntypes; j++) {
+      setflag[i][j] = (type_map[i] >= 0 && type_map[j] >= 0) ? 1 : 0;
+      count += setflag[i][j];
+    }
+  if (count == 0) error->all(FLERR, "pair_coeff for pair_style facet maps no atom type");
+  if (comm->me == 0) {
+    std::string table;
+    for (int t = 1; t <= ntypes; t++)
+      table += fmt::format(" {}->{}", t, type_map[t] >= 0 ? model_elements[type_map[t]] : "NULL");
+    utils::logmesg(lmp, "Facet plugin: atom types to elements:{}\n", table);
+  }
+}
+
+void PairFacet::init_style()
+{
+  if (!loaded) error->all(FLERR, "pair_style facet: no model loaded");
+  if (force->newton_pair == 0)
+    error->all(FLERR,
+               "pair_style facet requires newton pair on (ghost-atom forces and the per-layer "
+               "gradient exchange are folded back to their owners): add `newton on` to the "
+               "input deck");
+  if (strcmp(update->unit_style, "metal") != 0)
+    error->all(FLERR, "pair_style facet requires `units metal` (Å, eV), not units {}",
+               update->unit_style);
+  neighbor->add_request(this, NeighConst::REQ_FULL);
+}
+
+double PairFacet::init_one(int, int)
+{
+  return r_max;
+}
+
+/* ----------------------------------------------------------------------
+   halo exchange. A row holds `w` values in the model's precision (float32 rows travel as
+   float32: half the bytes), padded to whole doubles: `comm_width` doubles per atom, the unit
+   of LAMMPS' buffers. Rows are moved with memcpy; only the reverse sum reads values.
+------------------------------------------------------------------------- */
+
+char *PairFacet::row(int64_t i)
+{
+  return reinterpret_cast<char *>(halo.data()) + (size_t) i * comm_width * sizeof(double);
+}
+
+int PairFacet::row_doubles(int64_t w) const
+{
+  return (int) ((w * wire_size + sizeof(double) - 1) / sizeof(double));
+}
+
+int PairFacet::pack_forward_comm(int n, int *list, double *buf, int /*pbc_flag*/, int * /*pbc*/)
+{
+  const int cw = comm_width;
+  const int nlocal = atom->nlocal;
+  if (recording) {
+    for (int i = 0; i < n; i++)
+      if (list[i] < nlocal) is_border[list[i]] = 1;
+  } else {
+    for (int i = 0; i < n; i++)
+      if (list[i] < nlocal && !is_border[list[i]])
+        error->one(FLERR, "pair_style facet: internal error: LAMMPS' send lists changed without "
+                          "re-neighbouring; please report this with your input deck");
+  }
+  for (int i = 0; i < n; i++)
+    std::memcpy(buf + (size_t) i * cw, row(list[i]), cw * sizeof(double));
+  packed_values += (double) n * comm_values;
+  return n * cw;
+}
+
+void PairFacet::unpack_forward_comm(int n, int first, double *buf)
+{
+  std::memcpy(row(first), buf, (size_t) n * comm_width * sizeof(double));
+}
+
+int PairFacet::pack_reverse_comm(int n, int first, double *buf)
+{
+  std::memcpy(buf, row(first), (size_t) n * comm_width * sizeof(double));
+  packed_values += (double) n * comm_values;
+  return n * comm_width;
+}
+
+template <typename T> static void add_rows(char *dst, const char *src, int w)
+{
+  T *d = reinterpret_cast<T *>(dst);
+  const T *s = reinterpret_cast<const T *>(src);
+  for (int c = 0; c < w; c++) d[c] += s[c];
+}
+
+void PairFacet::unpack_reverse_comm(int n, int *list, double *buf)
+{
+  const int cw = comm_width, w = comm_values;
+  for (int i = 0; i < n; i++) {
+    const char *src = reinterpret_cast<const char *>(buf + (size_t) i * cw);
+    if (dtype == torch::kFloat32)
+      add_rows<float>(row(list[i]), src, w);
+    else
+      add_rows<double>(row(list[i]), src, w);
+  }
+}
+
+// the exchange buffer sized for nall rows of w values; sets comm_width/comm_values
+void PairFacet::halo_setup(int nall, int w)
+{
+  comm_values = w;
+  comm_width = row_doubles(w);
+  if (comm_width > comm_forward || comm_width > comm_reverse)
+    error->one(FLERR, "pair_style facet: internal error: exchange width {} > {}", comm_width,
+               std::min(comm_forward, comm_reverse));
+  halo.resize((size_t) nall * comm_width);
+}
+
+// rows[k] of the buffer <- src[k] (a [rows.size(), w] tensor in the wire dtype, on the host)
+void PairFacet::scatter_rows(const torch::Tensor &src, const std::vector<int64_t> &rows)
+{
+  const size_t bytes = (size_t) comm_values * wire_size;
+  const char *p = static_cast<const char *>(src.data_ptr());
+  for (size_t k = 0; k < rows.size(); k++) std::memcpy(row(rows[k]), p + k * bytes, bytes);
+}
+
+// host rows first_row.. of the buffer from src [rows, w] (any device and dtype)
+void PairFacet::stage_rows(const torch::Tensor &src, int first_row)
+{
+  const int64_t rows = src.size(0);
+  if (rows == 0) return;
+  auto host = src.detach().to(torch::kCPU, dtype).contiguous();
+  const size_t bytes = (size_t) comm_values * wire_size;
+  const char *p = static_cast<const char *>(host.data_ptr());
+  for (int64_t k = 0; k < rows; k++) std::memcpy(row(first_row + k), p + k * bytes, bytes);
+}
+
+// buffer rows first.. first+count-1 as a [count, w] tensor on the model's device
+torch::Tensor PairFacet::rows_tensor(int64_t first, int64_t count)
+{
+  const int64_t stride = (int64_t) comm_width * sizeof(double) / wire_size;
+  auto view = torch::from_blob(row(first), {count, (int64_t) comm_values}, {stride, 1},
+                               torch::TensorOptions().dtype(dtype));
+  return view.to(device, dtype, false, true);
+}
+
+// All nall rows from the nlocal local ones; ghost rows copied from their owners.
+torch::Tensor PairFacet::halo_forward(const torch::Tensor &h_local, int nall)
+{
+  const int nlocal = (int) h_local.size(0);
+  const int w = (int) h_local.size(1);
+  const double t0 = now();
+  halo_setup(nall, w);    // every ghost row is received; local rows are staged
+  if (!border_valid) {
+    // first exchange with these send lists: stage every local row, record the packed ones
+    if (nlocal > 0) stage_rows(h_local, 0);
+    is_border.assign(nlocal, 0);
+    recording = true;
+    comm->forward_comm(this, comm_width);
+    recording = false;
+    border_rows.clear();
+    for (int i = 0; i < nlocal; i++)
+      if (is_border[i]) border_rows.push_back(i);
+    border_index = torch::from_blob(border_rows.data(), {(int64_t) border_rows.size()},
+                                    torch::kInt64)
+                       .to(device, false, true);
+    border_valid = true;
+  } else {
+    if (!border_rows.empty()) {
+      auto rows = h_local.detach().index_select(0, border_index).to(torch::kCPU, dtype);
+      scatter_rows(rows.contiguous(), border_rows);
+    }
+    comm->forward_comm(this, comm_width);
+  }
+  torch::Tensor out;
+  if (nall > nlocal)
+    out = torch::cat({h_local.detach(), rows_tensor(nlocal, nall - nlocal)});
+  else
+    out = h_local.detach().clone();
+  t_exchange += now() - t0;
+  return out;
+}
+
+// The local rows of g_all [nall, w] with the ghost rows summed into their owners.
+torch::Tensor PairFacet::halo_reverse(const torch::Tensor &g_all, int nlocal, int nall)
+{
+  const int w = (int) g_all.size(1);
+  if (!border_valid)    // a forward exchange with the same send lists always comes first
+    error->one(FLERR, "pair_style facet: internal error: reverse exchange before a forward one");
+  const double t0 = now();
+  halo_setup(nall, w);
+  // ghost rows carry their gradients; the local rows that receive sums start at zero
+  if (nall > nlocal) stage_rows(g_all.narrow(0, nlocal, nall - nlocal), nlocal);
+  for (int64_t i : border_rows) std::memset(row(i), 0, comm_width * sizeof(double));
+  comm->reverse_comm(this, comm_width);
+  auto local = g_all.narrow(0, 0, nlocal).detach();
+  torch::Tensor out;
+  if (!border_rows.empty()) {
+    auto delta = torch::empty({(int64_t) border_rows.size(), (int64_t) w},
+                              torch::TensorOptions().dtype(dtype));
+    char *dst = static_cast<char *>(delta.data_ptr());
+    const size_t bytes = (size_t) w * wire_size;
+    for (size_t k = 0; k < border_rows.size(); k++)
+      std::memcpy(dst + k * bytes, row(border_rows[k]), bytes);
+    out = local.index_add(0, border_index, delta.to(device, dtype, false, true));
+  } else {
+    out = local.clone();
+  }
+  t_exchange += now() - t0;
+  return out;
+}
+
+/* ----------------------------------------------------------------------
+   single pass: every layer's graph kept, one backward pass layer by layer
+------------------------------------------------------------------------- */
+
+std::pair<torch::Tensor, torch::Tensor>
+PairFacet::single_pass(const torch::Tensor &species, const torch::Tensor &pi,
+                       const torch::Tensor &pj, const torch::Tensor &rij,
+                       const torch::Tensor &mask, int nlocal, int nall)
+{
+  const int64_t npairs = rij.size(0);
+  auto x = rij.detach().requires_grad_(true);
+  auto ef = module.get_method("edge_features")({x}).toTuple();
+  auto sh = ef->elements()[0].toTensor();
+  auto r = ef->elements()[1].toTensor();
+  // each layer gets its own graph: edge features and input features enter as leaves
+  auto sh_leaf = sh.detach().requires_grad_(true);
+  auto r_leaf = r.detach().requires_grad_(true);
+  auto layer = module.get_method("layer");
+
+  std::vector<torch::Tensor> ins, outs;
+  auto h = module.get_method("embed")({species}).toTensor().detach();
+  for (int k = 0; k < num_layers; k++) {
+    torch::Tensor h_in = h;
+    if (k > 0) h_in = halo_forward(outs.back(), nall).requires_grad_(true);
+    auto out = layer({k, h_in, sh_leaf, r_leaf, pi, pj, nlocal, 0}).toTensor();
+    ins.push_back(h_in);
+    outs.push_back(out);
+  }
+  auto h_last = outs.back().detach().requires_grad_(true);
+  auto e = module.get_method("readout")({h_last, species.narrow(0, 0, nlocal)}).toTensor();
+  torch::Tensor g = zeros_like_rows(nlocal, feature_dims[num_layers], h_last);
+  if (nlocal > 0) {
+    auto total = (e * mask).sum();
+    g = torch::autograd::grad({total}, {h_last}, {}, false, false, true)[0];
+    if (!g.defined()) g = zeros_like_rows(nlocal, feature_dims[num_layers], h_last);
+  }
+  auto g_sh = torch::zeros_like(sh_leaf);
+  auto g_r = torch::zeros_like(r_leaf);
+  for (int k = num_layers - 1; k >= 0; k--) {
+    torch::Tensor g_h;
+    if (outs[k].requires_grad() && nlocal > 0) {
+      std::vector<torch::Tensor> inputs{sh_leaf, r_leaf};
+      if (k > 0) inputs.push_back(ins[k]);
+      auto grads = torch::autograd::grad({outs[k]}, inputs, {g}, false, false, true);
+      if (grads[0].defined()) g_sh += grads[0];
+      if (grads[1].defined()) g_r += grads[1];
+      if (k > 0) g_h = grads[2];
+    }
+    outs[k] = torch::Tensor();
+    if (k > 0) {
+      if (!g_h.defined()) g_h = zeros_like_rows(nall, feature_dims[k], h_last);
+      ins[k] = torch::Tensor();
+      g = halo_reverse(g_h, nlocal, nall);    // every rank, every layer
+    }
+  }
+  torch::Tensor g_rij = torch::zeros_like(rij);
+  if (npairs > 0) {
+    auto gx = torch::autograd::grad({sh, r}, {x}, {g_sh, g_r}, false, false, true)[0];
+    if (gx.defined()) g_rij = gx;
+  }
+  return {e.detach(), g_rij.detach()};
+}
+
+/* ----------------------------------------------------------------------
+   recomputing evaluation (facet/chunks.py): forward without autograd keeping only the node
+   features, backward recomputing one chunk of one layer at a time; same exchanges in the
+   same order as the single pass
+------------------------------------------------------------------------- */
+
+std::pair<torch::Tensor, torch::Tensor>
+PairFacet::recomputing(const torch::Tensor &species, const torch::Tensor &pi,
+                       const torch::Tensor &pj, const torch::Tensor &rij,
+                       const torch::Tensor &mask, int nlocal, int nall)
+{
+  auto fwd = module.get_method("layer_forward_chunked");
+  auto bwd = module.get_method("layer_backward_chunked");
+  std::vector<torch::Tensor> hs;
+  hs.push_back(module.get_method("embed")({species}).toTensor().detach());
+  torch::Tensor h_local;
+  for (int k = 0; k < num_layers; k++) {
+    h_local = fwd({k, hs[k], rij, pi, pj, nlocal, chunk_edges}).toTensor();
+    if (k + 1 < num_layers) hs.push_back(halo_forward(h_local, nall));
+  }
+  auto h_last = h_local.detach().requires_grad_(true);
+  auto e = module.get_method("readout")({h_last, species.narrow(0, 0, nlocal)}).toTensor();
+  torch::Tensor g = zeros_like_rows(nlocal, feature_dims[num_layers], h_last);
+  if (nlocal > 0) {
+    auto total = (e * mask).sum();
+    auto gg = torch::autograd::grad({total}, {h_last}, {}, false, false, true)[0];
+    if (gg.defined()) g = gg;
+  }
+  auto g_x = torch::zeros_like(rij);
+  for (int k = num_layers - 1; k >= 0; k--) {
+    auto out = bwd({k, hs[k], rij, pi, pj, nlocal, g, chunk_edges, k > 0}).toTuple();
+    g_x += out->elements()[0].toTensor();
+    if (k > 0) g = halo_reverse(out->elements()[1].toTensor(), nlocal, nall);
+    hs[k] = torch::Tensor();
+  }
+  return {e.detach(), g_x};
+}
+
+/* ---------------------------------------------------------------------- */
+
+void PairFacet::compute(int eflag, int vflag)
+{
+  const double t_start = now();
+  ev_init(eflag, vflag);
+
+  double **x = atom->x;
+  double **f = atom->f;
+  int *type = atom->type;
+  const int nlocal = atom->nlocal;
+  const int nall = nlocal + atom->nghost;
+  const int inum = list->inum;
+  int *ilist = list->ilist;
+  int *numneigh = list->numneigh;
+  int **firstneigh = list->firstneigh;
+  const double cut2 = r_max * r_max;
+  // the send lists of the exchange change whenever LAMMPS re-neighbours (borders)
+  if (neighbor->ago == 0 || nlocal != border_nlocal || nall != border_nall) border_valid = false;
+  border_nlocal = nlocal;
+  border_nall = nall;
+
+  // pair list grouped by centre, centres ascending (the chunked evaluation needs that)
+  pair_i.clear();
+  pair_j.clear();
+  rij_buf.clear();
+  mask_buf.assign(nlocal, 0.0);
+  std::vector<int> centres;
+  centres.reserve(inum);
+  for (int ii = 0; ii < inum; ii++) {
+    const int i = ilist[ii];
+    if (i < nlocal && type_map[type[i]] >= 0) centres.push_back(i);
+  }
+  std::sort(centres.begin(), centres.end());
+  for (int i : centres) {
+    mask_buf[i] = 1.0;
+    const int *jlist = firstneigh[i];
+    const int jnum = numneigh[i];
+    const double xi = x[i][0], yi = x[i][1], zi = x[i][2];
+    for (int jj = 0; jj < jnum; jj++) {
+      const int j = jlist[jj] & NEIGHMASK;
+      if (type_map[type[j]] < 0) continue;
+      const double dx = x[j][0] - xi, dy = x[j][1] - yi, dz = x[j][2] - zi;
+      if (dx * dx + dy * dy + dz * dz >= cut2) continue;
+      pair_i.push_back(i);
+      pair_j.push_back(j);
+      rij_buf.push_back(dx);
+      rij_buf.push_back(dy);
+      rij_buf.push_back(dz);
+    }
+  }
+  const int64_t npairs = (int64_t) pair_i.size();
+  species_buf.resize(nall);
+  for (int k = 0; k < nall; k++) species_buf[k] = std::max(type_map[type[k]], 0);
+
+  // views of the host buffers (valid during this call), moved/cast only where needed
+  auto as_input = [&](void *data, at::IntArrayRef shape, torch::Dtype host, torch::Dtype want) {
+    auto t = torch::from_blob(data, shape, torch::TensorOptions().dtype(host));
+    if (device.is_cpu() && host == want) return t;
+    return t.to(device, want, false, true);
+  };
+  auto species = as_input(species_buf.data(), {nall}, torch::kInt64, torch::kInt64);
+  auto pi = as_input(pair_i.data(), {npairs}, torch::kInt64, torch::kInt64);
+  auto pj = as_input(pair_j.data(), {npairs}, torch::kInt64, torch::kInt64);
+  auto rij = as_input(rij_buf.data(), {npairs, 3}, torch::kFloat64, dtype);
+  auto mask = as_input(mask_buf.data(), {nlocal}, torch::kFloat64, dtype);
+
+  const bool recompute = chunk_edges > 0 && npairs > single_pass_edges;
+  const char *evaluation = recompute ? "recomputing" : "single pass";
+  if (!announced && comm->me == 0) {
+    utils::logmesg(lmp,
+                   "Facet plugin: per-layer halo exchange ({} exchanges of up to {} doubles per "
+                   "ghost atom each way), {} on {}; recomputing evaluation in chunks of {} pairs "
+                   "above {} pairs per rank{}; TorchScript executor {}\n",
+                   num_layers - 1, comm_forward, dtype_name, device.str(), chunk_edges,
+                   single_pass_edges, chunk_edges > 0 ? "" : " (off)",
+                   jit_optimize ? "optimising" : "plain (jit_optimize no)");
+    announced = true;
+  }
+  if (comm->me == 0 && last_evaluation != evaluation)
+    utils::logmesg(lmp, "Facet plugin: {} evaluation on rank 0 ({} local atoms, {} pairs)\n",
+                   evaluation, nlocal, npairs);
+  last_evaluation = evaluation;
+
+  torch::Tensor e_local, g_rij;
+  torch::jit::GraphOptimizerEnabledGuard executor(jit_optimize);
+  try {
+    auto res = recompute ? recomputing(species, pi, pj, rij, mask, nlocal, nall)
+                         : single_pass(species, pi, pj, rij, mask, nlocal, nall);
+    e_local = res.first.to(torch::kCPU, torch::kFloat64).contiguous();
+    g_rij = res.second.to(torch::kCPU, torch::kFloat64).contiguous();
+  } catch (const std::exception &err) {
+    std::string what = err.what();
+    error->one(FLERR, "pair_style facet: the model failed on rank {} ({} local atoms, {} pairs): {}",
+               comm->me, nlocal, npairs, what.substr(0, 2000));
+  }
+
+  // energies
+  const double *e = e_local.data_ptr<double>();
+  if (eflag_either) {
+    for (int i : centres) {
+      if (eflag_global) eng_vdwl += e[i];
+      if (eflag_atom) eatom[i] += e[i];
+    }
+  }
+  // forces and virial from the pair gradients
+  const double *g = g_rij.data_ptr<double>();
+  const double *r = rij_buf.data();
+  for (int64_t p = 0; p < npairs; p++) {
+    const int i = (int) pair_i[p], j = (int) pair_j[p];
+    const double gx = g[3 * p], gy = g[3 * p + 1], gz = g[3 * p + 2];
+    f[i][0] += gx;
+    f[i][1] += gy;
+    f[i][2] += gz;
+    f[j][0] -= gx;
+    f[j][1] -= gy;
+    f[j][2] -= gz;
+    if (vflag_either) {
+      const double rx = r[3 * p], ry = r[3 * p + 1], rz = r[3 * p + 2];
+      double v[6] = {-rx * gx, -ry * gy, -rz * gz, -rx * gy, -rx * gz, -ry * gz};
+      if (vflag_global)
+        for (int c = 0; c < 6; c++) virial[c] += v[c];
+      if (vflag_atom)
+        for (int c = 0; c < 6; c++) {
+          vatom[i][c] += 0.5 * v[c];
+          vatom[j][c] += 0.5 * v[c];
+        }
+    }
+  }
+  n_calls++;
+  t_total += now() - t_start;
+}
+
+/* ----------------------------------------------------------------------
+   end of a run: where the pair style's time went (every rank calls this)
+------------------------------------------------------------------------- */
+
+void PairFacet::finish()
+{
+  double mine[3] = {t_total, t_exchange, packed_values}, sum[3], mx[3];
+  MPI_Allreduce(mine, sum, 3, MPI_DOUBLE, MPI_SUM, world);
+  MPI_Allreduce(mine, mx, 3, MPI_DOUBLE, MPI_MAX, world);
+  long calls = n_calls;
+  if (comm->me == 0 && calls > 0) {
+    const double np = comm->nprocs;
+    utils::logmesg(lmp,
+                   "Facet plugin: {} calls; per call and rank (average / max over {} ranks): "
+                   "pair style {:.3f} / {:.3f} ms, of which halo exchanges {:.3f} / {:.3f} ms "
+                   "({:.1f} % of the average), {:.0f} / {:.0f} values packed\n",
+                   calls, comm->nprocs, 1e3 * sum[0] / np / calls, 1e3 * mx[0] / calls,
+                   1e3 * sum[1] / np / calls, 1e3 * mx[1] / calls,
+                   sum[0] > 0 ? 100.0 * sum[1] / sum[0] : 0.0, sum[2] / np / calls,
+                   mx[2] / calls);
+  }
+  n_calls = 0;
+  t_total = t_exchange = packed_values = 0.0;
+}
+
+double PairFacet::memory_usage()
+{
+  double bytes = Pair::memory_usage();
+  bytes += (double) halo.capacity() * sizeof(double);
+  bytes += (double) (pair_i.capacity() + pair_j.capacity() + species_buf.capacity()) * 8;
+  bytes += (double) (rij_buf.capacity() + mask_buf.capacity()) * sizeof(double);
+  return bytes;
+}

@@ -1,0 +1,639 @@
+"""The native LAMMPS plugin (`plugin load facetplugin.so`, `pair_style facet FILE`).
+
+Real `lmp` executable, real MPI ranks, files written by `facet-deploy --format plugin`.
+Tolerances (float64) against the ASE calculator in LAMMPS' frame: energy 1e-8 eV/atom, per-atom
+energies 1e-8 eV, forces 1e-6 eV/Å, stress 1e-6 eV/Å^3.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import ase.io
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import bulk
+from ase.calculators.lammps import Prism
+from ase.io.lammpsdata import write_lammps_data
+from conftest import lammps_frame, randomized_model, triclinic_alloy
+from lammps_utils import REPO, assert_matches_reference, env, mpirun, require_lammps, run_driver
+
+import facet
+from facet.calculator import FacetCalculator
+from facet.cli.deploy import main as deploy_main
+from facet.lammps.plugin import METADATA_FILE, plugin_library
+
+pytestmark = [pytest.mark.lammps, pytest.mark.plugin]
+
+BAR_PER_EV_A3 = 1.6021765e6  # LAMMPS metal units: nktv2p (bar per eV/Å^3), not CODATA
+SHIPPED = REPO / "examples" / "models" / "facet-emt-small.pt"
+
+
+def require_plugin() -> Path:
+    lib = plugin_library()
+    if lib is None:
+        msg = "the plugin is not built: run ./setup.sh (deploy/build_plugin.sh)"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return lib
+
+
+@pytest.fixture(scope="module")
+def lib():
+    require_lammps()
+    return require_plugin()
+
+
+@pytest.fixture(scope="module")
+def lmp_exe():
+    return require_lammps()
+
+
+# -- running decks ---------------------------------------------------------------------------------
+
+HEADER = """plugin load {lib}
+units metal
+atom_style atomic
+atom_modify map yes
+newton {newton}
+boundary {boundary}
+{before_read}
+read_data {data}
+{pair}
+compute pe all pe/atom
+compute sa all stress/atom NULL
+compute vsum all reduce sum c_sa[1] c_sa[2] c_sa[3] c_sa[4] c_sa[5] c_sa[6]
+compute ca all centroid/stress/atom NULL
+compute csum all reduce sum c_ca[1] c_ca[2] c_ca[3]
+thermo_style custom step pe pxx pyy pzz pyz pxz pxy vol c_vsum[1] c_vsum[2] c_vsum[3] &
+  c_vsum[6] c_vsum[5] c_vsum[4] c_csum[1] c_csum[2] c_csum[3]
+thermo_modify format float %.15g
+"""
+
+DUMP = """dump {name} all custom 1 {name}.dump id x y z fx fy fz c_pe
+dump_modify {name} sort id format float %.15g
+"""
+
+
+def pair_lines(model_file: Path, elements: list[str], extra: str = "") -> str:
+    return f"pair_style facet {model_file} {extra}\npair_coeff * * {' '.join(elements)}"
+
+
+def write_data(d: Path, atoms: Atoms, species: list[str], tag: str) -> Path:
+    path = d / f"{tag}.data"
+    write_lammps_data(path, atoms, specorder=species, masses=True, units="metal",
+                      atom_style="atomic")
+    return path
+
+
+def run_lmp(d: Path, lmp_exe: Path, deck: str, nproc: int = 1, tag: str = "run",
+            check: bool = True):
+    (d / f"in.{tag}").write_text(deck)
+    proc = mpirun(nproc, [str(lmp_exe), "-in", f"in.{tag}", "-log", f"log.{tag}"], cwd=d,
+                  timeout=600)
+    out = proc.stdout + proc.stderr
+    if check:
+        assert proc.returncode == 0, out[-4000:]
+    return proc.returncode, out
+
+
+def thermo_rows(log: Path) -> list[np.ndarray]:
+    """The first data row of every thermo block (one per run)."""
+    lines = log.read_text().splitlines()
+    rows = []
+    for k, line in enumerate(lines):
+        if line.split()[:2] == ["Step", "PotEng"]:
+            rows.append(np.array(lines[k + 1].split(), dtype=float))
+    return rows
+
+
+def last_thermo_row(log: Path) -> np.ndarray:
+    """The last data row of the last thermo block."""
+    lines = log.read_text().splitlines()
+    k = max(i for i, line in enumerate(lines) if line.split()[:2] == ["Step", "PotEng"])
+    row = None
+    for line in lines[k + 1:]:
+        try:
+            row = np.array(line.split(), dtype=float)
+        except ValueError:
+            break
+    return row
+
+
+def read_dump(path: Path) -> np.ndarray:
+    return np.loadtxt(path, skiprows=9, ndmin=2)
+
+
+def results(d: Path, atoms: Atoms, tag: str, dump: str | None = None,
+            row: np.ndarray | None = None) -> dict:
+    """Energy, per-atom energies, forces and stress (ASE frame/sign/order) of a run, plus the
+    global virial and the sum of per-atom virials (LAMMPS frame, eV)."""
+    if row is None:
+        row = thermo_rows(d / f"log.{tag}")[0]
+    dmp = read_dump(d / f"{dump or tag}.dump")
+    prism = Prism(atoms.cell.array, pbc=atoms.pbc)
+    p = np.zeros((3, 3))
+    p[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]] = row[2:8]
+    p = p + np.triu(p, 1).T
+    s = -(prism.rot_mat @ p @ prism.rot_mat.T) / BAR_PER_EV_A3
+    vol = row[8]
+    return {
+        "energy": row[1],
+        "energies": dmp[:, 7],
+        "forces": prism.vector_to_ase(dmp[:, 4:7]),
+        "stress": s[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]],
+        "ids": dmp[:, 0].astype(int),
+        "positions": dmp[:, 1:4],
+        # virial (eV): pressure * volume, and minus the sum of per-atom stresses (bar Å^3)
+        "virial": row[2:8] * vol / BAR_PER_EV_A3,
+        "virial_atoms": -row[9:15] / BAR_PER_EV_A3,
+        "virial_centroid_diag": -row[15:18] / BAR_PER_EV_A3,
+    }
+
+
+def deck_for(lib: Path, data: Path, pair: str, body: str = "", boundary: str = "p p p",
+             before_read: str = "", newton: str = "on", dump: str = "run") -> str:
+    return (HEADER.format(lib=lib, newton=newton, boundary=boundary, before_read=before_read,
+                          data=data, pair=pair)
+            + DUMP.format(name=dump) + (body or "run 0\n"))
+
+
+def ase_reference(model, atoms: Atoms, dtype: str = "float64") -> dict:
+    a = atoms.copy()
+    a.calc = FacetCalculator(model, dtype=dtype)
+    return {"energy": a.get_potential_energy(), "energies": a.get_potential_energies(),
+            "forces": a.get_forces(), "stress": a.get_stress() if a.pbc.all() else None}
+
+
+def assert_ref(res: dict, ref: dict) -> None:
+    if ref["stress"] is None:  # not periodic in every direction: ASE gives no stress
+        ref = {**ref, "stress": res["stress"]}
+    assert_matches_reference(res, ref["energy"], ref["energies"], ref["forces"], ref["stress"])
+
+
+# -- fixtures --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory, lib):
+    """A random 2-layer tiny model (Cu, Au, Ag), its plugin file, a triclinic 3-element cell and
+    its ASE reference."""
+    d = tmp_path_factory.mktemp("plugin")
+    model = randomized_model(facet.facet_tiny(["Cu", "Au", "Ag"]), seed=3)
+    facet.save_model(model, d / "model.pt")
+    assert deploy_main([str(d / "model.pt"), "--format", "plugin", "-o",
+                        str(d / "model-plugin.pt")]) == 0
+    atoms = lammps_frame(triclinic_alloy(seed=5, repeat=(3, 3, 3)))
+    atoms.symbols[::7] = "Ag"
+    data = write_data(d, atoms, ["Cu", "Au", "Ag"], "alloy")
+    return {"d": d, "model": model, "file": d / "model-plugin.pt", "atoms": atoms,
+            "data": data, "ref": ase_reference(model, atoms)}
+
+
+# -- build, registration, facet-deploy ----------------------------------------------------------
+
+
+def test_style_registered(lib, lmp_exe, tmp_path):
+    """`plugin load` only logs a failed dlopen: check that the style is really there."""
+    deck = f"plugin load {lib}\nplugin list\n"
+    rc, out = run_lmp(tmp_path, lmp_exe, deck, tag="list")
+    assert "pair style plugin facet" in out
+    # a wrong path is only a log line; then pair_style facet is unknown
+    deck = "plugin load /nonexistent/facetplugin.so\nunits metal\npair_style facet x.pt\n"
+    rc, out = run_lmp(tmp_path, lmp_exe, deck, tag="nolib", check=False)
+    assert rc != 0 and "Unrecognized pair style" in out
+
+
+def test_build_script_is_cached(lib):
+    """./setup.sh runs deploy/build_plugin.sh every time: with nothing changed it is a cache hit
+    (seconds) and still checks that the style registers."""
+    import time
+
+    t0 = time.time()
+    proc = subprocess.run(["bash", str(REPO / "deploy" / "build_plugin.sh")], env=env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "cached build found" in proc.stdout and "smoke test passed" in proc.stdout
+    assert time.time() - t0 < 60
+    assert plugin_library() == lib
+
+
+def test_deploy_plugin_prints_deck_lines(tiny_model, tmp_path, capsys, lib):
+    ckpt = facet.save_model(tiny_model, tmp_path / "m.pt")
+    assert deploy_main([str(ckpt), "--format", "plugin", "--dtype", "float32"]) == 0
+    out = capsys.readouterr().out
+    written = tmp_path / "m-plugin.pt"
+    assert f"  plugin load {lib}\n" in out
+    assert f"  pair_style facet {written}\n" in out
+    assert "  pair_coeff * * Cu Au\n" in out
+    extra = {METADATA_FILE: ""}
+    module = torch.jit.load(str(written), _extra_files=extra)
+    meta = json.loads(extra[METADATA_FILE])
+    assert meta["format"] == "facet-lammps-plugin" and meta["format_version"] == 1
+    assert meta["elements"] == ["Cu", "Au"] and meta["dtype"] == "float32"
+    assert meta["num_layers"] == tiny_model.num_interactions
+    assert meta["feature_dims"] == tiny_model.feature_dims
+    assert meta["r_max"] == tiny_model.r_max
+    for name in ("embed", "edge_features", "layer", "layer_forward_chunked",
+                 "layer_backward_chunked", "readout"):
+        assert hasattr(module, name)
+    # -o names the output
+    assert deploy_main([str(ckpt), "--format", "plugin", "-o", str(tmp_path / "x.pt")]) == 0
+    assert f"pair_style facet {tmp_path / 'x.pt'}" in capsys.readouterr().out
+
+
+# -- parity --------------------------------------------------------------------------------------
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("nproc", [1, 2, 3, 4])
+def test_matches_ase(work, lmp_exe, nproc):
+    """Triclinic 3-element cell; also the per-atom virials (stress/atom, and the diagonal of
+    centroid/stress/atom) sum to the global virial."""
+    d = work["d"]
+    tag = f"par{nproc}"
+    deck = deck_for(plugin_library(), work["data"], pair_lines(work["file"], ["Cu", "Au", "Ag"]),
+                    dump=tag)
+    run_lmp(d, lmp_exe, deck, nproc, tag=tag)
+    res = results(d, work["atoms"], tag)
+    assert_ref(res, work["ref"])
+    np.testing.assert_allclose(res["virial_atoms"], res["virial"], rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(res["virial_centroid_diag"], res["virial"][:3], rtol=1e-10,
+                               atol=1e-10)
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_recomputing_evaluation_matches_ase(work, lmp_exe, nproc):
+    """The chunked, recomputing evaluation forced at every call (pair_style keywords)."""
+    d = work["d"]
+    tag = f"rec{nproc}"
+    pair = pair_lines(work["file"], ["Cu", "Au", "Ag"], "chunk_edges 150 single_pass_edges 0")
+    run_lmp(d, lmp_exe, deck_for(plugin_library(), work["data"], pair, dump=tag), nproc, tag=tag)
+    assert "recomputing evaluation in chunks of 150 pairs above 0 pairs" in \
+        (d / f"log.{tag}").read_text()
+    res = results(d, work["atoms"], tag)
+    assert_ref(res, work["ref"])
+    np.testing.assert_allclose(res["virial_atoms"], res["virial"], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.mpi
+def test_plugin_equals_mliap_plain_and_kokkos_paths(work, lmp_exe):
+    """The same structure through the plugin, ML-IAP's plain path and its KOKKOS path (2 ranks)."""
+    d = work["d"]
+    from test_kokkos_bridge import has_kokkos
+
+    assert deploy_main([str(d / "model.pt"), "-o", str(d / "model-mliap.pt")]) == 0
+    # the same input everywhere (extxyz rounds positions to 1e-8 Å)
+    ase.io.write(d / "alloy.xyz", work["atoms"])
+    atoms = ase.io.read(d / "alloy.xyz")
+    data = write_data(d, atoms, ["Cu", "Au", "Ag"], "eq")
+    run_lmp(d, lmp_exe, deck_for(plugin_library(), data,
+                                 pair_lines(work["file"], ["Cu", "Au", "Ag"]), dump="eq"),
+            2, tag="eq")
+    plugin = results(d, atoms, "eq")
+    paths = {"plain": run_driver(2, d / "model-mliap.pt", d / "alloy.xyz", d / "plain.json")}
+    if has_kokkos():
+        paths["kokkos"] = run_driver(2, d / "model-mliap.pt", d / "alloy.xyz", d / "kk.json",
+                                     "--kokkos")
+    for name, other in paths.items():
+        # (the driver's total energy comes from LAMMPS' thermo output, rounded to 9 digits)
+        assert abs(plugin["energy"] - other["energy"]) < 1e-7, name
+        assert abs(plugin["energies"].sum() - other["energies"].sum()) < 1e-9, name
+        np.testing.assert_allclose(plugin["energies"], other["energies"], atol=1e-10)
+        np.testing.assert_allclose(plugin["forces"], other["forces"], atol=1e-9)
+        np.testing.assert_allclose(plugin["stress"], other["stress"], atol=1e-10)
+    assert "kokkos" in paths or not os.environ.get("CI")
+
+
+@pytest.mark.mpi
+def test_float32_model(work, lmp_exe):
+    d = work["d"]
+    assert deploy_main([str(d / "model.pt"), "--format", "plugin", "--dtype", "float32", "-o",
+                        str(d / "f32-plugin.pt")]) == 0
+    run_lmp(d, lmp_exe, deck_for(plugin_library(), work["data"],
+                                 pair_lines(d / "f32-plugin.pt", ["Cu", "Au", "Ag"]),
+                                 dump="f32"), 2, tag="f32")
+    res = results(d, work["atoms"], "f32")
+    ref = ase_reference(facet.load_model(d / "model.pt", dtype=torch.float32), work["atoms"],
+                        "float32")
+    assert "float32 on cpu" in (d / "log.f32").read_text()
+    assert abs(res["energy"] - ref["energy"]) / len(work["atoms"]) < 1e-5
+    np.testing.assert_allclose(res["forces"], ref["forces"], atol=1e-4)
+    np.testing.assert_allclose(res["stress"], ref["stress"], atol=1e-5)
+
+
+@pytest.mark.mpi
+def test_shipped_model_element_order_differs(lmp_exe, lib, tmp_path):
+    """The shipped 7-element model with LAMMPS types Au, Ni, Cu (not the model's order)."""
+    assert deploy_main([str(SHIPPED), "--format", "plugin", "-o",
+                        str(tmp_path / "emt-plugin.pt")]) == 0
+    rng = np.random.default_rng(7)
+    atoms = bulk("Cu", "fcc", a=3.65, cubic=True).repeat((3, 3, 3))
+    atoms.positions += 0.05 * rng.standard_normal(atoms.positions.shape)
+    atoms.symbols[rng.random(len(atoms)) < 0.3] = "Au"
+    atoms.symbols[rng.random(len(atoms)) < 0.15] = "Ni"
+    atoms = lammps_frame(atoms)
+    species = ["Au", "Ni", "Cu"]
+    data = write_data(tmp_path, atoms, species, "emt")
+    run_lmp(tmp_path, lmp_exe, deck_for(lib, data, pair_lines(tmp_path / "emt-plugin.pt",
+                                                              species), dump="emt"),
+            2, tag="emt")
+    assert "1->Au 2->Ni 3->Cu" in (tmp_path / "log.emt").read_text()
+    res = results(tmp_path, atoms, "emt")
+    assert_ref(res, ase_reference(facet.load_model(SHIPPED), atoms))
+
+
+# -- dynamics ------------------------------------------------------------------------------------
+
+
+@pytest.mark.mpi
+def test_nve_same_on_1_and_2_ranks(work, lmp_exe):
+    """20 NVE steps re-neighbouring every 5 (the exchange's send lists change and are reused in
+    between): the same trajectory on 1 and 2 ranks, and the last step's forces equal ASE's on
+    the last positions."""
+    d = work["d"]
+    body = ("velocity all create 600.0 4928459 mom yes rot no dist gaussian loop geom\n"
+            "neigh_modify every 5 delay 0 check no\n"
+            "fix nve all nve\ntimestep 0.002\nundump {tag}\n"
+            "dump fin all custom 20 {tag}.final id x y z vx vy vz fx fy fz\n"
+            "dump_modify fin sort id format float %.15g\nrun 20\n")
+    out = []
+    for p in (1, 2):
+        tag = f"nve{p}"
+        run_lmp(d, lmp_exe, deck_for(plugin_library(), work["data"],
+                                     pair_lines(work["file"], ["Cu", "Au", "Ag"]), dump=tag,
+                                     body=body.format(tag=tag)), p, tag=tag)
+        log = (d / f"log.{tag}").read_text()
+        assert re.search(r"Neighbor list builds = 4\b", log), "expected 4 rebuilds in 20 steps"
+        lines = (d / f"{tag}.final").read_text().splitlines()
+        k = max(i for i, line in enumerate(lines) if line.startswith("ITEM: ATOMS"))
+        out.append(np.array([line.split() for line in lines[k + 1:]], dtype=float))
+    assert len(out[0]) == len(work["atoms"])
+    assert np.abs(out[0][:, 1:] - out[1][:, 1:]).max() < 1e-8
+    moved = work["atoms"].copy()
+    moved.positions = out[1][:, 1:4]  # LAMMPS' frame = the atoms' frame (lammps_frame)
+    assert np.abs(moved.positions - work["atoms"].positions).max() > 0.01
+    ref = ase_reference(work["model"], moved)
+    np.testing.assert_allclose(out[1][:, 7:10], ref["forces"], atol=1e-6)
+
+
+@pytest.mark.mpi
+def test_box_relax_matches_ase(lmp_exe, lib, tmp_path):
+    """minimize + fix box/relax reaches the energy and cell of an ASE relaxation."""
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import BFGS
+
+    cfg = facet.facet_tiny(["Cu", "Au"])
+    torch.manual_seed(0)
+    model = facet.build_model(cfg, torch.float64)  # ReZero init: smooth, well-behaved
+    with torch.no_grad():
+        model.species_shift.copy_(torch.tensor([-3.5, -3.8]))
+        for name, p in model.named_parameters():
+            if name.endswith("gain"):
+                p.fill_(0.3)
+    facet.save_model(model, tmp_path / "m.pt")
+    assert deploy_main([str(tmp_path / "m.pt"), "--format", "plugin", "-o",
+                        str(tmp_path / "m-plugin.pt")]) == 0
+    atoms = bulk("Cu", "fcc", a=3.7, cubic=True)
+    atoms.symbols[0] = "Au"
+    data = write_data(tmp_path, atoms, ["Cu", "Au"], "cu3au")
+    body = ("fix relax all box/relax aniso 0.0 vmax 0.001\nmin_style cg\n"
+            "minimize 0.0 1e-5 2000 20000\nprint \"CELL $(lx) $(ly) $(lz)\"\n")
+    _, out = run_lmp(tmp_path, lmp_exe, deck_for(lib, data, pair_lines(tmp_path / "m-plugin.pt",
+                                                                      ["Cu", "Au"]), body=body),
+                     2, tag="relax")
+    cell = [float(v) for v in re.findall(r"^CELL (\S+) (\S+) (\S+)", out, re.M)[-1]]
+    energy = last_thermo_row(tmp_path / "log.relax")[1]
+    ref = atoms.copy()
+    ref.calc = FacetCalculator(model)
+    BFGS(FrechetCellFilter(ref), logfile=None).run(fmax=1e-6, steps=500)
+    assert energy == pytest.approx(ref.get_potential_energy(), abs=1e-6)
+    np.testing.assert_allclose(cell, ref.cell.cellpar()[:3], atol=2e-3)
+
+
+# -- what must just work ---------------------------------------------------------------------------
+
+
+@pytest.mark.mpi
+def test_id_gaps_and_atom_count_change_between_runs(work, lmp_exe):
+    """run 0, delete_atoms (IDs keep their gaps), run 0 again: both equal ASE."""
+    d = work["d"]
+    gone = [3, 10, 50, 77, 78]  # atom IDs (1-based)
+    body = (f"run 0\ngroup gone id {' '.join(map(str, gone))}\n"
+            "delete_atoms group gone compress no\nundump gaps\n" + DUMP.format(name="gaps2")
+            + "run 0\n")
+    run_lmp(d, lmp_exe, deck_for(plugin_library(), work["data"],
+                                 pair_lines(work["file"], ["Cu", "Au", "Ag"]), dump="gaps",
+                                 body=body), 2, tag="gaps")
+    rows = thermo_rows(d / "log.gaps")
+    assert len(rows) == 2
+    assert_ref(results(d, work["atoms"], "gaps", row=rows[0]), work["ref"])
+    keep = [i for i in range(len(work["atoms"])) if i + 1 not in gone]
+    atoms = work["atoms"][keep]
+    res = results(d, atoms, "gaps", dump="gaps2", row=rows[1])
+    np.testing.assert_array_equal(res["ids"], np.array(keep) + 1)
+    assert_ref(res, ase_reference(work["model"], atoms))
+
+
+def slab(n=(3, 3, 2), seed=1) -> Atoms:
+    """A rattled two-element fcc (111)-like slab, periodic in x and y."""
+    rng = np.random.default_rng(seed)
+    atoms = bulk("Cu", "fcc", a=3.7, cubic=True).repeat(n)
+    atoms.positions += 0.05 * rng.standard_normal(atoms.positions.shape)
+    atoms.symbols[rng.random(len(atoms)) < 0.4] = "Au"
+    return atoms
+
+
+@pytest.mark.mpi
+def test_rank_without_atoms_or_ghosts(work, lmp_exe):
+    """`boundary p p f`, `processors 1 1 2`, a slab only in the lower part of the box: the upper
+    rank owns no atoms and sees no ghosts, and still runs every exchange."""
+    d = work["d"]
+    atoms = slab()
+    atoms.positions[:, 2] += 1.0
+    atoms.set_cell([atoms.cell[0, 0], atoms.cell[1, 1], 40.0])
+    atoms.pbc = [True, True, False]
+    data = write_data(d, atoms, ["Cu", "Au", "Ag"], "lowslab")
+    run_lmp(d, lmp_exe, deck_for(plugin_library(), data,
+                                 pair_lines(work["file"], ["Cu", "Au", "Ag"]), dump="lowslab",
+                                 boundary="p p f", before_read="processors 1 1 2"),
+            2, tag="lowslab")
+    log = (d / "log.lowslab").read_text()
+    assert re.search(r"Nlocal:.*\s0 min", log) and re.search(r"Nghost:.*\s0 min", log)
+    res = results(d, atoms, "lowslab")
+    assert_ref(res, ase_reference(work["model"], atoms))
+
+
+@pytest.mark.mpi
+def test_slab_vacuum_thin_subdomains_and_tiled_comm(work, lmp_exe):
+    """A slab in a periodic box with vacuum, cut by processor planes (processors 1 1 3: one rank
+    in the vacuum), with sub-domains thinner than the ghost cutoff in x (processors 3 1 1:
+    several swaps per direction), and with `comm_style tiled` + `balance rcb`."""
+    d = work["d"]
+    atoms = slab()
+    atoms.positions[:, 2] += 10.0
+    atoms.set_cell([atoms.cell[0, 0], atoms.cell[1, 1], 40.0])
+    data = write_data(d, atoms, ["Cu", "Au", "Ag"], "vacslab")
+    ref = ase_reference(work["model"], atoms)
+    for before, tag in (("processors 1 1 3", "vac113"), ("processors 3 1 1", "vac311"),
+                        ("comm_style tiled", "tiled")):
+        pair = pair_lines(work["file"], ["Cu", "Au", "Ag"])
+        if tag == "tiled":  # recursive bisection: sub-domains of uneven shape
+            pair += "\nbalance 1.0 rcb"
+        run_lmp(d, lmp_exe, deck_for(plugin_library(), data, pair, dump=tag,
+                                     before_read=before), 3, tag=tag)
+        assert_ref(results(d, atoms, tag), ref)
+    # x is 11.1 Å over 3 ranks: 3.7 Å sub-domains against a 6 Å ghost cutoff (r_max 4 + skin 2)
+    assert atoms.cell[0, 0] / 3 < work["model"].r_max + 2.0
+
+
+@pytest.mark.mpi
+def test_null_type_under_hybrid_overlay(work, lmp_exe):
+    """`pair_coeff * * facet Cu Au NULL`: Ag atoms get nothing from the model."""
+    d, atoms = work["d"], work["atoms"]
+    pair = (f"pair_style hybrid/overlay facet {work['file']} zero 5.0\n"
+            "pair_coeff * * facet Cu Au NULL\npair_coeff * * zero")
+    run_lmp(d, lmp_exe, deck_for(plugin_library(), work["data"], pair, dump="null"), 2,
+            tag="null")
+    res = results(d, atoms, "null")
+    is_ag = np.array(atoms.get_chemical_symbols()) == "Ag"
+    ref = ase_reference(work["model"], atoms[~is_ag])
+    assert abs(res["energy"] - ref["energy"]) / len(atoms) < 1e-8
+    np.testing.assert_allclose(res["forces"][~is_ag], ref["forces"], atol=1e-6)
+    np.testing.assert_array_equal(res["forces"][is_ag], 0.0)
+    np.testing.assert_allclose(res["energies"][~is_ag], ref["energies"], atol=1e-8)
+    np.testing.assert_array_equal(res["energies"][is_ag], 0.0)
+    np.testing.assert_allclose(res["stress"], ref["stress"], atol=1e-6)
+    np.testing.assert_allclose(res["virial_atoms"], res["virial"], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.mpi
+def test_write_restart_read_restart(work, lmp_exe):
+    """write_restart, then read_restart in a new run: the pair style is not stored in the
+    restart (restartinfo 0), the deck repeats pair_style/pair_coeff; same numbers."""
+    d = work["d"]
+    body = "run 0\nwrite_restart plugin.restart\n"
+    run_lmp(d, lmp_exe, deck_for(plugin_library(), work["data"],
+                                 pair_lines(work["file"], ["Cu", "Au", "Ag"]), dump="wr",
+                                 body=body), 2, tag="wr")
+    deck = (f"plugin load {plugin_library()}\nread_restart plugin.restart\n"
+            + pair_lines(work["file"], ["Cu", "Au", "Ag"]) + "\n"
+            + HEADER.split("{pair}\n")[1] + DUMP.format(name="rr") + "run 0\n")
+    run_lmp(d, lmp_exe, deck, 2, tag="rr")
+    first = results(d, work["atoms"], "wr", dump="wr")
+    again = results(d, work["atoms"], "rr")
+    assert again["energy"] == pytest.approx(first["energy"], abs=1e-9)
+    np.testing.assert_allclose(again["forces"], first["forces"], atol=1e-10)
+    assert_ref(again, work["ref"])
+
+
+# -- bad input: a LAMMPS error that says what to do -----------------------------------------------
+
+BAD = """plugin load {lib}
+units metal
+atom_style atomic
+{newton}
+lattice fcc 3.7
+region box block 0 3 0 3 0 3
+create_box 2 box
+create_atoms 1 box
+set type 1 type/fraction 2 0.3 1234
+mass * 63.5
+pair_style facet {model} {extra}
+pair_coeff * * {elements}
+run 0
+"""
+
+
+def run_bad(work, lmp_exe, **kw) -> tuple[int, str]:
+    fields = {"lib": plugin_library(), "newton": "newton on", "model": work["file"],
+              "elements": "Cu Au", "extra": ""}
+    fields.update(kw)
+    d = work["d"]
+    (d / "in.bad").write_text(BAD.format(**fields))
+    proc = subprocess.run([str(lmp_exe), "-in", "in.bad", "-log", "none"], cwd=d, env=env(),
+                          capture_output=True, text=True, timeout=300)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def test_good_bad_deck_runs(work, lmp_exe):
+    rc, out = run_bad(work, lmp_exe)
+    assert rc == 0, out[-2000:]
+
+
+def test_missing_model_file(work, lmp_exe):
+    rc, out = run_bad(work, lmp_exe, model="/nonexistent/m-plugin.pt")
+    assert rc != 0 and "cannot open model file /nonexistent/m-plugin.pt" in out
+    assert "--format plugin" in out
+
+
+def test_corrupt_model_file(work, lmp_exe):
+    d = work["d"]
+    data = work["file"].read_bytes()
+    (d / "corrupt-plugin.pt").write_bytes(data[: len(data) // 3])
+    rc, out = run_bad(work, lmp_exe, model=d / "corrupt-plugin.pt")
+    assert rc != 0 and "not a readable Facet plugin file" in out and "--format plugin" in out
+
+
+def test_mliap_file_is_refused(work, lmp_exe):
+    d = work["d"]
+    assert deploy_main([str(d / "model.pt"), "-o", str(d / "other-mliap.pt")]) == 0
+    rc, out = run_bad(work, lmp_exe, model=d / "other-mliap.pt")
+    assert rc != 0 and "not a readable Facet plugin file" in out
+
+
+def test_other_format_version_is_refused(work, lmp_exe):
+    d = work["d"]
+    extra = {METADATA_FILE: ""}
+    module = torch.jit.load(str(work["file"]), _extra_files=extra)
+    meta = json.loads(extra[METADATA_FILE])
+    meta["format_version"] = 2
+    torch.jit.save(module, str(d / "v2-plugin.pt"), _extra_files={METADATA_FILE: json.dumps(meta)})
+    rc, out = run_bad(work, lmp_exe, model=d / "v2-plugin.pt")
+    assert rc != 0 and "format version 2, this plugin reads version 1" in out
+    assert "rebuild the plugin" in out
+    # a TorchScript file without our metadata
+    torch.jit.save(module, str(d / "nometa-plugin.pt"))
+    rc, out = run_bad(work, lmp_exe, model=d / "nometa-plugin.pt")
+    assert rc != 0 and "without Facet plugin metadata" in out
+
+
+def test_unknown_element(work, lmp_exe):
+    rc, out = run_bad(work, lmp_exe, elements="Cu Pt")
+    assert rc != 0 and "element Pt (atom type 2) is not in the Facet model" in out
+    assert "Cu Au Ag" in out
+
+
+def test_newton_off(work, lmp_exe):
+    rc, out = run_bad(work, lmp_exe, newton="newton off")
+    assert rc != 0 and "requires newton pair on" in out and "newton on" in out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_device_without_gpu(work, lmp_exe):
+    rc, out = run_bad(work, lmp_exe, extra="device cuda")
+    assert rc != 0 and "libtorch sees no GPU" in out and "device cpu" in out
+
+
+def test_cuda_file_runs_on_cpu_with_cpu_chunking(work, lmp_exe):
+    """A file written for CUDA runs with `device cpu`, with the CPU's chunking defaults (the
+    file carries them for each device type)."""
+    d = work["d"]
+    assert deploy_main([str(d / "model.pt"), "--format", "plugin", "--device", "cuda", "-o",
+                        str(d / "cuda-plugin.pt")]) == 0
+    rc, out = run_bad(work, lmp_exe, model=d / "cuda-plugin.pt", extra="device cpu")
+    assert rc == 0, out[-2000:]
+    assert "float64 on cpu" in out and "chunks of 4096 pairs above 16384 pairs" in out
+
+
+def test_bad_keyword(work, lmp_exe):
+    rc, out = run_bad(work, lmp_exe, extra="chunk 5")
+    assert rc != 0 and "unknown keyword chunk" in out
