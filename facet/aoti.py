@@ -272,10 +272,12 @@ def build_package(model, path: str | os.PathLike | None = None, *, programs: str
     for name, ep in eps.items():
         t0 = time.perf_counter()
         args, kwargs = ep.example_inputs
+        # no aot_inductor.model_name_for_generated_files: with a fixed name, torch 2.13 reuses
+        # a same-named wrapper left in its cache directory by an earlier compile of the same
+        # graph code (another model's weight shapes and values: wrong numbers or index errors)
         with inductor_workarounds():
-            files[name] = torch._inductor.aot_compile(
-                ep.module(), args, kwargs,
-                options={**options, "aot_inductor.model_name_for_generated_files": name})
+            files[name] = torch._inductor.aot_compile(ep.module(), args, kwargs,
+                                                      options=options)
         if log:
             log(f"compiled {name} ({time.perf_counter() - t0:.0f} s)")
     buf = io.BytesIO()

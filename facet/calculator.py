@@ -30,8 +30,8 @@ class FacetCalculator(Calculator):
     """Energy, free energy, per-atom energies, forces and stress from a Facet model.
 
     Args:
-        model: a ``Facet`` module, a checkpoint path, or an AOTInductor package path
-            (``.pt2``, from ``facet-deploy --format aoti``); None with ``package``.
+        model: a ``Facet`` module, a checkpoint path, or an AOTInductor package (a ``.pt2``
+            path from ``facet-deploy --format aoti``, or its bytes); None with ``package``.
         dtype: ``"float64"`` (default, for reference numbers) or ``"float32"`` (faster); a
             package runs in the dtype it was compiled for. A
             module in another dtype is evaluated through a copy rebuilt in this one
@@ -71,7 +71,8 @@ class FacetCalculator(Calculator):
     ) -> None:
         super().__init__(**kwargs)
         self.device = torch.device(device)
-        if isinstance(model, (str, os.PathLike)) and str(model).endswith(".pt2"):
+        if isinstance(model, (bytes, bytearray)) or (
+                isinstance(model, (str, os.PathLike)) and str(model).endswith(".pt2")):
             package, model = model, None
             backend = backend or "aoti"
         if package is not None:
