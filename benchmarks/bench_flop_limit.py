@@ -16,7 +16,8 @@ Measures, in the same process and interleaved:
    with the caller's thread count, ``facet-deploy --threads 0``).
 
 Packages are built once per dtype into ``--package-dir`` (Facet-S: ~10-20 CPU-minutes each for all
-programs) and reused. Results: a table on stdout and a JSON line.
+programs, a few for ``--aoti-programs single``) and reused. Results: a table on stdout and a JSON
+line.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_flop_limit.py --dtype float32
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_flop_limit.py --dtype float64 \
@@ -130,7 +131,7 @@ def model_shapes(model) -> dict[str, tuple[int, int, int, int]]:
     nb = layer.interaction.radial.coefficients.shape[0]
     shapes = {}
     m_slots = 80  # neighbour slots per atom of fcc Cu at r_max 5 Å (78 neighbours)
-    for start, mul, d1, k_total, *_ in tp.blocks[:2]:
+    for _start, mul, d1, k_total, *_ in tp.blocks[:2]:
         shapes[f"TP bmm 108x({nb * k_total}x{m_slots * d1})@({m_slots * d1}x{mul})"] = (
             108, nb * k_total, m_slots * d1, mul)
     mix = layer.mix
@@ -157,6 +158,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--package-dir", default=os.path.join(HERE, "results", "aoti"))
     ap.add_argument("--package", default=None, help="use this .pt2 (must match model/dtype)")
+    ap.add_argument("--aoti-programs", default="all", choices=["all", "single"],
+                    help="programs to compile: all (single pass up to 16384 pairs, per-layer "
+                         "chunks above) or single (energy_forces only: single pass at every "
+                         "size; one program, a few CPU-minutes to compile)")
     a = ap.parse_args()
     dt = getattr(torch, a.dtype)
     threads = [int(t) for t in a.threads.split(",")]
@@ -170,10 +175,12 @@ def main() -> None:
     if any(v.startswith("aoti") for v in variants):
         from facet.aoti import build_package
 
-        path = a.package or os.path.join(a.package_dir, f"facet-{a.model}-{a.dtype}.pt2")
+        path = a.package or os.path.join(
+            a.package_dir, f"facet-{a.model}-{a.dtype}-{a.aoti_programs}.pt2")
         if not os.path.exists(path):
             t0, c0 = time.perf_counter(), time.process_time()
-            build_package(model, path, log=lambda s: print("  " + s, flush=True))
+            build_package(model, path, programs=a.aoti_programs,
+                          log=lambda s: print("  " + s, flush=True))
             print(f"built {path}: {time.perf_counter() - t0:.0f} s wall, "
                   f"{time.process_time() - c0:.0f} s CPU in this process (+ the compiler's)",
                   flush=True)

@@ -144,8 +144,8 @@ def run(args) -> list[dict]:
                 print(f"graph capture failed at {n_atoms} atoms: {exc}", flush=True)
                 capture_s = float("nan")
             if package is not None:
-                calls["aoti"] = lambda sp=sp, c=c, nb=nb, rij=rij: package(sp, c, nb, rij,
-                                                                            len(sp))
+                calls["aoti"] = lambda sp=sp, c=c, nb=nb, rij=rij, p=package: p(sp, c, nb, rij,
+                                                                                len(sp))
             ref_e, ref_g = (t.detach() for t in calls["eager"]())
             row = {"device": str(device), "dtype": dtn, "n": n_atoms, "pairs": len(c),
                    "graph_capture_s": capture_s}

@@ -56,6 +56,7 @@ import torch
 
 from facet.chunks import resolve_chunking, row_chunks
 from facet.errors import FacetError
+from facet.jitcompat import quiet_torchscript
 from facet.tensor_product import neighbour_slots
 
 FORMAT = "facet-aoti"
@@ -275,7 +276,8 @@ def build_package(model, path: str | os.PathLike | None = None, *, programs: str
         # no aot_inductor.model_name_for_generated_files: with a fixed name, torch 2.13 reuses
         # a same-named wrapper left in its cache directory by an earlier compile of the same
         # graph code (another model's weight shapes and values: wrong numbers or index errors)
-        with inductor_workarounds():
+        # (quiet_torchscript: torch's own compile path touches torch.jit.script_method)
+        with inductor_workarounds(), quiet_torchscript():
             files[name] = torch._inductor.aot_compile(ep.module(), args, kwargs,
                                                       options=options)
         if log:
