@@ -162,6 +162,10 @@ def main() -> None:
                     help="programs to compile: all (single pass up to 16384 pairs, per-layer "
                          "chunks above) or single (energy_forces only: single pass at every "
                          "size; one program, a few CPU-minutes to compile)")
+    ap.add_argument("--aoti-threads", type=int, default=1,
+                    help="the package's CPU kernels: 1 (default: serial code, no OpenMP; "
+                         "~25 %% less CPU time per call than 0 at 1 thread, measured) or 0 (the "
+                         "caller's thread count at run time, for --threads 2)")
     a = ap.parse_args()
     dt = getattr(torch, a.dtype)
     threads = [int(t) for t in a.threads.split(",")]
@@ -176,10 +180,10 @@ def main() -> None:
         from facet.aoti import build_package
 
         path = a.package or os.path.join(
-            a.package_dir, f"facet-{a.model}-{a.dtype}-{a.aoti_programs}.pt2")
+            a.package_dir, f"facet-{a.model}-{a.dtype}-{a.aoti_programs}-t{a.aoti_threads}.pt2")
         if not os.path.exists(path):
             t0, c0 = time.perf_counter(), time.process_time()
-            build_package(model, path, programs=a.aoti_programs,
+            build_package(model, path, programs=a.aoti_programs, threads=a.aoti_threads,
                           log=lambda s: print("  " + s, flush=True))
             print(f"built {path}: {time.perf_counter() - t0:.0f} s wall, "
                   f"{time.process_time() - c0:.0f} s CPU in this process (+ the compiler's)",
