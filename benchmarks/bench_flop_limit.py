@@ -164,7 +164,7 @@ def main() -> None:
                          "size; one program, a few CPU-minutes to compile)")
     ap.add_argument("--aoti-threads", type=int, default=1,
                     help="the package's CPU kernels: 1 (default: serial code, no OpenMP; "
-                         "~25 %% less CPU time per call than 0 at 1 thread, measured) or 0 (the "
+                         "20-30 %% less CPU time per call than 0 at 1 thread, measured) or 0 (the "
                          "caller's thread count at run time, for --threads 2)")
     a = ap.parse_args()
     dt = getattr(torch, a.dtype)

@@ -49,7 +49,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0,
                    help="aoti: fix the CPU kernels' thread count (default 0: the caller's "
                         "OpenMP/torch thread count at run time; 1: serial kernels without "
-                        "OpenMP, about 25%% less CPU time per call at 1 thread per rank)")
+                        "OpenMP, 20-30%% less CPU time per call at 1 thread per rank, measured)")
     p.add_argument("--dtype", choices=["float64", "float32"], default="float64",
                    help="precision of the frozen model (float64: reference numbers)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
