@@ -30,11 +30,20 @@ class FacetCalculator(Calculator):
     """Energy, free energy, per-atom energies, forces and stress from a Facet model.
 
     Args:
-        model: a ``Facet`` module or a checkpoint path.
-        dtype: ``"float64"`` (default, for reference numbers) or ``"float32"`` (faster). A
+        model: a ``Facet`` module, a checkpoint path, or an AOTInductor package (a ``.pt2``
+            path from ``facet-deploy --format aoti``, or its bytes); None with ``package``.
+        dtype: ``"float64"`` (default, for reference numbers) or ``"float32"`` (faster); a
+            package runs in the dtype it was compiled for. A
             module in another dtype is evaluated through a copy rebuilt in this one
             (``facet.model.with_dtype``): later changes to its weights do not reach the copy.
         device: torch device string.
+        backend: ``"eager"`` (default), ``"torchscript"`` (the TorchScript-compiled contract,
+            same numbers; ``script=True`` says the same) or ``"aoti"`` (an AOTInductor package,
+            ``facet.aoti``: about 2x faster on CPUs, no TorchScript). With ``"aoti"``, pass the
+            package as ``package`` (path or bytes) or as ``model`` (a ``.pt2`` path); without one
+            it is compiled here from ``model`` (minutes; ``facet-deploy --format aoti`` builds
+            it once).
+        package: the AOTInductor package for ``backend="aoti"``.
         script: evaluate the TorchScript-compiled contract instead of the eager module (same
             numbers; what LAMMPS runs).
         frozen: an already frozen contract (e.g. ``facet.freeze.from_bytes`` of a deployed
@@ -49,18 +58,36 @@ class FacetCalculator(Calculator):
 
     def __init__(
         self,
-        model: Facet | str | os.PathLike,
-        dtype: str | torch.dtype = "float64",
+        model: Facet | str | os.PathLike | None,
+        dtype: str | torch.dtype | None = None,
         device: str = "cpu",
         script: bool = False,
         frozen: torch.jit.ScriptModule | None = None,
         chunk_edges: int | None = None,
         single_pass_edges: int | None = None,
+        backend: str | None = None,
+        package: str | os.PathLike | bytes | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        self.dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         self.device = torch.device(device)
+        if isinstance(model, (bytes, bytearray)) or (
+                isinstance(model, (str, os.PathLike)) and str(model).endswith(".pt2")):
+            package, model = model, None
+            backend = backend or "aoti"
+        if package is not None:
+            backend = backend or "aoti"
+        backend = backend or ("torchscript" if script else "eager")
+        if backend not in ("eager", "torchscript", "aoti"):
+            raise ValueError(f"backend must be 'eager', 'torchscript' or 'aoti', not {backend!r}")
+        if package is not None and backend != "aoti":
+            raise ValueError("an AOTInductor package needs backend='aoti'")
+        self.backend = backend
+        if backend == "aoti" and package is not None:
+            self._init_package(package, dtype, chunk_edges, single_pass_edges)
+            return
+        self.dtype = getattr(torch, dtype or "float64") if not isinstance(dtype, torch.dtype) \
+            else dtype
         if isinstance(model, (str, os.PathLike)):
             model = load_model(model, dtype=self.dtype)
         else:
@@ -70,12 +97,33 @@ class FacetCalculator(Calculator):
         self.potential = FacetPotential(self.model)
         if frozen is not None:
             self.potential = frozen.to(self.device)
-        elif script:
+        elif backend == "torchscript":
             from facet.freeze import script_potential
 
             self.potential = script_potential(self.model)
+        elif backend == "aoti":
+            from facet.aoti import build_package
+
+            self._init_package(build_package(self.model, device=self.device.type), None,
+                               chunk_edges, single_pass_edges)
+            return
         self.potential.chunk_edges, self.potential.single_pass_edges = resolve_chunking(
             self.device.type, chunk_edges, single_pass_edges)
+
+    def _init_package(self, package, dtype, chunk_edges, single_pass_edges) -> None:
+        """Run an AOTInductor package (``facet.aoti.AOTIPotential``); the config, elements and
+        cutoff come from its metadata."""
+        from facet.aoti import AOTIPotential
+        from facet.config import FacetConfig
+
+        self.potential = AOTIPotential(package, self.device, chunk_edges, single_pass_edges)
+        self.dtype = self.potential.dtype
+        if dtype is not None and (getattr(torch, dtype) if isinstance(dtype, str) else dtype) \
+                != self.dtype:
+            raise ValueError(f"this package was compiled for {self.potential.meta['dtype']}, "
+                             f"not {dtype}: build one in that dtype (facet-deploy --dtype)")
+        self.model = None
+        self.config = FacetConfig.from_dict(self.potential.meta["config"])
 
     def calculate(self, atoms: Atoms | None = None, properties=None, system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)

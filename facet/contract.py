@@ -16,6 +16,7 @@ from torch import nn
 
 from facet.chunks import resolve_chunking
 from facet.model import Facet
+from facet.tensor_product import neighbour_slots
 
 
 class FacetPotential(nn.Module):
@@ -69,29 +70,8 @@ class FacetPotential(nn.Module):
     def hop_pruning(
         self, species: torch.Tensor, pair_i: torch.Tensor, pair_j: torch.Tensor, nlocal: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
-        """Atoms renumbered by hop distance from the local ones (locals keep 0..nlocal-1):
-        ``(species, centre, neighbour, used, n_out)`` with the edges ``used`` (indices into
-        the pair list) whose centre any layer needs, renumbered, and ``n_out[k]`` the number of
-        atoms layer k must output (a prefix)."""
-        n = species.shape[0]
-        n_layers = self.num_layers
-        if nlocal == n:
-            used = torch.arange(pair_i.shape[0], device=species.device)
-            return species, pair_i, pair_j, used, [n] * n_layers
-        hop = torch.full((n,), n_layers, dtype=torch.long, device=species.device)
-        hop[:nlocal] = 0
-        for d in range(1, n_layers):
-            reached = pair_j[hop[pair_i] == d - 1]
-            hop[reached] = torch.clamp(hop[reached], max=d)
-        order = torch.argsort(hop, stable=True)  # locals keep indices 0..nlocal-1
-        rank = torch.empty_like(order)
-        rank[order] = torch.arange(n, device=species.device)
-        within: list[int] = torch.cumsum(torch.bincount(hop, minlength=n_layers + 1), 0).tolist()
-        # within[k] = number of atoms with hop <= k; layer k outputs those with hop <= L-1-k
-        pi = rank[pair_i]
-        used = torch.nonzero(pi < within[n_layers - 1]).squeeze(1)
-        n_out = [int(within[n_layers - 1 - k]) for k in range(n_layers)]
-        return species[order], pi[used], rank[pair_j][used], used, n_out
+        """``hop_pruning(species, pair_i, pair_j, nlocal, num_layers)``."""
+        return hop_pruning(species, pair_i, pair_j, nlocal, self.num_layers)
 
     def local_energies(
         self,
@@ -105,12 +85,10 @@ class FacetPotential(nn.Module):
         if nlocal == species.shape[0]:
             return self.model(species, pair_i, pair_j, rij)
         sp, pi, pj, used, n_out = self.hop_pruning(species, pair_i, pair_j, nlocal)
-        sh, r = self.model.edge_features(rij[used])
-        h = self.model.embed(sp)
-        for k, layer in enumerate(self.model.layers):
-            sel = torch.nonzero(pi < n_out[k]).squeeze(1)
-            h = layer(h, sh[sel], r[sel], pi[sel], pj[sel], n_out[k])
-        return self.model.readout(h, sp[:nlocal])
+        # one neighbour-slot map; layer k takes the rows of its n_out[k] output atoms (a prefix)
+        slots = neighbour_slots(pi, n_out[0], pi.shape[0])
+        layer_slots = [slots[: n_out[k]] for k in range(self.num_layers)]
+        return self.model.forward_slots(sp, pj, rij[used], layer_slots)
 
     def recomputing(
         self,
@@ -144,6 +122,35 @@ class FacetPotential(nn.Module):
                                                 chunk, k > 0)
             g_x[:e] += g_rij
         return e_local.detach(), torch.zeros_like(rij).index_put_((used,), g_x)
+
+
+def hop_pruning(
+    species: torch.Tensor, pair_i: torch.Tensor, pair_j: torch.Tensor, nlocal: int,
+    n_layers: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+    """Atoms renumbered by hop distance from the local ones (locals keep 0..nlocal-1):
+    ``(species, centre, neighbour, used, n_out)`` with the edges ``used`` (indices into
+    the pair list) whose centre any layer needs, renumbered, and ``n_out[k]`` the number of
+    atoms layer k must output (a prefix): with L layers, layer k needs the atoms within
+    L-1-k hops of a local atom."""
+    n = species.shape[0]
+    if nlocal == n:
+        used = torch.arange(pair_i.shape[0], device=species.device)
+        return species, pair_i, pair_j, used, [n] * n_layers
+    hop = torch.full((n,), n_layers, dtype=torch.long, device=species.device)
+    hop[:nlocal] = 0
+    for d in range(1, n_layers):
+        reached = pair_j[hop[pair_i] == d - 1]
+        hop[reached] = torch.clamp(hop[reached], max=d)
+    order = torch.argsort(hop, stable=True)  # locals keep indices 0..nlocal-1
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(n, device=species.device)
+    within: list[int] = torch.cumsum(torch.bincount(hop, minlength=n_layers + 1), 0).tolist()
+    # within[k] = number of atoms with hop <= k; layer k outputs those with hop <= L-1-k
+    pi = rank[pair_i]
+    used = torch.nonzero(pi < within[n_layers - 1]).squeeze(1)
+    n_out = [int(within[n_layers - 1 - k]) for k in range(n_layers)]
+    return species[order], pi[used], rank[pair_j][used], used, n_out
 
 
 def forces_from_pair_gradients(

@@ -8,12 +8,12 @@ each in its own mode before scripting the whole, so it is used instead of a bare
 from __future__ import annotations
 
 import copy
-import io
 
 import torch
 from e3nn.util import jit as e3nn_jit
 
 from facet.contract import FacetPotential
+from facet.jitcompat import load_bytes, quiet_torchscript, save_bytes
 from facet.model import Facet
 
 
@@ -22,7 +22,8 @@ def script_potential(model: Facet) -> torch.jit.ScriptModule:
     model = copy.deepcopy(model).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    return torch.jit.script(e3nn_jit.compile(FacetPotential(model)))
+    with quiet_torchscript():  # e3nn_jit.compile scripts parts too
+        return torch.jit.script(e3nn_jit.compile(FacetPotential(model)))
 
 
 def script_model(model: Facet) -> torch.jit.ScriptModule:
@@ -32,15 +33,14 @@ def script_model(model: Facet) -> torch.jit.ScriptModule:
     model = copy.deepcopy(model).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    return torch.jit.script(e3nn_jit.compile(model))
+    with quiet_torchscript():
+        return torch.jit.script(e3nn_jit.compile(model))
 
 
 def to_bytes(module: torch.jit.ScriptModule) -> bytes:
     """Serialise a ScriptModule to bytes (``torch.jit.load(io.BytesIO(b))`` reads it back)."""
-    buf = io.BytesIO()
-    torch.jit.save(module, buf)
-    return buf.getvalue()
+    return save_bytes(module)
 
 
 def from_bytes(data: bytes, device: str | torch.device = "cpu") -> torch.jit.ScriptModule:
-    return torch.jit.load(io.BytesIO(data), map_location=device)
+    return load_bytes(data, device)

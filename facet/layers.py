@@ -13,7 +13,7 @@ from torch import nn
 from facet.config import FacetConfig
 from facet.radial import RadialWeights
 from facet.s2 import GridMLP, S2Mixing
-from facet.tensor_product import UVUTensorProduct
+from facet.tensor_product import UVUTensorProduct, neighbour_slots, pad_rows
 
 
 def uvu_instructions(
@@ -79,9 +79,25 @@ class Interaction(nn.Module):
     ) -> torch.Tensor:
         """Messages into the ``n_out`` nodes ``row_start, row_start + 1, ...``: ``centre`` counts
         from ``row_start`` (all centres must be < n_out), ``neighbour`` indexes rows of ``h``."""
-        basis = self.radial.enveloped_basis(r)
-        agg = self.tp(h, neighbour, centre, n_out, sh, basis, self.radial.coefficients)
-        rows = h[row_start : row_start + n_out]
+        slots = neighbour_slots(centre, n_out, r.shape[0])
+        return self.forward_slots(h, pad_rows(neighbour)[slots], pad_rows(sh)[slots], r, slots,
+                                  row_start)
+
+    def forward_slots(
+        self,
+        h: torch.Tensor,
+        nbr_pad: torch.Tensor,
+        y_pad: torch.Tensor,
+        r: torch.Tensor,
+        slots: torch.Tensor,
+        row_start: int = 0,
+    ) -> torch.Tensor:
+        """``forward`` for the ``n_out = slots.shape[0]`` nodes from ``row_start`` on, from the
+        neighbour-slot map ``slots`` (``facet.tensor_product.neighbour_slots``) and the per-slot
+        neighbour rows ``nbr_pad`` and harmonics ``y_pad``; ``r`` per edge."""
+        basis_pad = pad_rows(self.radial.enveloped_basis(r))[slots]
+        agg = self.tp.forward_slots(h, nbr_pad, y_pad, basis_pad, self.radial.coefficients)
+        rows = h[row_start : row_start + slots.shape[0]]
         return self.linear_out(agg * self.inv_norm) + self.resid(rows)
 
 
@@ -224,6 +240,22 @@ class FacetLayer(nn.Module):
         negative); edges must be centred on those nodes, ``centre`` counted from ``row_start``;
         neighbours may be any node of ``h``."""
         n = h.shape[0] - row_start if n_out < 0 else n_out
-        x = self.mix(self.interaction(h, sh, r, centre, neighbour, n, row_start))
+        slots = neighbour_slots(centre, n, r.shape[0])
+        return self.forward_slots(h, pad_rows(neighbour)[slots], pad_rows(sh)[slots], r, slots,
+                                  row_start)
+
+    def forward_slots(
+        self,
+        h: torch.Tensor,
+        nbr_pad: torch.Tensor,
+        y_pad: torch.Tensor,
+        r: torch.Tensor,
+        slots: torch.Tensor,
+        row_start: int = 0,
+    ) -> torch.Tensor:
+        """``forward`` from the neighbour-slot map (see ``Interaction.forward_slots``): new
+        features of the ``slots.shape[0]`` nodes from ``row_start`` on."""
+        n = slots.shape[0]
+        x = self.mix(self.interaction.forward_slots(h, nbr_pad, y_pad, r, slots, row_start))
         resid = h[row_start : row_start + n, self.pad_src] * self.pad_mask
         return self.norm(x) * self.gain[self.gain_index] + resid

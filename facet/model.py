@@ -22,6 +22,7 @@ from torch import nn
 from facet.chunks import row_chunks
 from facet.config import FacetConfig
 from facet.layers import FacetLayer
+from facet.tensor_product import neighbour_slots, pad_rows
 
 
 class Facet(nn.Module):
@@ -197,11 +198,94 @@ class Facet(nn.Module):
         neighbour: torch.Tensor,
         rij: torch.Tensor,
     ) -> torch.Tensor:
+        slots = neighbour_slots(centre, species.shape[0], rij.shape[0])
+        layer_slots: list[torch.Tensor] = []
+        for _ in range(len(self.layers)):
+            layer_slots.append(slots)
+        return self.forward_slots(species, neighbour, rij, layer_slots)
+
+    def forward_slots(
+        self,
+        species: torch.Tensor,
+        neighbour: torch.Tensor,
+        rij: torch.Tensor,
+        slots: list[torch.Tensor],
+    ) -> torch.Tensor:
+        """Per-atom energies from neighbour-slot maps instead of edge centres (no
+        data-dependent shapes: what ``facet.aoti`` exports). ``slots[k]`` ``[n_k, M]``
+        (``facet.tensor_product.neighbour_slots``) lists, for each of the ``n_k`` nodes whose
+        features layer k computes, the indices of its edges, padded with ``n_edges``;
+        ``n_0 >= n_1 >= ...`` (hop pruning: layer k outputs the first ``n_k`` nodes; usually
+        row prefixes of one map). Returns the energies of the first ``n_{L-1}`` nodes."""
         sh, r = self.edge_features(rij)
+        nbr = pad_rows(neighbour)
+        y = pad_rows(sh)
         h = self.embed(species)
-        for layer in self.layers:
-            h = layer(h, sh, r, centre, neighbour)
-        return self.readout(h, species)
+        for k, layer in enumerate(self.layers):
+            s = slots[k]
+            h = layer.forward_slots(h, nbr[s], y[s], r, s)
+        return self.readout(h, species[: h.shape[0]])
+
+    def energy_forces_slots(
+        self,
+        species: torch.Tensor,
+        neighbour: torch.Tensor,
+        rij: torch.Tensor,
+        slots: list[torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(e, dE/drij)``: the energies of ``forward_slots`` and the gradient of their sum
+        with respect to ``rij`` (the whole contract in one pass; ``facet.aoti``'s
+        ``energy_forces`` program)."""
+        rij = rij.detach().requires_grad_(True)
+        e = self.forward_slots(species, neighbour, rij, slots)
+        (g,) = torch.autograd.grad([e.sum()], [rij], allow_unused=True)
+        if g is None:
+            g = torch.zeros_like(rij)
+        return e.detach(), g
+
+    def layer_slots(
+        self,
+        index: int,
+        h: torch.Tensor,
+        neighbour: torch.Tensor,
+        rij: torch.Tensor,
+        slots: torch.Tensor,
+    ) -> torch.Tensor:
+        """Layer ``index`` from a neighbour-slot map: new features ``[n_out, d_out]`` of the
+        first ``n_out = slots.shape[0]`` rows of ``h`` (``[n_in, d_in]``, all nodes the edges
+        reach); ``neighbour`` and ``rij`` per edge, ``slots`` indexes them (padding
+        ``n_edges``). ``facet.aoti``'s ``layer{k}`` program."""
+        sh, r = self.edge_features(rij)
+        return self.layers[index].forward_slots(h, pad_rows(neighbour)[slots],
+                                                pad_rows(sh)[slots], r, slots)
+
+    def layer_slots_vjp(
+        self,
+        index: int,
+        h: torch.Tensor,
+        neighbour: torch.Tensor,
+        rij: torch.Tensor,
+        slots: torch.Tensor,
+        grad_out: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Vector-Jacobian product of ``layer_slots`` with ``grad_out`` ``[n_out, d_out]``:
+        ``(grad_h [n_in, d_in], grad_rij [n_edges, 3])``; recomputes the layer's forward
+        (``facet.aoti``'s ``layer{k}_vjp`` program, the recomputing evaluation's backward)."""
+        h = h.detach().requires_grad_(True)
+        rij = rij.detach().requires_grad_(True)
+        out = self.layer_slots(index, h, neighbour, rij, slots)
+        gh, gr = torch.autograd.grad([out], [h, rij], [grad_out], allow_unused=True)
+        return (torch.zeros_like(h) if gh is None else gh,
+                torch.zeros_like(rij) if gr is None else gr)
+
+    def readout_vjp(self, h: torch.Tensor,
+                    species: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(e, d(sum e)/dh)``: per-atom energies from the last layer's features and the
+        gradient that starts the backward pass (``facet.aoti``'s ``readout`` program)."""
+        h = h.detach().requires_grad_(True)
+        e = self.readout(h, species)
+        (g,) = torch.autograd.grad([e.sum()], [h])
+        return e.detach(), g
 
 
 @contextlib.contextmanager

