@@ -1,5 +1,6 @@
-"""MD time per step in LAMMPS: the native plugin (`pair_style facet`) vs ML-IAP's KOKKOS path vs
-ML-IAP's plain path, side by side in one run.
+"""MD time per step in LAMMPS: the native plugin (`pair_style facet`) on the TorchScript file and
+(path `plugin-aoti`) on an AOTInductor package vs ML-IAP's KOKKOS path vs ML-IAP's plain path,
+side by side in one run.
 
 Every measurement is the `lmp` executable under `mpirun -np R` on an fcc Cu crystal (a = 3.61 Å,
 rattled 0.02 Å), NVE at 300 K, neighbor skin 2 Å, 1 thread per rank (OMP_NUM_THREADS=1), float64:
@@ -10,6 +11,8 @@ paths run back to back (their order alternates between rounds) so that they see 
     python benchmarks/bench_plugin.py      # shipped model + Facet-S, 108/500/2048 atoms, 1-2 ranks
     python benchmarks/bench_plugin.py --models shipped --sizes 108 --ranks 1 --steps 5
     python benchmarks/bench_plugin.py --table-from benchmarks/results/plugin-....json
+    python benchmarks/bench_plugin.py --paths plugin,plugin-aoti --aoti-dir DIR  # packages
+        # compiled once into DIR (facet-deploy --format aoti --aoti-programs layers: minutes)
 
 Models: `shipped` = examples/models/facet-emt-small.pt (2 layers); `facet-s` = Facet-S for Cu
 (3 layers, 236k parameters) with every parameter perturbed by 0.1 randn (seed 0), as in
@@ -31,7 +34,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "examples" / "models" / "facet-emt-small.pt"
-PATHS = ("plugin", "kokkos", "plain")
+PATHS = ("plugin", "kokkos", "plain", "plugin-aoti")
 
 
 def lammps_prefix() -> Path:
@@ -45,8 +48,10 @@ def lammps_prefix() -> Path:
 _PREFIX: Path | None = None
 
 
-def prepare_models(work: Path, names: list[str]) -> dict[str, dict]:
-    """Checkpoint, plugin file and ML-IAP file for each model."""
+def prepare_models(work: Path, names: list[str], aoti_dir: Path | None = None
+                   ) -> dict[str, dict]:
+    """Checkpoint, plugin file and ML-IAP file for each model; with ``aoti_dir`` also its
+    AOTInductor package ``<aoti_dir>/<name>.pt2`` (compiled there unless it exists)."""
     import torch
 
     import facet
@@ -74,9 +79,16 @@ def prepare_models(work: Path, names: list[str]) -> dict[str, dict]:
                 assert deploy_main([str(ckpt), "-o", str(mliap)]) == 0
             finally:
                 sys.stdout = old
+        package = None
+        if aoti_dir is not None:
+            package = aoti_dir / f"{name}.pt2"
+            if not package.exists():
+                print(f"compiling {package} (minutes)", flush=True)
+                assert deploy_main([str(ckpt), "--format", "aoti", "--aoti-programs", "layers",
+                                    "--no-symmetry-check", "-o", str(package)]) == 0
         m = facet.load_model(ckpt)
         out[name] = {"checkpoint": str(ckpt), "plugin": plugin, "mliap": mliap,
-                     "r_max": m.r_max, "layers": m.num_interactions}
+                     "package": package, "r_max": m.r_max, "layers": m.num_interactions}
     return out
 
 
@@ -96,8 +108,9 @@ def write_crystal(work: Path, target: int) -> tuple[Path, int]:
 def deck(path: str, model: dict, data: Path, warmup: int, steps: int, lib: Path) -> str:
     from facet.lammps.deck import recommended_comm_cutoff
 
-    if path == "plugin":
-        pair = f"plugin load {lib}\npair_style facet {model['plugin']}\npair_coeff * * Cu"
+    if path in ("plugin", "plugin-aoti"):
+        file = model["plugin"] if path == "plugin" else model["package"]
+        pair = f"plugin load {lib}\npair_style facet {file}\npair_coeff * * Cu"
     elif path == "kokkos":
         pair = f"pair_style mliap unified {model['mliap']} 0\npair_coeff * * Cu"
     else:
@@ -158,9 +171,11 @@ def cpu_ms(row: dict, path: str) -> float | None:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| model | atoms | ranks | plugin ms/step: wall (CPU) | KOKKOS path: wall (CPU), "
-             "÷ plugin wall (CPU) | plain path: wall (CPU), ÷ plugin wall (CPU) |",
-             "|---|---:|---:|---:|---:|---:|"]
+    others = [p for p in PATHS[1:] if any(p in r["ms"] for r in rows)]
+    names = {"kokkos": "KOKKOS path", "plain": "plain path", "plugin-aoti": "plugin, AOTI package"}
+    lines = ["| model | atoms | ranks | plugin ms/step: wall (CPU) | "
+             + " | ".join(f"{names[o]}: wall (CPU), ÷ plugin wall (CPU)" for o in others) + " |",
+             "|---|---:|---:|---:|" + "---:|" * len(others)]
     for r in rows:
         p, pc = r["ms"].get("plugin"), cpu_ms(r, "plugin")
 
@@ -175,7 +190,7 @@ def table(rows: list[dict]) -> str:
 
         plug = f"{p:.0f} ({pc:.0f})" if p and pc else (f"{p:.0f}" if p else "-")
         lines.append(f"| {r['model']} | {r['atoms']} | {r['ranks']} | {plug} | "
-                     f"{cell('kokkos')} | {cell('plain')} |")
+                     + " | ".join(cell(o) for o in others) + " |")
     # 2-rank speed-ups
     lines += ["", "| model | atoms | path | 1 rank ms/step wall (CPU) | 2 ranks ms/step wall "
               "(CPU) | speed-up wall (CPU) |", "|---|---:|---|---:|---:|---:|"]
@@ -202,7 +217,10 @@ def main() -> None:
     p.add_argument("--models", default="shipped,facet-s")
     p.add_argument("--sizes", default="108,500,2048", help="approximate atom counts")
     p.add_argument("--ranks", default="1,2")
-    p.add_argument("--paths", default=",".join(PATHS))
+    p.add_argument("--paths", default=",".join(PATHS[:3]),
+                   help=f"comma-separated, of {', '.join(PATHS)} (plugin-aoti needs --aoti-dir)")
+    p.add_argument("--aoti-dir", help="folder of the AOTInductor packages <model>.pt2 (compiled "
+                                      "there when missing) for the plugin-aoti path")
     p.add_argument("--steps", type=int, default=0,
                    help="timed MD steps (default: 20 / 5 / 2 for < 300 / < 1000 / more atoms "
                         "with the shipped model, a quarter of that for Facet-S, at least 1)")
@@ -221,8 +239,16 @@ def main() -> None:
     if lib is None:
         raise SystemExit("the plugin is not built: run deploy/build_plugin.sh")
     paths = args.paths.split(",")
+    unknown = set(paths) - set(PATHS)
+    if unknown:
+        raise SystemExit(f"unknown path(s) {sorted(unknown)}: choose from {PATHS}")
+    if "plugin-aoti" in paths and not args.aoti_dir:
+        raise SystemExit("the plugin-aoti path needs --aoti-dir DIR (packages are compiled there)")
     work = Path(tempfile.mkdtemp(prefix="facet-bench-plugin-"))
-    models = prepare_models(work, args.models.split(","))
+    aoti_dir = Path(args.aoti_dir).resolve() if args.aoti_dir else None
+    if aoti_dir:
+        aoti_dir.mkdir(parents=True, exist_ok=True)
+    models = prepare_models(work, args.models.split(","), aoti_dir)
     rows = []
     t_start = time.time()
     for target in (int(s) for s in args.sizes.split(",")):

@@ -47,6 +47,7 @@ import json
 import os
 import tempfile
 import time
+import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -230,9 +231,12 @@ def cpu_isa() -> str:
 
 
 def package_metadata(model, device: str, programs: list[str], threads: int) -> dict[str, Any]:
+    from facet import __version__
+
     cfg = model.config
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION,
+        "facet_version": __version__,
         "torch_version": str(torch.__version__),
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
         "device": device,
@@ -255,6 +259,16 @@ def build_package(model, path: str | os.PathLike | None = None, *, programs: str
     ``"single"`` (``energy_forces`` only) or ``"layers"`` (per-layer programs only).
     ``threads``: 0 (default) lets the CPU kernels use the caller's OpenMP/torch thread count,
     N > 0 fixes it at N. ``device="cuda"`` needs a GPU (and CUDA torch) where it compiles."""
+    with warnings.catch_warnings():
+        # torch 2.13 warns about its own pytree internals when it copies exported programs
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)`",
+                                category=FutureWarning)
+        return _build_package(model, path, programs=programs, device=device, threads=threads,
+                              log=log)
+
+
+def _build_package(model, path, *, programs: str, device: str, threads: int,
+                   log: Callable[[str], None] | None) -> bytes:
     from torch.export.pt2_archive._package import package_pt2
 
     model = copy.deepcopy(model).to(device)

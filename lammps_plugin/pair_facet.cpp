@@ -46,6 +46,9 @@ constexpr const char *kFormat = "facet-lammps-plugin";
 constexpr int kFormatVersion = 1;
 constexpr const char *kMetadataFile = "facet_plugin.json";
 constexpr const char *kRedeploy = "facet-deploy model.pt --format plugin -o FILE";
+constexpr const char *kFormatAOTI = "facet-aoti";
+constexpr int kFormatVersionAOTI = 1;
+constexpr const char *kRedeployAOTI = "facet-deploy model.pt --format aoti -o FILE.pt2";
 
 torch::Tensor zeros_like_rows(int64_t rows, int64_t cols, const torch::Tensor &like)
 {
@@ -142,67 +145,86 @@ void PairFacet::load_model()
     if (!probe.good())
       error->all(FLERR,
                  "pair_style facet: cannot open model file {}: check the path (write the file "
-                 "with `{}`)",
-                 model_path, kRedeploy);
+                 "with `{}` or `{}`)",
+                 model_path, kRedeploy, kRedeployAOTI);
   }
-  torch::jit::ExtraFilesMap extra{{kMetadataFile, ""}};
+  // an AOTInductor package (a zip archive with extra/facet.json) or a TorchScript file
+  std::string text;
   try {
-    module = torch::jit::load(model_path, torch::kCPU, extra);
+    text = FacetPlugin::read_aoti_metadata(model_path);
   } catch (const std::exception &e) {
-    std::string what = e.what();
-    what = what.substr(0, what.find('\n'));
     error->all(FLERR,
-               "pair_style facet: {} is not a readable Facet plugin file (corrupt, truncated, or "
-               "another format such as a pair_style mliap object); write it with `{}`. "
-               "libtorch said: {}",
-               model_path, kRedeploy, what);
+               "pair_style facet: {} is not a readable Facet plugin file or package (corrupt or "
+               "truncated?): {}; write it with `{}` or `{}`",
+               model_path, e.what(), kRedeploy, kRedeployAOTI);
   }
+  const bool is_package = !text.empty();
+  aoti.reset();
+  if (!is_package) text = load_torchscript();
+  const char *redeploy = is_package ? kRedeployAOTI : kRedeploy;
   json meta;
   try {
-    if (extra[kMetadataFile].empty()) throw std::runtime_error("no metadata");
-    meta = json::parse(extra[kMetadataFile]);
+    meta = json::parse(text);
   } catch (const std::exception &) {
-    error->all(FLERR,
-               "pair_style facet: {} is a TorchScript file without Facet plugin metadata "
-               "({}); write it with `{}`",
-               model_path, kMetadataFile, kRedeploy);
+    error->all(FLERR, "pair_style facet: the metadata of {} is not valid JSON; write it with `{}`",
+               model_path, redeploy);
   }
   try {
+    const std::string expected = is_package ? kFormatAOTI : kFormat;
+    const int readable = is_package ? kFormatVersionAOTI : kFormatVersion;
     std::string format = meta.value("format", "");
     int version = meta.value("format_version", -1);
-    if (format != kFormat)
+    if (format != expected)
       error->all(FLERR, "pair_style facet: {} has format '{}', not '{}'; write it with `{}`",
-                 model_path, format, kFormat, kRedeploy);
-    if (version != kFormatVersion)
+                 model_path, format, expected, redeploy);
+    if (version != readable)
       error->all(FLERR,
-                 "pair_style facet: {} has plugin file format version {}, this plugin reads "
+                 "pair_style facet: {} has file format version {}, this plugin reads "
                  "version {}: {}",
-                 model_path, version, kFormatVersion,
-                 version > kFormatVersion
+                 model_path, version, readable,
+                 version > readable
                      ? "rebuild the plugin from the facet release that wrote the file "
                        "(deploy/build_plugin.sh)"
-                     : std::string("write the file again with `") + kRedeploy + "`");
+                     : std::string("write the file again with `") + redeploy + "`");
     model_elements = meta.at("elements").get<std::vector<std::string>>();
     r_max = meta.at("r_max").get<double>();
     num_layers = meta.at("num_layers").get<int>();
     feature_dims = meta.at("feature_dims").get<std::vector<long>>();
     dtype_name = meta.at("dtype").get<std::string>();
     device_name = meta.value("device", "cpu");
-    chunk_edges = meta.value("chunk_edges", 4096L);
-    single_pass_edges = meta.value("single_pass_edges", 16384L);
+    // chunking defaults of facet.chunks.default_chunking (a package stores none)
+    const bool cuda_file = device_name.rfind("cuda", 0) == 0;
+    chunk_edges = meta.value("chunk_edges", cuda_file ? 1L << 18 : 4096L);
+    single_pass_edges = meta.value("single_pass_edges", cuda_file ? 1L << 18 : 16384L);
     chunking_by_device.clear();
     if (meta.contains("chunking_by_device"))
       for (auto &item : meta["chunking_by_device"].items())
         chunking_by_device[item.key()] = item.value().get<std::vector<long>>();
     facet_version = meta.value("facet_version", "?");
     torch_version = meta.value("torch_version", "?");
+    cpu_isa = meta.value("cpu_isa", "");
+    if (is_package) {
+      auto programs = meta.value("programs", std::vector<std::string>{});
+      std::vector<std::string> needed{"embed", "readout"};
+      for (int k = 0; k < num_layers; k++) {
+        needed.push_back("layer" + std::to_string(k));
+        needed.push_back("layer" + std::to_string(k) + "_vjp");
+      }
+      for (const auto &name : needed)
+        if (std::find(programs.begin(), programs.end(), name) == programs.end())
+          error->all(FLERR,
+                     "pair_style facet: the package {} lacks the per-layer program {} (it was "
+                     "built with --aoti-programs single?); the plugin needs them: `{}` (the "
+                     "default, all programs) or with --aoti-programs layers",
+                     model_path, name, kRedeployAOTI);
+    }
   } catch (const json::exception &e) {
     error->all(FLERR, "pair_style facet: the metadata of {} is incomplete ({}); write it with `{}`",
-               model_path, e.what(), kRedeploy);
+               model_path, e.what(), redeploy);
   }
   if ((int) feature_dims.size() != num_layers + 1 || num_layers < 1 || r_max <= 0.0)
     error->all(FLERR, "pair_style facet: inconsistent metadata in {}; write it with `{}`",
-               model_path, kRedeploy);
+               model_path, redeploy);
   if (dtype_name == "float64")
     dtype = torch::kFloat64;
   else if (dtype_name == "float32")
@@ -210,11 +232,12 @@ void PairFacet::load_model()
   else
     error->all(FLERR, "pair_style facet: {} has unsupported dtype {}", model_path, dtype_name);
   wire_size = dtype == torch::kFloat32 ? sizeof(float) : sizeof(double);
-  for (const char *name : {"embed", "edge_features", "layer", "layer_forward_chunked",
-                           "layer_backward_chunked", "readout"})
-    if (!module.find_method(name))
-      error->all(FLERR, "pair_style facet: {} lacks the method {}; write it with `{}`",
-                 model_path, name, kRedeploy);
+  if (!is_package)
+    for (const char *name : {"embed", "edge_features", "layer", "layer_forward_chunked",
+                             "layer_backward_chunked", "readout"})
+      if (!module.find_method(name))
+        error->all(FLERR, "pair_style facet: {} lacks the method {}; write it with `{}`",
+                   model_path, name, kRedeploy);
   select_device(device_request.empty() ? device_name : device_request);
   // chunking for the device type the model runs on (the file may be written for another)
   auto by_type = chunking_by_device.find(device.is_cuda() ? "cuda" : "cpu");
@@ -230,9 +253,13 @@ void PairFacet::load_model()
   // fusion may pay: kept on there.
   jit_optimize = jit_optimize_override >= 0 ? jit_optimize_override == 1 : device.is_cuda();
 
-  module.eval();
-  for (auto p : module.parameters()) p.requires_grad_(false);
-  if (device.is_cuda()) module.to(device);
+  if (is_package) {
+    load_aoti_programs();
+  } else {
+    module.eval();
+    for (auto p : module.parameters()) p.requires_grad_(false);
+    if (device.is_cuda()) module.to(device);
+  }
   loaded = true;
   announced = false;
 
@@ -242,11 +269,54 @@ void PairFacet::load_model()
     std::string widths;
     for (auto d : feature_dims) widths += " " + std::to_string(d);
     utils::logmesg(lmp,
-                   "Facet plugin: {} ({} layers, r_max {} Å, feature widths{}, {} on {}; "
+                   "Facet plugin: {} ({}, {} layers, r_max {} Å, feature widths{}, {} on {}; "
                    "elements{}; facet {}, written with torch {}; libtorch {} with {} threads "
                    "per rank)\n",
-                   model_path, num_layers, r_max, widths, dtype_name, device.str(), elems,
-                   facet_version, torch_version, TORCH_VERSION, at::get_num_threads());
+                   model_path, is_package ? "AOTInductor package" : "TorchScript", num_layers,
+                   r_max, widths, dtype_name, device.str(), elems, facet_version, torch_version,
+                   TORCH_VERSION, at::get_num_threads());
+  }
+}
+
+std::string PairFacet::load_torchscript()
+{
+  torch::jit::ExtraFilesMap extra{{kMetadataFile, ""}};
+  try {
+    module = torch::jit::load(model_path, torch::kCPU, extra);
+  } catch (const std::exception &e) {
+    std::string what = e.what();
+    what = what.substr(0, what.find('\n'));
+    error->all(FLERR,
+               "pair_style facet: {} is not a readable Facet plugin file (corrupt, truncated, or "
+               "another format such as a pair_style mliap object); write it with `{}` or `{}`. "
+               "libtorch said: {}",
+               model_path, kRedeploy, kRedeployAOTI, what);
+  }
+  if (extra[kMetadataFile].empty())
+    error->all(FLERR,
+               "pair_style facet: {} is a TorchScript file without Facet plugin metadata "
+               "({}); write it with `{}`",
+               model_path, kMetadataFile, kRedeploy);
+  return extra[kMetadataFile];
+}
+
+// the programs of an AOTInductor package, after checking it can run here
+void PairFacet::load_aoti_programs()
+{
+  const std::string problems =
+      FacetPlugin::aoti_incompatibility(torch_version, device_name, cpu_isa, device.is_cuda());
+  if (!problems.empty())
+    error->all(FLERR,
+               "pair_style facet: the AOTInductor package {} cannot run here: {}. Compile it "
+               "again on this machine with the torch this plugin was built with: `{}`",
+               model_path, problems, kRedeployAOTI);
+  try {
+    aoti = std::make_unique<FacetPlugin::AOTIModel>(model_path, num_layers, feature_dims, device,
+                                                    dtype);
+  } catch (const std::exception &e) {
+    error->all(FLERR, "pair_style facet: cannot load the AOTInductor package {}: {}; write it "
+                      "again with `{}`",
+               model_path, e.what(), kRedeployAOTI);
   }
 }
 
@@ -620,6 +690,37 @@ PairFacet::recomputing(const torch::Tensor &species, const torch::Tensor &pi,
   return {e.detach(), g_x};
 }
 
+/* ----------------------------------------------------------------------
+   AOTInductor package: embed, layer{k} forward with an exchange after each layer but the
+   last, readout, then layer{k}_vjp backward (recomputing its layer) with a reverse exchange
+   before each layer but the first; one chunk of pairs up to single_pass_edges
+------------------------------------------------------------------------- */
+
+std::pair<torch::Tensor, torch::Tensor>
+PairFacet::aoti_evaluation(const torch::Tensor &species, const torch::Tensor &rij,
+                           const torch::Tensor &mask, int nlocal, int nall, bool chunked)
+{
+  aoti->plan(pair_i.data(), pair_j.data(), (int64_t) pair_i.size(), nlocal, nall,
+             chunked ? chunk_edges : 0);
+  std::vector<torch::Tensor> hs{aoti->embed(species)};
+  torch::Tensor h_local;
+  for (int k = 0; k < num_layers; k++) {
+    h_local = aoti->layer_forward(k, hs[k], rij);
+    if (k + 1 < num_layers) hs.push_back(halo_forward(h_local, nall));
+  }
+  auto ev = aoti->readout_vjp(h_local, species.narrow(0, 0, nlocal));
+  auto e = ev.first * mask;
+  auto g = ev.second * mask.unsqueeze(1);
+  auto g_x = torch::zeros_like(rij);
+  for (int k = num_layers - 1; k >= 0; k--) {
+    auto out = aoti->layer_backward(k, hs[k], rij, g, k > 0);
+    g_x += out.first;
+    if (k > 0) g = halo_reverse(out.second, nlocal, nall);
+    hs[k] = torch::Tensor();
+  }
+  return {e, g_x};
+}
+
 /* ---------------------------------------------------------------------- */
 
 void PairFacet::compute(int eflag, int vflag)
@@ -693,10 +794,12 @@ void PairFacet::compute(int eflag, int vflag)
     utils::logmesg(lmp,
                    "Facet plugin: per-layer halo exchange ({} exchanges of up to {} doubles per "
                    "ghost atom each way), {} on {}; recomputing evaluation in chunks of {} pairs "
-                   "above {} pairs per rank{}; TorchScript executor {}\n",
+                   "above {} pairs per rank{}; {}\n",
                    num_layers - 1, comm_forward, dtype_name, device.str(), chunk_edges,
                    single_pass_edges, chunk_edges > 0 ? "" : " (off)",
-                   jit_optimize ? "optimising" : "plain (jit_optimize no)");
+                   aoti ? "AOTInductor programs (every layer recomputed in its backward)"
+                   : jit_optimize ? "TorchScript executor optimising"
+                                  : "TorchScript executor plain (jit_optimize no)");
     announced = true;
   }
   if (comm->me == 0 && last_evaluation != evaluation)
@@ -707,8 +810,9 @@ void PairFacet::compute(int eflag, int vflag)
   torch::Tensor e_local, g_rij;
   torch::jit::GraphOptimizerEnabledGuard executor(jit_optimize);
   try {
-    auto res = recompute ? recomputing(species, pi, pj, rij, mask, nlocal, nall)
-                         : single_pass(species, pi, pj, rij, mask, nlocal, nall);
+    auto res = aoti ? aoti_evaluation(species, rij, mask, nlocal, nall, recompute)
+        : recompute ? recomputing(species, pi, pj, rij, mask, nlocal, nall)
+                    : single_pass(species, pi, pj, rij, mask, nlocal, nall);
     e_local = res.first.to(torch::kCPU, torch::kFloat64).contiguous();
     g_rij = res.second.to(torch::kCPU, torch::kFloat64).contiguous();
   } catch (const std::exception &err) {

@@ -1,7 +1,8 @@
 /* pair_style facet: Facet machine-learned interatomic potentials in LAMMPS through libtorch.
 
    Loaded with `plugin load facetplugin.so`. Reads the TorchScript file written by
-   `facet-deploy model.pt --format plugin` and runs the model layer by layer on the local atoms
+   `facet-deploy model.pt --format plugin`, or the AOTInductor package (.pt2) written by
+   `facet-deploy model.pt --format aoti` (facet_aoti.h), and runs the model layer by layer on the local atoms
    of each rank; between layers the features of ghost atoms are refreshed from their owners with
    this pair style's forward communication, and in the backward pass the gradients that land on
    ghost atoms are summed into their owners with its reverse communication. A ghost shell of one
@@ -12,6 +13,8 @@
 #define LMP_PAIR_FACET_H
 
 #include "pair.h"
+
+#include "facet_aoti.h"
 
 #include <torch/script.h>
 
@@ -42,6 +45,8 @@ class PairFacet : public Pair {
  protected:
   void allocate();
   void load_model();
+  std::string load_torchscript();    // loads `module`, returns its metadata (JSON)
+  void load_aoti_programs();
   void select_device(const std::string &request);
 
   // per-layer halo exchange through LAMMPS' communication of this pair style
@@ -61,6 +66,11 @@ class PairFacet : public Pair {
                                                       const torch::Tensor &rij,
                                                       const torch::Tensor &mask, int nlocal,
                                                       int nall);
+  // the same evaluation over the programs of an AOTInductor package
+  std::pair<torch::Tensor, torch::Tensor> aoti_evaluation(const torch::Tensor &species,
+                                                          const torch::Tensor &rij,
+                                                          const torch::Tensor &mask, int nlocal,
+                                                          int nall, bool chunked);
 
   std::string model_path;
   std::string device_request;           // "" = from the file's metadata
@@ -70,6 +80,8 @@ class PairFacet : public Pair {
   bool jit_optimize = false;
 
   torch::jit::Module module;
+  std::unique_ptr<FacetPlugin::AOTIModel> aoti;    // set: the file is an AOTInductor package
+  std::string cpu_isa;                             // AOTI: the CPU ISA it was compiled for
   bool loaded = false;
   torch::Device device = torch::Device(torch::kCPU);
   torch::Dtype dtype = torch::kFloat64;

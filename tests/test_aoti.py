@@ -9,6 +9,7 @@ One package of the tiny model is compiled per session (all programs, through the
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import zipfile
@@ -57,8 +58,11 @@ def deployed(aoti_model, tmp_path_factory):
     ckpt = facet.save_model(aoti_model, d / "model.pt")
     if not (keep and (d / "model.pt2").exists() and (d / "model-mliap.pt").exists()
             and read_metadata(d / "model.pt2")["torch_version"] == torch.__version__):
-        assert deploy_main([str(ckpt), "--format", "aoti", "-o", str(d / "model.pt2"),
-                            "--no-symmetry-check"]) == 0
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            assert deploy_main([str(ckpt), "--format", "aoti", "-o", str(d / "model.pt2"),
+                                "--no-symmetry-check"]) == 0
+        (d / "deploy.txt").write_text(printed.getvalue())
     return d, ckpt, d / "model.pt2", d / "model-mliap.pt"
 
 
@@ -183,6 +187,11 @@ def test_deployed_mliap_object(deployed):
     obj = torch.load(mliap, weights_only=False)
     assert obj.aoti_bytes == package.read_bytes()
     assert obj.metadata["format"] == "aoti" and obj.element_types == ["Cu", "Au", "Ag"]
+    # the deck lines printed: ML-IAP object and the native plugin on the package
+    printed = (d / "deploy.txt").read_text()
+    assert f"pair_style mliap unified {mliap} 1" in printed
+    assert f"  pair_style facet {package}\n" in printed
+    assert "  pair_coeff * * Cu Au Ag\n" in printed
 
 
 # -- LAMMPS: the ML-IAP object carrying the package, plain and KOKKOS paths, 1 and 2 ranks ----
@@ -244,3 +253,123 @@ def test_lammps_kokkos_path(lammps_case, nproc, chunked):
     assert res["evaluations"] == [("recomputing" if chunked else "single pass")] * nproc
     assert all(local == computed for local, computed in res["atom_counts"])
     assert_matches_reference(res, ref["energy"], ref["energies"], ref["forces"], ref["stress"])
+
+
+# -- LAMMPS: the native plugin (pair_style facet) running the package from C++ ---------------
+@pytest.fixture(scope="session")
+def plugin_case(deployed, aoti_model):
+    """The package, the plugin's TorchScript file of the same model, a triclinic 3-element
+    cell and its ASE reference."""
+    from lammps_utils import require_lammps
+    from plugin_utils import ase_reference, require_plugin, write_data
+
+    from facet.cli.deploy import main as deploy_main
+
+    lmp = require_lammps()
+    lib = require_plugin()
+    d = deployed[0] / "plugin"
+    d.mkdir(exist_ok=True)
+    assert deploy_main([str(deployed[1]), "--format", "plugin", "-o",
+                        str(d / "model-plugin.pt")]) == 0
+    atoms = lammps_frame(triclinic_alloy(seed=6, repeat=(3, 3, 3)))
+    atoms.symbols[::6] = "Ag"
+    data = write_data(d, atoms, ["Cu", "Au", "Ag"], "alloy")
+    return {"d": d, "lmp": lmp, "lib": lib, "package": deployed[2], "atoms": atoms,
+            "data": data, "ref": ase_reference(aoti_model, atoms),
+            "torchscript": d / "model-plugin.pt"}
+
+
+def run_plugin(case, model: Path, tag: str, nproc: int, extra: str = "", atoms=None,
+               data: Path | None = None, **deck) -> dict:
+    from plugin_utils import deck_for, pair_lines, results, run_lmp
+
+    d = case["d"]
+    pair = pair_lines(model, ["Cu", "Au", "Ag"], extra)
+    run_lmp(d, case["lmp"], deck_for(case["lib"], data or case["data"], pair, dump=tag, **deck),
+            nproc, tag=tag)
+    return results(d, case["atoms"] if atoms is None else atoms, tag)
+
+
+@pytest.mark.lammps
+@pytest.mark.plugin
+@pytest.mark.mpi
+@pytest.mark.parametrize(("nproc", "extra"), [(1, ""), (2, ""),
+                                              (2, "chunk_edges 150 single_pass_edges 0")],
+                         ids=["one-chunk-1", "one-chunk-2", "chunks-2"])
+def test_plugin_runs_the_package(plugin_case, nproc, extra):
+    """`pair_style facet model.pt2`: the C++ plugin runs the package's per-layer programs with
+    its halo exchanges; equal to ASE (parity tolerances) and to the same plugin on the
+    TorchScript file (1e-10: the same model, another runtime), per-atom virials included."""
+    from plugin_utils import assert_ref
+
+    tag = f"aoti{nproc}{'c' if extra else ''}"
+    res = run_plugin(plugin_case, plugin_case["package"], tag, nproc, extra)
+    log = (plugin_case["d"] / f"log.{tag}").read_text()
+    assert "AOTInductor package" in log and "AOTInductor programs" in log
+    assert ("recomputing evaluation on rank 0" in log) == bool(extra)
+    assert_ref(res, plugin_case["ref"])
+    ts = run_plugin(plugin_case, plugin_case["torchscript"], tag + "ts", nproc, extra)
+    for key in ("energies", "forces", "stress", "virial", "virial_atoms"):
+        np.testing.assert_allclose(res[key], ts[key], atol=1e-10, rtol=0, err_msg=key)
+    assert abs(res["energy"] - ts["energy"]) < 1e-10
+    np.testing.assert_allclose(res["virial_atoms"], res["virial"], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.lammps
+@pytest.mark.plugin
+@pytest.mark.mpi
+def test_plugin_package_empty_rank_and_tiny_chunks(plugin_case, aoti_model):
+    """A slab in the lower half of the box on `processors 1 1 2`: the upper rank owns no atoms
+    and sees no ghosts; with chunks of 1 pair most chunks are below the programs' minimum
+    sizes (dummy padding)."""
+    import re
+
+    from ase.build import bulk
+    from plugin_utils import ase_reference, assert_ref, write_data
+
+    rng = np.random.default_rng(1)
+    atoms = bulk("Cu", "fcc", a=3.7, cubic=True).repeat((2, 2, 2))
+    atoms.positions += 0.05 * rng.standard_normal(atoms.positions.shape)
+    atoms.symbols[rng.random(len(atoms)) < 0.4] = "Au"
+    atoms.positions[:, 2] += 1.0
+    atoms.set_cell([atoms.cell[0, 0], atoms.cell[1, 1], 40.0])
+    atoms.pbc = [True, True, False]
+    data = write_data(plugin_case["d"], atoms, ["Cu", "Au", "Ag"], "lowslab")
+    res = run_plugin(plugin_case, plugin_case["package"], "aotislab", 2,
+                     "chunk_edges 1 single_pass_edges 0", atoms=atoms, data=data,
+                     boundary="p p f", before_read="processors 1 1 2")
+    log = (plugin_case["d"] / "log.aotislab").read_text()
+    assert re.search(r"Nlocal:.*\s0 min", log) and re.search(r"Nghost:.*\s0 min", log)
+    assert_ref(res, ase_reference(aoti_model, atoms))
+
+
+@pytest.mark.lammps
+@pytest.mark.plugin
+def test_plugin_refuses_packages_it_cannot_run(plugin_case):
+    """Another torch version or CPU ISA, a package without the per-layer programs, a truncated
+    package: a LAMMPS error that says what to do."""
+    from plugin_utils import deck_for, pair_lines, run_lmp
+
+    d = plugin_case["d"]
+    data = plugin_case["package"].read_bytes()
+    cases = {
+        "torch.pt2": (rewritten(data, torch_version="2.12.0"),
+                      ["compiled with torch 2.12.0 and this plugin runs libtorch",
+                       "--format aoti"]),
+        "isa.pt2": (rewritten(data, cpu_isa="avx1024"),
+                    ["compiled for the CPU instruction set avx1024"]),
+        "single.pt2": (rewritten(data, programs=["energy_forces"]),
+                       ["lacks the per-layer program embed", "--aoti-programs"]),
+        "device.pt2": (rewritten(data, device="cuda"),
+                       ["compiled for cuda and is asked to run on cpu"]),
+        "cut.pt2": (data[: len(data) // 2], ["not a readable Facet plugin file or package"]),
+    }
+    for name, (blob, messages) in cases.items():
+        (d / name).write_bytes(blob)
+        extra = "device cpu" if name == "device.pt2" else ""
+        deck = deck_for(plugin_case["lib"], plugin_case["data"],
+                        pair_lines(d / name, ["Cu", "Au", "Ag"], extra), dump=name)
+        rc, out = run_lmp(d, plugin_case["lmp"], deck, tag=name, check=False)
+        assert rc != 0, name
+        for message in messages:
+            assert message in out, (name, out[-1500:])

@@ -163,8 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.save(obj, out)
     if package_path is not None:
         print(f"wrote {quote(package_path)}  ({package_path.stat().st_size / 1e6:.2f} MB, "
-              f"AOTInductor package, {args.dtype}, {args.device}; FacetCalculator or C++ "
-              "AOTIModelPackageLoader run it)")
+              f"AOTInductor package, {args.dtype}, {args.device}; FacetCalculator, the ML-IAP "
+              "object below and the native plugin's pair_style facet run it)")
     print(f"wrote {quote(out)}  ({out.stat().st_size / 1e6:.2f} MB, {args.dtype}, "
           f"{args.device})")
     print(f"elements (LAMMPS types map by name in pair_coeff): {' '.join(obj.element_types)}")
@@ -182,6 +182,14 @@ def main(argv: list[str] | None = None) -> int:
     print("\nWith KOKKOS (lmp -k on g 1 -sf kk), per-layer halo")
     print("exchange, no ghost features and the default ghost cutoff:")
     print(f"  {mliap_lines(out, obj.element_types, obj.r_max, obj.num_layers, kokkos=True)[0]}")
+    if package_path is not None and args.aoti_programs != "single":
+        from facet.lammps.deck import plugin_lines
+        from facet.lammps.plugin import plugin_library
+
+        print("\nThe native plugin on the package (no Python at run time, per-layer halo "
+              "exchange, default ghost cutoff):")
+        for line in plugin_lines(package_path, obj.element_types, plugin_library()):
+            print(f"  {line}")
     if args.check:
         from facet.lammps.check import check_deployed
 
