@@ -192,10 +192,13 @@ void PairFacet::load_model()
     feature_dims = meta.at("feature_dims").get<std::vector<long>>();
     dtype_name = meta.at("dtype").get<std::string>();
     device_name = meta.value("device", "cpu");
-    // chunking defaults of facet.chunks.default_chunking (a package stores none)
+    // chunking defaults of facet.chunks.default_chunking (a package stores none). The package's
+    // layer programs recompute every layer in the backward pass whatever the chunking, so on
+    // the CPU, chunks are free and their small tensors faster: always chunked there
     const bool cuda_file = device_name.rfind("cuda", 0) == 0;
     chunk_edges = meta.value("chunk_edges", cuda_file ? 1L << 18 : 4096L);
-    single_pass_edges = meta.value("single_pass_edges", cuda_file ? 1L << 18 : 16384L);
+    single_pass_edges =
+        meta.value("single_pass_edges", cuda_file ? 1L << 18 : is_package ? 0L : 16384L);
     chunking_by_device.clear();
     if (meta.contains("chunking_by_device"))
       for (auto &item : meta["chunking_by_device"].items())
