@@ -13,6 +13,8 @@ paths run back to back (their order alternates between rounds) so that they see 
     python benchmarks/bench_plugin.py --table-from benchmarks/results/plugin-....json
     python benchmarks/bench_plugin.py --paths plugin,plugin-aoti --aoti-dir DIR  # packages
         # compiled once into DIR (facet-deploy --format aoti --aoti-programs layers: minutes)
+    python benchmarks/bench_plugin.py --paths plugin,plugin@untuned  # `@untuned`: the plugin
+        # with `malloc_tuning no` (glibc's default allocator behaviour)
 
 Models: `shipped` = examples/models/facet-emt-small.pt (2 layers); `facet-s` = Facet-S for Cu
 (3 layers, 236k parameters) with every parameter perturbed by 0.1 randn (seed 0), as in
@@ -108,9 +110,11 @@ def write_crystal(work: Path, target: int) -> tuple[Path, int]:
 def deck(path: str, model: dict, data: Path, warmup: int, steps: int, lib: Path) -> str:
     from facet.lammps.deck import recommended_comm_cutoff
 
-    if path in ("plugin", "plugin-aoti"):
-        file = model["plugin"] if path == "plugin" else model["package"]
-        pair = f"plugin load {lib}\npair_style facet {file}\npair_coeff * * Cu"
+    base, _, variant = path.partition("@")
+    if base in ("plugin", "plugin-aoti"):
+        file = model["plugin"] if base == "plugin" else model["package"]
+        extra = " malloc_tuning no" if variant == "untuned" else ""
+        pair = f"plugin load {lib}\npair_style facet {file}{extra}\npair_coeff * * Cu"
     elif path == "kokkos":
         pair = f"pair_style mliap unified {model['mliap']} 0\npair_coeff * * Cu"
     else:
@@ -138,7 +142,7 @@ def run_one(path: str, model: dict, data: Path, ranks: int, warmup: int, steps: 
             lib: Path, work: Path) -> tuple[float, float]:
     """Seconds per MD step (LAMMPS' loop time of the timed run / steps) and LAMMPS' "CPU use"
     of that run (process CPU time / wall time on rank 0; below 1 on a loaded machine)."""
-    tag = f"{path}-{Path(model['plugin']).stem}-{data.stem}-{ranks}"
+    tag = f"{path.replace('@', '-')}-{Path(model['plugin']).stem}-{data.stem}-{ranks}"
     (work / f"in.{tag}").write_text(deck(path, model, data, warmup, steps, lib))
     lmp = lammps_prefix() / "bin" / "lmp"
     cmd = [shutil.which("mpirun") or "mpirun", "-np", str(ranks), str(lmp)]
@@ -170,9 +174,18 @@ def cpu_ms(row: dict, path: str) -> float | None:
     return v[len(v) // 2]
 
 
+def path_name(path: str) -> str:
+    base, _, variant = path.partition("@")
+    name = {"plugin": "plugin", "kokkos": "KOKKOS path", "plain": "plain path",
+            "plugin-aoti": "plugin, AOTI package"}[base]
+    return name + (", malloc_tuning no" if variant == "untuned" else "")
+
+
 def table(rows: list[dict]) -> str:
-    others = [p for p in PATHS[1:] if any(p in r["ms"] for r in rows)]
-    names = {"kokkos": "KOKKOS path", "plain": "plain path", "plugin-aoti": "plugin, AOTI package"}
+    others = []
+    for r in rows:
+        others += [p for p in r["ms"] if p != "plugin" and p not in others]
+    names = {p: path_name(p) for p in others}
     lines = ["| model | atoms | ranks | plugin ms/step: wall (CPU) | "
              + " | ".join(f"{names[o]}: wall (CPU), ÷ plugin wall (CPU)" for o in others) + " |",
              "|---|---:|---:|---:|" + "---:|" * len(others)]
@@ -199,7 +212,7 @@ def table(rows: list[dict]) -> str:
         if ranks != 1 or (model, atoms, 2) not in by:
             continue
         two = by[(model, atoms, 2)]
-        for name in PATHS:
+        for name in r["ms"]:
             a, b = r["ms"].get(name), two["ms"].get(name)
             ac, bc = cpu_ms(r, name), cpu_ms(two, name)
             if a and b:
@@ -239,10 +252,13 @@ def main() -> None:
     if lib is None:
         raise SystemExit("the plugin is not built: run deploy/build_plugin.sh")
     paths = args.paths.split(",")
-    unknown = set(paths) - set(PATHS)
+    unknown = {p for p in paths if p.partition("@")[0] not in PATHS
+               or p.partition("@")[2] not in ("", "untuned")
+               or (p.partition("@")[2] and not p.startswith("plugin"))}
     if unknown:
-        raise SystemExit(f"unknown path(s) {sorted(unknown)}: choose from {PATHS}")
-    if "plugin-aoti" in paths and not args.aoti_dir:
+        raise SystemExit(f"unknown path(s) {sorted(unknown)}: choose from {PATHS} (plugin "
+                         "paths also as <path>@untuned)")
+    if any(p.startswith("plugin-aoti") for p in paths) and not args.aoti_dir:
         raise SystemExit("the plugin-aoti path needs --aoti-dir DIR (packages are compiled there)")
     work = Path(tempfile.mkdtemp(prefix="facet-bench-plugin-"))
     aoti_dir = Path(args.aoti_dir).resolve() if args.aoti_dir else None

@@ -22,7 +22,8 @@ indices of the pairs centred on atom i, padded with E. A layer computes the feat
 first ``n_out`` rows of ``h`` (rows are ordered so; edges may reach any row). ``energy_forces``
 is the whole contract in one pass (energies of the first ``n_{L-1}`` atoms and the gradient of
 their sum), with hop pruning as row prefixes ``slots_k = slots[:n_k]`` of one map; the layer
-programs serve runtimes that exchange features between layers (LAMMPS KOKKOS) or recompute in
+programs serve runtimes that exchange features between layers (LAMMPS KOKKOS, and the native
+plugin's ``pair_style facet model.pt2``, ``lammps_plugin/facet_aoti.cpp``) or recompute in
 chunks (large systems, ``facet.chunks``); ``layer{k}_vjp`` recomputes its layer. Every size
 must be at least 2 (the runtime below pads smaller calls with isolated dummy atoms and pairs).
 

@@ -28,9 +28,14 @@
 
 #include <algorithm>
 #include <chrono>
+#include <climits>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <mpi.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 using namespace LAMMPS_NS;
 
@@ -46,6 +51,28 @@ constexpr const char *kFormat = "facet-lammps-plugin";
 constexpr int kFormatVersion = 1;
 constexpr const char *kMetadataFile = "facet_plugin.json";
 constexpr const char *kRedeploy = "facet-deploy model.pt --format plugin -o FILE";
+
+/* glibc's default allocator serves large blocks with fresh mmap()s and gives freed memory back
+   to the system: every model evaluation then page-faults its tensors in anew, and on a busy
+   node the faults also leave the rank waiting (LAMMPS' "CPU use" 72-82 % instead of ~100 %;
+   wall time per step 1.2-1.5x at 108-500 atoms for AOTInductor packages, benchmarks/README).
+   Keep freed memory for reuse instead, as MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<large>
+   would; the process's memory then stays at its peak. Settings the user made in the
+   environment take precedence. Returns what was done, for the log. */
+std::string tune_malloc()
+{
+#if defined(__GLIBC__)
+  if (std::getenv("MALLOC_MMAP_MAX_") || std::getenv("MALLOC_TRIM_THRESHOLD_") ||
+      std::getenv("GLIBC_TUNABLES"))
+    return "glibc malloc left as set in the environment (MALLOC_*_ or GLIBC_TUNABLES)";
+  if (mallopt(M_MMAP_MAX, 0) == 1 && mallopt(M_TRIM_THRESHOLD, INT_MAX) == 1)
+    return "glibc malloc keeps freed memory for reuse (M_MMAP_MAX 0, M_TRIM_THRESHOLD 2 GiB; "
+           "`malloc_tuning no` leaves the defaults)";
+  return "mallopt failed: glibc malloc defaults";
+#else
+  return "not glibc: allocator untouched";
+#endif
+}
 constexpr const char *kFormatAOTI = "facet-aoti";
 constexpr int kFormatVersionAOTI = 1;
 constexpr const char *kRedeployAOTI = "facet-deploy model.pt --format aoti -o FILE.pt2";
@@ -95,6 +122,7 @@ void PairFacet::allocate()
 
 /* ----------------------------------------------------------------------
    pair_style facet FILE [device cpu|cuda|cuda:K] [chunk_edges N] [single_pass_edges N]
+                         [jit_optimize yes|no] [malloc_tuning yes|no]
 ------------------------------------------------------------------------- */
 
 void PairFacet::settings(int narg, char **arg)
@@ -102,11 +130,12 @@ void PairFacet::settings(int narg, char **arg)
   if (narg < 1)
     error->all(FLERR, "Illegal pair_style facet command: expected `pair_style facet FILE "
                       "[device cpu|cuda] [chunk_edges N] [single_pass_edges N] "
-                      "[jit_optimize yes|no]`");
+                      "[jit_optimize yes|no] [malloc_tuning yes|no]`");
   model_path = arg[0];
   device_request.clear();
   chunk_edges_override = single_pass_edges_override = -1;
   jit_optimize_override = -1;
+  bool malloc_tuning = true;
   int iarg = 1;
   while (iarg < narg) {
     std::string key = arg[iarg];
@@ -117,6 +146,8 @@ void PairFacet::settings(int narg, char **arg)
       chunk_edges_override = utils::bnumeric(FLERR, arg[iarg + 1], false, lmp);
     } else if (key == "jit_optimize") {
       jit_optimize_override = utils::logical(FLERR, arg[iarg + 1], false, lmp);
+    } else if (key == "malloc_tuning") {
+      malloc_tuning = utils::logical(FLERR, arg[iarg + 1], false, lmp) == 1;
     } else if (key == "single_pass_edges") {
       single_pass_edges_override = utils::bnumeric(FLERR, arg[iarg + 1], false, lmp);
       if (single_pass_edges_override < 0)
@@ -124,12 +155,16 @@ void PairFacet::settings(int narg, char **arg)
     } else {
       error->all(FLERR,
                  "pair_style facet: unknown keyword {} (known: device, chunk_edges, "
-                 "single_pass_edges, jit_optimize)",
+                 "single_pass_edges, jit_optimize, malloc_tuning)",
                  key);
     }
     iarg += 2;
   }
   load_model();
+  if (malloc_tuning) {
+    const std::string done = tune_malloc();
+    if (comm->me == 0) utils::logmesg(lmp, "Facet plugin: memory: {}\n", done);
+  }
   // widths of the per-layer exchanges: forward after layers 0..L-2 (outputs of width
   // feature_dims[1..L-1]), reverse of the gradients of the same features. Set here, before
   // comm->init() sizes LAMMPS' buffers from comm_forward/comm_reverse.

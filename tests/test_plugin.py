@@ -431,20 +431,32 @@ run 0
 """
 
 
-def run_bad(work, lmp_exe, **kw) -> tuple[int, str]:
+def run_bad(work, lmp_exe, extra_env: dict[str, str] | None = None, **kw) -> tuple[int, str]:
     fields = {"lib": plugin_library(), "newton": "newton on", "model": work["file"],
               "elements": "Cu Au", "extra": ""}
     fields.update(kw)
     d = work["d"]
     (d / "in.bad").write_text(BAD.format(**fields))
-    proc = subprocess.run([str(lmp_exe), "-in", "in.bad", "-log", "none"], cwd=d, env=env(),
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([str(lmp_exe), "-in", "in.bad", "-log", "none"], cwd=d,
+                          env={**env(), **(extra_env or {})}, capture_output=True, text=True,
+                          timeout=300)
     return proc.returncode, proc.stdout + proc.stderr
 
 
 def test_good_bad_deck_runs(work, lmp_exe):
     rc, out = run_bad(work, lmp_exe)
     assert rc == 0, out[-2000:]
+
+
+def test_malloc_tuning(work, lmp_exe):
+    """glibc malloc keeps freed memory by default (said in the log); `malloc_tuning no` leaves
+    it alone, and so does a MALLOC_*_ setting in the environment."""
+    rc, out = run_bad(work, lmp_exe)
+    assert rc == 0 and "Facet plugin: memory: glibc malloc keeps freed memory for reuse" in out
+    rc, out = run_bad(work, lmp_exe, extra="malloc_tuning no")
+    assert rc == 0 and "Facet plugin: memory" not in out
+    rc, out = run_bad(work, lmp_exe, extra_env={"MALLOC_TRIM_THRESHOLD_": "1000000"})
+    assert rc == 0 and "glibc malloc left as set in the environment" in out
 
 
 def test_missing_model_file(work, lmp_exe):
