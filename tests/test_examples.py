@@ -66,7 +66,7 @@ def test_main_job_relaxation_converges_to_the_ase_minimum(request, runtime):
     from ase.build import bulk
     from ase.filters import FrechetCellFilter
     from ase.optimize import BFGS
-    from test_kokkos_bridge import has_kokkos
+    from lammps_utils import has_kokkos
 
     from facet.calculator import FacetCalculator
 

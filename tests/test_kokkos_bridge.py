@@ -12,23 +12,20 @@ import sys
 import numpy as np
 import pytest
 from conftest import lammps_frame, randomized_model, triclinic_alloy
-from lammps_utils import JOBS, assert_matches_reference, mpirun, require_lammps, run_driver
+from lammps_utils import (
+    JOBS,
+    assert_matches_reference,
+    has_kokkos,
+    mpirun,
+    require_lammps,
+    run_driver,
+)
 
 import facet
 from facet.calculator import FacetCalculator
 from facet.cli.deploy import main as deploy_main
 
 pytestmark = [pytest.mark.lammps, pytest.mark.kokkos, pytest.mark.mpi]
-
-
-def has_kokkos() -> bool:
-    import lammps
-
-    lmp = lammps.lammps(cmdargs=["-nocite", "-log", "none", "-screen", "none"])
-    try:
-        return lmp.has_package("KOKKOS")
-    finally:
-        lmp.close()
 
 
 @pytest.fixture(scope="module")

@@ -132,7 +132,7 @@ def test_null_type_under_hybrid_overlay(workdir, lmp_exe, kokkos):
     no energy and no force from it (another pair style, here ``zero``, covers them)."""
     d, model, atoms = workdir
     if kokkos:
-        from test_kokkos_bridge import has_kokkos
+        from lammps_utils import has_kokkos
 
         if not has_kokkos():
             pytest.skip("this LAMMPS build has no KOKKOS")

@@ -21,6 +21,7 @@ from lammps_utils import (
     REPO,
     atoms_from_results,
     env,
+    has_kokkos,
     mpirun,
     read_deck_results,
     require_lammps,
@@ -37,12 +38,6 @@ pytestmark = [pytest.mark.lammps]
 SHIPPED = REPO / "examples" / "models" / "facet-emt-small.pt"
 # a hang would stop here, not at the suite's limit
 HANG_TIMEOUT = 120
-
-
-def has_kokkos() -> bool:
-    from test_kokkos_bridge import has_kokkos as probe
-
-    return probe()
 
 
 @pytest.fixture(scope="module")

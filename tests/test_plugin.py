@@ -166,7 +166,7 @@ def test_recomputing_evaluation_matches_ase(work, lmp_exe, nproc):
 def test_plugin_equals_mliap_plain_and_kokkos_paths(work, lmp_exe):
     """The same structure through the plugin, ML-IAP's plain path and its KOKKOS path (2 ranks)."""
     d = work["d"]
-    from test_kokkos_bridge import has_kokkos
+    from lammps_utils import has_kokkos
 
     assert deploy_main([str(d / "model.pt"), "-o", str(d / "model-mliap.pt")]) == 0
     # the same input everywhere (extxyz rounds positions to 1e-8 Å)
