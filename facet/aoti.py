@@ -14,8 +14,6 @@ program            inputs                                                      o
 ``layer{k}``       h [n_in, d_k], neighbour [E], rij [E, 3], slots [n_out, M]  h [n_out, d_{k+1}]
 ``layer{k}_vjp``   the same and grad_out [n_out, d_{k+1}]                      grad_h [n_in, d_k],
                                                                                grad_rij [E, 3]
-``layer{k}_fwd``   as ``layer{k}``                                             h, saved activations
-``layer{k}_bwd``   as ``layer{k}``, the saved activations, grad_out            as ``layer{k}_vjp``
 ``readout``        h [n, d_L], species [n]                                     e [n], de.sum/dh
 =================  ==========================================================  ====================
 
@@ -26,8 +24,7 @@ is the whole contract in one pass (energies of the first ``n_{L-1}`` atoms and t
 their sum), with hop pruning as row prefixes ``slots_k = slots[:n_k]`` of one map; the layer
 programs serve runtimes that exchange features between layers (LAMMPS KOKKOS, and the native
 plugin's ``pair_style facet model.pt2``, ``lammps_plugin/facet_aoti.cpp``) or recompute in
-chunks (large systems, ``facet.chunks``); ``layer{k}_vjp`` recomputes its layer,
-``layer{k}_fwd``/``layer{k}_bwd`` keep its activations instead (``facet.aoti_split``). Every size
+chunks (large systems, ``facet.chunks``); ``layer{k}_vjp`` recomputes its layer. Every size
 must be at least 2 (the runtime below pads smaller calls with isolated dummy atoms and pairs).
 
 The package also holds ``extra/facet.json``: format version, torch version, dtype, device, CPU
@@ -59,7 +56,6 @@ from typing import Any
 
 import torch
 
-from facet.aoti_split import split_layer
 from facet.chunks import resolve_chunking, row_chunks
 from facet.errors import FacetError
 from facet.jitcompat import quiet_torchscript
@@ -83,7 +79,7 @@ def program_names(num_layers: int, programs: str = "all") -> list[str]:
     if programs not in PROGRAM_SETS:
         raise ValueError(f"programs must be one of {PROGRAM_SETS}, not {programs!r}")
     layers = ["embed", "readout"] + [f"layer{k}{s}" for k in range(num_layers)
-                                     for s in ("", "_vjp", "_fwd", "_bwd")]
+                                     for s in ("", "_vjp")]
     return {"all": ["energy_forces", *layers], "single": ["energy_forces"],
             "layers": layers}[programs]
 
@@ -194,12 +190,6 @@ def export_programs(model, programs: str = "all", log: Callable[[str], None] | N
         export(f"layer{k}", fwd, [hs[k], nb, rij, slots[k]], dyn)
         export(f"layer{k}_vjp", vjp, [hs[k], nb, rij, slots[k], torch.ones_like(hs[k + 1])],
                [*dyn, {0: n_dims[k]}])
-        t0 = time.perf_counter()
-        out[f"layer{k}_fwd"], out[f"layer{k}_bwd"] = split_layer(
-            model, k, [hs[k], nb, rij, slots[k], torch.ones_like(hs[k + 1])], dyn, _trace)
-        if log:
-            log(f"exported layer{k}_fwd and layer{k}_bwd (activations kept, "
-                f"{time.perf_counter() - t0:.0f} s)")
     return out
 
 

@@ -103,7 +103,7 @@ std::string aoti_incompatibility(const std::string &torch_version, const std::st
 /* ---------------------------------------------------------------------- */
 
 AOTIModel::AOTIModel(const std::string &path, int num_layers_, std::vector<long> dims,
-                     torch::Device device_, torch::Dtype dtype_, bool keeping) :
+                     torch::Device device_, torch::Dtype dtype_) :
     num_layers(num_layers_), feature_dims(std::move(dims)), device(device_), dtype(dtype_)
 {
   const c10::DeviceIndex index = device.is_cuda() ? device.index() : -1;
@@ -120,12 +120,7 @@ AOTIModel::AOTIModel(const std::string &path, int num_layers_, std::vector<long>
   for (int k = 0; k < num_layers; k++) {
     forward_programs.push_back(load("layer" + std::to_string(k)));
     vjp_programs.push_back(load("layer" + std::to_string(k) + "_vjp"));
-    if (keeping) {
-      fwd_keep_programs.push_back(load("layer" + std::to_string(k) + "_fwd"));
-      bwd_keep_programs.push_back(load("layer" + std::to_string(k) + "_bwd"));
-    }
   }
-  kept.resize(num_layers);
 }
 
 AOTIModel::~AOTIModel() = default;
@@ -134,7 +129,6 @@ void AOTIModel::plan(const int64_t *pair_i, const int64_t *pair_j, int64_t npair
                      int nall, int64_t chunk_edges)
 {
   chunks.clear();
-  for (auto &layer : kept) layer.clear();
   nlocal_ = nlocal;
   nall_ = nall;
   npairs_ = npairs;
@@ -242,17 +236,8 @@ std::pair<torch::Tensor, torch::Tensor> AOTIModel::readout_vjp(const torch::Tens
 torch::Tensor AOTIModel::layer_forward(int k, const torch::Tensor &h_all, const torch::Tensor &rij)
 {
   auto out = torch::empty({nlocal_, (int64_t) feature_dims[k + 1]}, h_all.options());
-  const bool keep = keep_activations && can_keep();
-  kept[k].clear();
   for (const auto &c : chunks) {
-    torch::Tensor res;
-    if (keep) {
-      auto all = fwd_keep_programs[k]->run(chunk_inputs(c, h_all, rij));
-      res = all[0];
-      kept[k].emplace_back(all.begin() + 1, all.end());
-    } else {
-      res = forward_programs[k]->run(chunk_inputs(c, h_all, rij))[0];
-    }
+    auto res = forward_programs[k]->run(chunk_inputs(c, h_all, rij))[0];
     if (c.padded) res = res.narrow(0, 2, c.b - c.a);
     out.narrow(0, c.a, c.b - c.a).copy_(res);
   }
@@ -268,25 +253,17 @@ std::pair<torch::Tensor, torch::Tensor> AOTIModel::layer_backward(int k,
   auto grad_x = torch::zeros({npairs_, 3}, rij.options());
   auto grad_h = need_grad_h ? torch::zeros_like(h_all) : torch::empty({0, h_all.size(1)},
                                                                       h_all.options());
-  // activations kept by layer_forward for these chunks, if any
-  const bool keep = kept[k].size() == chunks.size() && !chunks.empty();
-  for (size_t ci = 0; ci < chunks.size(); ci++) {
-    const auto &c = chunks[ci];
+  for (const auto &c : chunks) {
     auto inputs = chunk_inputs(c, h_all, rij);
     auto g = grad_out.narrow(0, c.a, c.b - c.a);
     if (c.padded) g = torch::cat({torch::zeros({2, g.size(1)}, g.options()), g});
-    if (keep) {
-      inputs.insert(inputs.end(), kept[k][ci].begin(), kept[k][ci].end());
-      kept[k][ci].clear();
-    }
     inputs.push_back(g.contiguous());
-    auto res = keep ? bwd_keep_programs[k]->run(inputs) : vjp_programs[k]->run(inputs);
+    auto res = vjp_programs[k]->run(inputs);
     auto gh = res[0], gr = res[1];
     if (c.padded) gh = gh.narrow(0, 2, gh.size(0) - 2);
     grad_x.narrow(0, c.ea, c.eb - c.ea).copy_(gr.narrow(0, 0, c.eb - c.ea));
     if (need_grad_h) grad_h.index_add_(0, c.read, gh);
   }
-  kept[k].clear();
   return {grad_x, grad_h};
 }
 

@@ -8,12 +8,9 @@
    class builds the maps (one per chunk of output rows, reused by every layer of a call) and pads
    small calls with two isolated dummy atoms and two unused dummy pairs, as facet.aoti does.
 
-   Two evaluations. Recomputing (facet/chunks.py): the forward keeps only node features, the
-   backward recomputes one chunk of one layer at a time (`layer{k}_vjp`), so memory follows the
-   chunk, not the system. Keeping activations (packages that have `layer{k}_fwd` and
-   `layer{k}_bwd`, facet/aoti_split.py): the forward returns what the backward needs and nothing
-   is computed twice; memory grows with the system, so the pair style takes it only up to
-   `single_pass_edges` pairs, in one chunk.
+   A call is the recomputing evaluation of facet/chunks.py over these programs: the forward
+   keeps only node features, the backward recomputes one chunk of one layer at a time, so memory
+   follows the chunk, not the system. One chunk covers everything up to `single_pass_edges`.
 */
 
 #ifndef FACET_AOTI_H
@@ -46,9 +43,8 @@ class AOTIModel {
  public:
   // Loads the programs embed, readout, layer{k}, layer{k}_vjp (k < num_layers) of `path`.
   // Throws std::runtime_error naming the program that failed.
-  // With `keeping`, also layer{k}_fwd and layer{k}_bwd.
   AOTIModel(const std::string &path, int num_layers, std::vector<long> feature_dims,
-            torch::Device device, torch::Dtype dtype, bool keeping);
+            torch::Device device, torch::Dtype dtype);
   ~AOTIModel();
 
   /* The chunks of a call: local atoms 0..nlocal-1 are the output rows, pair p is centred on
@@ -57,9 +53,6 @@ class AOTIModel {
   void plan(const int64_t *pair_i, const int64_t *pair_j, int64_t npairs, int nlocal, int nall,
             int64_t chunk_edges);
   size_t num_chunks() const { return chunks.size(); }
-  bool can_keep() const { return !fwd_keep_programs.empty(); }
-  // layer_forward keeps each chunk's activations for layer_backward (set before a call)
-  bool keep_activations = false;
 
   torch::Tensor embed(const torch::Tensor &species);    // [n] -> h_0 [n, d_0]
   // per-atom energies [n] and d(sum e)/dh [n, d_L] of features h [n, d_L]
@@ -91,8 +84,7 @@ class AOTIModel {
   torch::Dtype dtype;
   std::unique_ptr<torch::inductor::AOTIModelPackageLoader> embed_program, readout_program;
   std::vector<std::unique_ptr<torch::inductor::AOTIModelPackageLoader>> forward_programs,
-      vjp_programs, fwd_keep_programs, bwd_keep_programs;
-  std::vector<std::vector<std::vector<torch::Tensor>>> kept;    // [layer][chunk] activations
+      vjp_programs;
   std::vector<int64_t> position;    // scratch of plan(): row of an atom in the chunk's `read`
 
   std::vector<torch::Tensor> chunk_inputs(const Chunk &c, const torch::Tensor &h_all,

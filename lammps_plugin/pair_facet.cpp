@@ -227,17 +227,13 @@ void PairFacet::load_model()
     feature_dims = meta.at("feature_dims").get<std::vector<long>>();
     dtype_name = meta.at("dtype").get<std::string>();
     device_name = meta.value("device", "cpu");
-    // chunking defaults of facet.chunks.default_chunking (a package stores none). A package
-    // without layer{k}_fwd/_bwd can only recompute every layer in the backward pass whatever
-    // the chunking, so on the CPU, chunks are free and their small tensors faster: always
-    // chunked there
-    const auto programs = meta.value("programs", std::vector<std::string>{});
-    aoti_keeping = is_package &&
-        std::find(programs.begin(), programs.end(), "layer0_fwd") != programs.end();
+    // chunking defaults of facet.chunks.default_chunking (a package stores none). The package's
+    // layer programs recompute every layer in the backward pass whatever the chunking, so on
+    // the CPU, chunks are free and their small tensors faster: always chunked there
     const bool cuda_file = device_name.rfind("cuda", 0) == 0;
     chunk_edges = meta.value("chunk_edges", cuda_file ? 1L << 18 : 4096L);
-    single_pass_edges = meta.value(
-        "single_pass_edges", cuda_file ? 1L << 18 : (is_package && !aoti_keeping) ? 0L : 16384L);
+    single_pass_edges =
+        meta.value("single_pass_edges", cuda_file ? 1L << 18 : is_package ? 0L : 16384L);
     chunking_by_device.clear();
     if (meta.contains("chunking_by_device"))
       for (auto &item : meta["chunking_by_device"].items())
@@ -246,14 +242,11 @@ void PairFacet::load_model()
     torch_version = meta.value("torch_version", "?");
     cpu_isa = meta.value("cpu_isa", "");
     if (is_package) {
+      auto programs = meta.value("programs", std::vector<std::string>{});
       std::vector<std::string> needed{"embed", "readout"};
       for (int k = 0; k < num_layers; k++) {
         needed.push_back("layer" + std::to_string(k));
         needed.push_back("layer" + std::to_string(k) + "_vjp");
-        if (aoti_keeping) {
-          needed.push_back("layer" + std::to_string(k) + "_fwd");
-          needed.push_back("layer" + std::to_string(k) + "_bwd");
-        }
       }
       for (const auto &name : needed)
         if (std::find(programs.begin(), programs.end(), name) == programs.end())
@@ -357,7 +350,7 @@ void PairFacet::load_aoti_programs()
                model_path, problems, kRedeployAOTI);
   try {
     aoti = std::make_unique<FacetPlugin::AOTIModel>(model_path, num_layers, feature_dims, device,
-                                                    dtype, aoti_keeping);
+                                                    dtype);
   } catch (const std::exception &e) {
     error->all(FLERR, "pair_style facet: cannot load the AOTInductor package {}: {}; write it "
                       "again with `{}`",
@@ -747,7 +740,6 @@ PairFacet::aoti_evaluation(const torch::Tensor &species, const torch::Tensor &ri
 {
   aoti->plan(pair_i.data(), pair_j.data(), (int64_t) pair_i.size(), nlocal, nall,
              chunked ? chunk_edges : 0);
-  aoti->keep_activations = !chunked;    // single pass: nothing computed twice (if it can)
   std::vector<torch::Tensor> hs{aoti->embed(species)};
   torch::Tensor h_local;
   for (int k = 0; k < num_layers; k++) {
@@ -843,10 +835,7 @@ void PairFacet::compute(int eflag, int vflag)
                    "above {} pairs per rank{}; {}\n",
                    num_layers - 1, comm_forward, dtype_name, device.str(), chunk_edges,
                    single_pass_edges, chunk_edges > 0 ? "" : " (off)",
-                   aoti ? (aoti->can_keep()
-                               ? "AOTInductor programs (single pass: activations kept; "
-                                 "recomputing: every layer recomputed in its backward)"
-                               : "AOTInductor programs (every layer recomputed in its backward)")
+                   aoti ? "AOTInductor programs (every layer recomputed in its backward)"
                    : jit_optimize ? "TorchScript executor optimising"
                                   : "TorchScript executor plain (jit_optimize no)");
     announced = true;

@@ -82,7 +82,6 @@ class PairFacet : public Pair {
   torch::jit::Module module;
   std::unique_ptr<FacetPlugin::AOTIModel> aoti;    // set: the file is an AOTInductor package
   std::string cpu_isa;                             // AOTI: the CPU ISA it was compiled for
-  bool aoti_keeping = false;    // AOTI: has layer{k}_fwd/_bwd (single pass keeps activations)
   bool loaded = false;
   torch::Device device = torch::Device(torch::kCPU);
   torch::Dtype dtype = torch::kFloat64;

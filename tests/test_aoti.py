@@ -32,7 +32,6 @@ from facet.aoti import (
 from facet.calculator import FacetCalculator
 from facet.contract import FacetPotential
 from facet.graph import build_graph
-from facet.tensor_product import neighbour_slots
 
 pytestmark = pytest.mark.slow
 
@@ -80,9 +79,8 @@ def test_metadata(deployed, aoti_model):
     assert meta["elements"] == ["Cu", "Au", "Ag"] and meta["r_max"] == aoti_model.r_max
     assert meta["num_layers"] == 2 and meta["feature_dims"] == aoti_model.feature_dims
     assert meta["cpu_isa"]
-    assert meta["programs"] == ["energy_forces", "embed", "readout",
-                                "layer0", "layer0_vjp", "layer0_fwd", "layer0_bwd",
-                                "layer1", "layer1_vjp", "layer1_fwd", "layer1_bwd"]
+    assert meta["programs"] == ["energy_forces", "embed", "readout", "layer0", "layer0_vjp",
+                                "layer1", "layer1_vjp"]
     assert not compatibility_problems(meta)
 
 
@@ -158,34 +156,6 @@ def test_contract_with_ghosts_and_tiny_inputs(deployed, aoti_model, evaluation):
         assert torch.allclose(g1, g0, atol=1e-10, rtol=0), (len(sp), nlocal)
         if c.numel():  # no pairs: nothing to chunk, always the single pass
             assert pot.last_evaluation == evaluation
-
-
-def test_forward_keeping_activations_equals_the_vjp(deployed, aoti_model):
-    """``layer{k}_fwd`` (output + saved activations) then ``layer{k}_bwd`` = ``layer{k}`` and
-    ``layer{k}_vjp`` (which recomputes the layer) and the eager model's VJP, at sizes other
-    than the export example's."""
-    from facet.aoti import AOTIPackage
-
-    pkg = AOTIPackage(deployed[2])
-    model = aoti_model
-    species, centre, neighbour, rij = graph_tensors(triclinic_alloy(seed=7), model)
-    order = torch.argsort(centre, stable=True)
-    centre, neighbour, rij = centre[order], neighbour[order], rij[order]
-    n = species.shape[0]
-    slots = neighbour_slots(centre, n, centre.shape[0])
-    h = model.embed(species)
-    for k in range(model.num_interactions):
-        grad_out = torch.randn(n, model.feature_dims[k + 1], dtype=torch.float64,
-                               generator=torch.Generator().manual_seed(k))
-        out, *saved = pkg.programs[f"layer{k}_fwd"](h, neighbour, rij, slots)
-        gh, gr = pkg.programs[f"layer{k}_bwd"](h, neighbour, rij, slots, *saved, grad_out)
-        ref_out = pkg.programs[f"layer{k}"](h, neighbour, rij, slots)
-        ref_gh, ref_gr = pkg.programs[f"layer{k}_vjp"](h, neighbour, rij, slots, grad_out)
-        eager_gh, eager_gr = model.layer_slots_vjp(k, h, neighbour, rij, slots, grad_out)
-        assert saved and torch.allclose(out, ref_out, atol=1e-12, rtol=0)
-        for got, want in ((gh, ref_gh), (gr, ref_gr), (gh, eager_gh), (gr, eager_gr)):
-            assert torch.allclose(got, want, atol=1e-10, rtol=0), k
-        h = out
 
 
 def test_runs_without_torch_jit(deployed, aoti_model, monkeypatch):
@@ -337,14 +307,12 @@ def test_plugin_runs_the_package(plugin_case, nproc, extra):
     res = run_plugin(plugin_case, plugin_case["package"], tag, nproc, extra)
     log = (plugin_case["d"] / f"log.{tag}").read_text()
     assert "AOTInductor package" in log and "AOTInductor programs" in log
-    # a package with layer{k}_fwd/_bwd: single pass keeping activations up to 16384 pairs
-    # (the TorchScript file's default), chunks of 4096 pairs recomputing each layer above
-    chunking = {"chunk_edges": "4096", "single_pass_edges": "16384"}
+    # packages on the CPU: always in chunks (of 4096 pairs by default; here fewer pairs)
+    chunking = {"chunk_edges": "4096", "single_pass_edges": "0"}
     chunking.update(zip(extra.split()[::2], extra.split()[1::2], strict=True))
     assert (f"chunks of {chunking['chunk_edges']} pairs above {chunking['single_pass_edges']} "
             "pairs") in log
-    assert "single pass: activations kept" in log
-    evaluation = "recomputing" if chunking["single_pass_edges"] == "0" else "single pass"
+    evaluation = "single pass" if chunking["single_pass_edges"] == "100000" else "recomputing"
     assert f"{evaluation} evaluation on rank 0" in log
     assert_ref(res, plugin_case["ref"])
     ts = run_plugin(plugin_case, plugin_case["torchscript"], tag + "ts", nproc, extra)
@@ -356,29 +324,8 @@ def test_plugin_runs_the_package(plugin_case, nproc, extra):
 
 @pytest.mark.lammps
 @pytest.mark.plugin
-def test_plugin_package_without_kept_activation_programs(plugin_case):
-    """A package without layer{k}_fwd/_bwd (written before them): the plugin recomputes every
-    layer, in chunks by default; same numbers."""
-    from plugin_utils import assert_ref
-
-    data = plugin_case["package"].read_bytes()
-    meta = read_metadata(data)
-    old = plugin_case["d"] / "no-fwd-bwd.pt2"
-    old.write_bytes(rewritten(data, programs=[p for p in meta["programs"]
-                                              if not p.endswith(("_fwd", "_bwd"))]))
-    res = run_plugin(plugin_case, old, "aotiold", 1)
-    log = (plugin_case["d"] / "log.aotiold").read_text()
-    assert "every layer recomputed in its backward)" in log and "activations kept" not in log
-    assert "chunks of 4096 pairs above 0 pairs" in log
-    assert_ref(res, plugin_case["ref"])
-
-
-@pytest.mark.lammps
-@pytest.mark.plugin
 @pytest.mark.mpi
-@pytest.mark.parametrize("extra", ["chunk_edges 1 single_pass_edges 0", ""],
-                         ids=["recomputing", "single-pass"])
-def test_plugin_package_empty_rank_and_tiny_chunks(plugin_case, aoti_model, extra):
+def test_plugin_package_empty_rank_and_tiny_chunks(plugin_case, aoti_model):
     """A slab in the lower half of the box on `processors 1 1 2`: the upper rank owns no atoms
     and sees no ghosts; with chunks of 1 pair most chunks are below the programs' minimum
     sizes (dummy padding)."""
@@ -395,10 +342,10 @@ def test_plugin_package_empty_rank_and_tiny_chunks(plugin_case, aoti_model, extr
     atoms.set_cell([atoms.cell[0, 0], atoms.cell[1, 1], 40.0])
     atoms.pbc = [True, True, False]
     data = write_data(plugin_case["d"], atoms, ["Cu", "Au", "Ag"], "lowslab")
-    tag = f"aotislab{len(extra)}"
-    res = run_plugin(plugin_case, plugin_case["package"], tag, 2, extra, atoms=atoms,
-                     data=data, boundary="p p f", before_read="processors 1 1 2")
-    log = (plugin_case["d"] / f"log.{tag}").read_text()
+    res = run_plugin(plugin_case, plugin_case["package"], "aotislab", 2,
+                     "chunk_edges 1 single_pass_edges 0", atoms=atoms, data=data,
+                     boundary="p p f", before_read="processors 1 1 2")
+    log = (plugin_case["d"] / "log.aotislab").read_text()
     assert re.search(r"Nlocal:.*\s0 min", log) and re.search(r"Nghost:.*\s0 min", log)
     assert_ref(res, ase_reference(aoti_model, atoms))
 
