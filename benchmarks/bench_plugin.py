@@ -14,7 +14,8 @@ paths run back to back (their order alternates between rounds) so that they see 
     python benchmarks/bench_plugin.py --paths plugin,plugin-aoti --aoti-dir DIR  # packages
         # compiled once into DIR (facet-deploy --format aoti --aoti-programs layers: minutes)
     python benchmarks/bench_plugin.py --paths plugin,plugin@untuned  # `@untuned`: the plugin
-        # with `malloc_tuning no` (glibc's default allocator behaviour)
+        # with `malloc_tuning no` (glibc's default allocator behaviour); `@recompute`: with
+        # `single_pass_edges 0` (the recomputing evaluation at every size)
 
 Models: `shipped` = examples/models/facet-emt-small.pt (2 layers); `facet-s` = Facet-S for Cu
 (3 layers, 236k parameters) with every parameter perturbed by 0.1 randn (seed 0), as in
@@ -113,7 +114,8 @@ def deck(path: str, model: dict, data: Path, warmup: int, steps: int, lib: Path)
     base, _, variant = path.partition("@")
     if base in ("plugin", "plugin-aoti"):
         file = model["plugin"] if base == "plugin" else model["package"]
-        extra = " malloc_tuning no" if variant == "untuned" else ""
+        extra = {"": "", "untuned": " malloc_tuning no",
+                 "recompute": " single_pass_edges 0"}[variant]
         pair = f"plugin load {lib}\npair_style facet {file}{extra}\npair_coeff * * Cu"
     elif path == "kokkos":
         pair = f"pair_style mliap unified {model['mliap']} 0\npair_coeff * * Cu"
@@ -178,7 +180,8 @@ def path_name(path: str) -> str:
     base, _, variant = path.partition("@")
     name = {"plugin": "plugin", "kokkos": "KOKKOS path", "plain": "plain path",
             "plugin-aoti": "plugin, AOTI package"}[base]
-    return name + (", malloc_tuning no" if variant == "untuned" else "")
+    return name + {"": "", "untuned": ", malloc_tuning no",
+                   "recompute": ", single_pass_edges 0"}[variant]
 
 
 def table(rows: list[dict]) -> str:
@@ -253,11 +256,11 @@ def main() -> None:
         raise SystemExit("the plugin is not built: run deploy/build_plugin.sh")
     paths = args.paths.split(",")
     unknown = {p for p in paths if p.partition("@")[0] not in PATHS
-               or p.partition("@")[2] not in ("", "untuned")
+               or p.partition("@")[2] not in ("", "untuned", "recompute")
                or (p.partition("@")[2] and not p.startswith("plugin"))}
     if unknown:
         raise SystemExit(f"unknown path(s) {sorted(unknown)}: choose from {PATHS} (plugin "
-                         "paths also as <path>@untuned)")
+                         "paths also as <path>@untuned and <path>@recompute)")
     if any(p.startswith("plugin-aoti") for p in paths) and not args.aoti_dir:
         raise SystemExit("the plugin-aoti path needs --aoti-dir DIR (packages are compiled there)")
     work = Path(tempfile.mkdtemp(prefix="facet-bench-plugin-"))
