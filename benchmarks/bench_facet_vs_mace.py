@@ -92,11 +92,10 @@ def facet_evaluate(model: Path, args) -> dict:
     """Held-out errors and timing of a Facet checkpoint, in a fresh process."""
     code = (
         "import json, sys, time, torch; torch.set_num_threads(1)\n"
-        f"sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'benchmarks')!r}, "
-        f"{str(ROOT / 'scripts')!r}]\n"
+        f"sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'benchmarks')!r}]\n"
         "from facet.calculator import FacetCalculator\n"
         "from facet.model import count_parameters\n"
-        "from evaluate_emt_model import heldout_table\n"
+        "from facet.data.emt import heldout_table\n"
         "from emt_timing import time_per_atom\n"
         f"calc = FacetCalculator({str(model)!r}, dtype='float64')\n"
         "t0 = time.perf_counter()\n"

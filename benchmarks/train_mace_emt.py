@@ -14,7 +14,7 @@ given files, with MACE-MP-0 "small" hyperparameters scaled down (``SIZES``), and
 wall time. The files carry the labels as ``REF_energy``, ``REF_forces`` and, for the bulk
 frames only, ``REF_stress`` (slabs have no stress label, so MACE gives them stress weight 0).
 
-``evaluate`` computes the errors on the held-out sets with ``facet.data.emt.reference_errors``
+``evaluate`` computes the errors on the held-out sets with ``facet.data.emt.heldout_table``
 (the same function as ``scripts/evaluate_emt_model.py``) and the inference time per atom.
 """
 
@@ -107,7 +107,7 @@ def evaluate(args: argparse.Namespace) -> int:
     sys.path.insert(0, str(ROOT))
     from mace.calculators import MACECalculator
 
-    from facet.data.emt import heldout_md, read_heldout_sets, reference_errors
+    from facet.data.emt import heldout_table
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from emt_timing import time_per_atom
 
@@ -115,14 +115,8 @@ def evaluate(args: argparse.Namespace) -> int:
     model = calc.models[0]
     result = {"model": args.model, "dtype": args.dtype,
               "parameters": int(sum(p.numel() for p in model.parameters()))}
-    sets = read_heldout_sets(args.heldout_dir)
-    import ase.io
-
-    held = Path(args.heldout)
-    sets["md_700K"] = ase.io.read(held, ":") if held.exists() else heldout_md()
     t0 = time.perf_counter()
-    result["heldout"] = {name: reference_errors(calc, frames) for name, frames in sets.items()}
-    result["heldout"]["all"] = reference_errors(calc, [f for v in sets.values() for f in v])
+    result["heldout"] = heldout_table(calc, args.heldout_dir, args.heldout)
     result["heldout_eval_s"] = time.perf_counter() - t0
     result["timing"] = time_per_atom(calc)
     print(json.dumps(result, indent=1))

@@ -25,7 +25,6 @@ import time
 import warnings
 from pathlib import Path
 
-import ase.io
 import numpy as np
 from ase import units
 from ase.build import bulk
@@ -34,25 +33,7 @@ from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 from ase.md.verlet import VelocityVerlet
 
 from facet.calculator import FacetCalculator
-from facet.data.emt import (
-    ELEMENTS,
-    LATTICE,
-    heldout_md,
-    random_alloy,
-    read_heldout_sets,
-    reference_errors,
-)
-
-
-def heldout_table(calc, heldout_dir: str, trajectory: str) -> dict[str, dict[str, float]]:
-    """``reference_errors`` on every held-out set, the 700 K trajectory ("md_700K") and all of
-    them pooled ("all": every frame counts once)."""
-    sets = read_heldout_sets(heldout_dir)
-    held = Path(trajectory)
-    sets["md_700K"] = ase.io.read(held, ":") if held.exists() else heldout_md()
-    out = {name: reference_errors(calc, frames) for name, frames in sets.items()}
-    out["all"] = reference_errors(calc, [f for frames in sets.values() for f in frames])
-    return out
+from facet.data.emt import ELEMENTS, LATTICE, heldout_table, random_alloy
 
 
 def print_table(table: dict[str, dict[str, float]]) -> None:

@@ -194,3 +194,29 @@ def test_batched_predictions_equal_the_ase_calculator(tiny_file):
         np.testing.assert_allclose(pred.stress[k].numpy(), atoms.get_stress(), atol=1e-10)
         offset += n
     assert batch.stress_mask.tolist() == [f.stress is not None for f in frames]
+
+
+def test_heldout_table_of_the_reference_itself(tmp_path, tiny_frames):
+    """``heldout_table`` reads every held-out set and the trajectory, and pools them: EMT
+    against its own labels has zero error; a calculator off by a constant shows it as the mean
+    offset on every set."""
+    from ase.calculators.emt import EMT
+
+    from facet.data.emt import HELDOUT_SETS, heldout_table
+
+    for k, name in enumerate(HELDOUT_SETS):
+        ase.io.write(tmp_path / f"{name}.xyz", tiny_frames[k::4][:2], format="extxyz")
+    ase.io.write(tmp_path / "traj.xyz", tiny_frames[3::4][:2], format="extxyz")
+    table = heldout_table(EMT(), str(tmp_path), str(tmp_path / "traj.xyz"))
+    assert list(table) == [*HELDOUT_SETS, "md_700K", "all"]
+    assert table["all"]["frames"] == sum(table[n]["frames"] for n in table if n != "all") == 8
+    for row in table.values():  # extxyz keeps 8 decimals of the labels: ~1e-5 meV
+        assert row["e_mae_mev_atom"] < 1e-4 and row["f_mae_mev_a"] < 1e-4
+
+    class Shifted(EMT):
+        def calculate(self, *args, **kwargs):
+            super().calculate(*args, **kwargs)
+            self.results["energy"] += 0.002 * len(self.atoms)  # +2 meV/atom
+
+    for row in heldout_table(Shifted(), str(tmp_path), str(tmp_path / "traj.xyz")).values():
+        assert row["e_mean_offset_mev_atom"] == pytest.approx(2.0, abs=1e-4)

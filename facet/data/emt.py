@@ -418,6 +418,18 @@ def read_heldout_sets(folder: str, seed: int = HELDOUT_SEED) -> dict[str, list[A
     return out
 
 
+def heldout_table(calc, heldout_dir: str, trajectory: str) -> dict[str, dict[str, float]]:
+    """``reference_errors`` of ``calc`` on every held-out set (``read_heldout_sets``), on the
+    700 K trajectory ``trajectory`` ("md_700K"; ``heldout_md`` if the file is missing) and on
+    all of them pooled ("all": every frame counts once)."""
+    sets = read_heldout_sets(heldout_dir)
+    held = Path(trajectory)
+    sets["md_700K"] = ase.io.read(held, ":") if held.exists() else heldout_md()
+    out = {name: reference_errors(calc, frames) for name, frames in sets.items()}
+    out["all"] = reference_errors(calc, [f for frames in sets.values() for f in frames])
+    return out
+
+
 def reference_errors(calc, frames: list[Atoms]) -> dict[str, float]:
     """Errors of ``calc`` (any ASE calculator) against the frames' EMT labels: MAE and RMSE of
     the energy per atom (meV/atom; also after removing the mean offset), of the force components
