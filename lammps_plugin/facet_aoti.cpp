@@ -103,8 +103,8 @@ std::string aoti_incompatibility(const std::string &torch_version, const std::st
 /* ---------------------------------------------------------------------- */
 
 AOTIModel::AOTIModel(const std::string &path, int num_layers_, std::vector<long> dims,
-                     torch::Device device_, torch::Dtype dtype_) :
-    num_layers(num_layers_), feature_dims(std::move(dims)), device(device_), dtype(dtype_)
+                     torch::Device device_) :
+    num_layers(num_layers_), feature_dims(std::move(dims)), device(device_)
 {
   const c10::DeviceIndex index = device.is_cuda() ? device.index() : -1;
   auto load = [&](const std::string &name) {
@@ -130,8 +130,6 @@ void AOTIModel::plan(const int64_t *pair_i, const int64_t *pair_j, int64_t npair
 {
   chunks.clear();
   nlocal_ = nlocal;
-  nall_ = nall;
-  npairs_ = npairs;
   if (nlocal == 0) return;
   // first pair of every row (pairs are sorted by centre)
   std::vector<int64_t> start(nlocal + 1, 0);
@@ -250,7 +248,7 @@ std::pair<torch::Tensor, torch::Tensor> AOTIModel::layer_backward(int k,
                                                                   const torch::Tensor &grad_out,
                                                                   bool need_grad_h)
 {
-  auto grad_x = torch::zeros({npairs_, 3}, rij.options());
+  auto grad_x = torch::zeros_like(rij);
   auto grad_h = need_grad_h ? torch::zeros_like(h_all) : torch::empty({0, h_all.size(1)},
                                                                       h_all.options());
   for (const auto &c : chunks) {

@@ -44,7 +44,7 @@ class AOTIModel {
   // Loads the programs embed, readout, layer{k}, layer{k}_vjp (k < num_layers) of `path`.
   // Throws std::runtime_error naming the program that failed.
   AOTIModel(const std::string &path, int num_layers, std::vector<long> feature_dims,
-            torch::Device device, torch::Dtype dtype);
+            torch::Device device);
   ~AOTIModel();
 
   /* The chunks of a call: local atoms 0..nlocal-1 are the output rows, pair p is centred on
@@ -77,11 +77,10 @@ class AOTIModel {
     bool padded;           // a size below 2: two dummy atoms first, two dummy pairs last
   };
   std::vector<Chunk> chunks;
-  int64_t nlocal_ = 0, nall_ = 0, npairs_ = 0;
+  int64_t nlocal_ = 0;    // output rows of the planned call
   int num_layers;
   std::vector<long> feature_dims;
   torch::Device device;
-  torch::Dtype dtype;
   std::unique_ptr<torch::inductor::AOTIModelPackageLoader> embed_program, readout_program;
   std::vector<std::unique_ptr<torch::inductor::AOTIModelPackageLoader>> forward_programs,
       vjp_programs;

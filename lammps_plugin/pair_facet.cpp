@@ -51,11 +51,14 @@ constexpr const char *kFormat = "facet-lammps-plugin";
 constexpr int kFormatVersion = 1;
 constexpr const char *kMetadataFile = "facet_plugin.json";
 constexpr const char *kRedeploy = "facet-deploy model.pt --format plugin -o FILE";
+constexpr const char *kFormatAOTI = "facet-aoti";
+constexpr int kFormatVersionAOTI = 1;
+constexpr const char *kRedeployAOTI = "facet-deploy model.pt --format aoti -o FILE.pt2";
 
 /* glibc's default allocator serves large blocks with fresh mmap()s and gives freed memory back
    to the system: every model evaluation then page-faults its tensors in anew, and on a busy
-   node the faults also leave the rank waiting (LAMMPS' "CPU use" 72-82 % instead of ~100 %;
-   wall time per step 1.2-1.5x at 108-500 atoms for AOTInductor packages, benchmarks/README).
+   node the faults also leave the rank waiting (LAMMPS' "CPU use" 79-88 % instead of 98-100 %;
+   wall time per step 1.08-1.34x at 108-500 atoms for AOTInductor packages, benchmarks/README).
    Keep freed memory for reuse instead, as MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<large>
    would; the process's memory then stays at its peak. Settings the user made in the
    environment take precedence. Returns what was done, for the log. */
@@ -73,9 +76,6 @@ std::string tune_malloc()
   return "not glibc: allocator untouched";
 #endif
 }
-constexpr const char *kFormatAOTI = "facet-aoti";
-constexpr int kFormatVersionAOTI = 1;
-constexpr const char *kRedeployAOTI = "facet-deploy model.pt --format aoti -o FILE.pt2";
 
 torch::Tensor zeros_like_rows(int64_t rows, int64_t cols, const torch::Tensor &like)
 {
@@ -349,8 +349,8 @@ void PairFacet::load_aoti_programs()
                "again on this machine with the torch this plugin was built with: `{}`",
                model_path, problems, kRedeployAOTI);
   try {
-    aoti = std::make_unique<FacetPlugin::AOTIModel>(model_path, num_layers, feature_dims, device,
-                                                    dtype);
+    aoti = std::make_unique<FacetPlugin::AOTIModel>(model_path, num_layers, feature_dims,
+                                                    device);
   } catch (const std::exception &e) {
     error->all(FLERR, "pair_style facet: cannot load the AOTInductor package {}: {}; write it "
                       "again with `{}`",
