@@ -38,6 +38,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "examples" / "models" / "facet-emt-small.pt"
 PATHS = ("plugin", "kokkos", "plain", "plugin-aoti")
+# plugin paths as <path>@<variant>: the pair_style keywords the variant adds
+VARIANTS = {"untuned": "malloc_tuning no", "recompute": "single_pass_edges 0"}
 
 
 def lammps_prefix() -> Path:
@@ -114,8 +116,7 @@ def deck(path: str, model: dict, data: Path, warmup: int, steps: int, lib: Path)
     base, _, variant = path.partition("@")
     if base in ("plugin", "plugin-aoti"):
         file = model["plugin"] if base == "plugin" else model["package"]
-        extra = {"": "", "untuned": " malloc_tuning no",
-                 "recompute": " single_pass_edges 0"}[variant]
+        extra = f" {VARIANTS[variant]}" if variant else ""
         pair = f"plugin load {lib}\npair_style facet {file}{extra}\npair_coeff * * Cu"
     elif path == "kokkos":
         pair = f"pair_style mliap unified {model['mliap']} 0\npair_coeff * * Cu"
@@ -180,8 +181,7 @@ def path_name(path: str) -> str:
     base, _, variant = path.partition("@")
     name = {"plugin": "plugin", "kokkos": "KOKKOS path", "plain": "plain path",
             "plugin-aoti": "plugin, AOTI package"}[base]
-    return name + {"": "", "untuned": ", malloc_tuning no",
-                   "recompute": ", single_pass_edges 0"}[variant]
+    return name + (f", {VARIANTS[variant]}" if variant else "")
 
 
 def table(rows: list[dict]) -> str:
@@ -256,11 +256,11 @@ def main() -> None:
         raise SystemExit("the plugin is not built: run deploy/build_plugin.sh")
     paths = args.paths.split(",")
     unknown = {p for p in paths if p.partition("@")[0] not in PATHS
-               or p.partition("@")[2] not in ("", "untuned", "recompute")
+               or p.partition("@")[2] not in ("", *VARIANTS)
                or (p.partition("@")[2] and not p.startswith("plugin"))}
     if unknown:
         raise SystemExit(f"unknown path(s) {sorted(unknown)}: choose from {PATHS} (plugin "
-                         "paths also as <path>@untuned and <path>@recompute)")
+                         f"paths also as <path>@<variant>, variants {sorted(VARIANTS)})")
     if any(p.startswith("plugin-aoti") for p in paths) and not args.aoti_dir:
         raise SystemExit("the plugin-aoti path needs --aoti-dir DIR (packages are compiled there)")
     work = Path(tempfile.mkdtemp(prefix="facet-bench-plugin-"))

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 from lammps_utils import REPO, env, mpirun, require_lammps
+from plugin_utils import require_plugin
 
 from facet.cli.deploy import main as deploy_main
-from facet.lammps.plugin import plugin_library
 
 pytestmark = [pytest.mark.lammps, pytest.mark.mpi, pytest.mark.slow]
 
@@ -28,9 +28,7 @@ def deployed(tmp_path_factory):
 def deployed_plugin(tmp_path_factory):
     """The shipped model as the native plugin's file, and the built plugin (the main job)."""
     require_lammps()
-    lib = plugin_library()
-    if lib is None:
-        pytest.skip("the native plugin is not built (deploy/build_plugin.sh)")
+    lib = require_plugin()
     out = tmp_path_factory.mktemp("examples") / "facet-emt-small-plugin.pt"
     assert deploy_main([str(SHIPPED), "--format", "plugin", "-o", str(out)]) == 0
     return lib, out
