@@ -9,8 +9,12 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstdlib>
+#include <filesystem>
 #include <fstream>
+#include <optional>
 #include <stdexcept>
+#include <unistd.h>
 
 namespace FacetPlugin {
 
@@ -44,6 +48,40 @@ std::string first_line(const std::string &s)
 {
   return s.substr(0, s.find('\n'));
 }
+
+/* A fresh directory under $TMPDIR (or /tmp) that is $TMPDIR while this object lives and is
+   removed with everything in it when it goes. AOTIModelPackageLoader extracts each program into
+   a directory under $TMPDIR that only its destructor removes, and a LAMMPS error exit runs no
+   destructors: every failed job would leave them behind (measured: 6 directories per rank for
+   a 2-layer package). Loaded programs stay mapped once their files are gone (Linux). */
+class ScratchTmpdir {
+ public:
+  ScratchTmpdir()
+  {
+    const char *base = std::getenv("TMPDIR");
+    std::string pattern = std::string(base && *base ? base : "/tmp") + "/facet-aoti-XXXXXX";
+    if (!mkdtemp(pattern.data()))
+      throw std::runtime_error("cannot create a scratch directory like " + pattern);
+    dir = pattern;
+    if (base) previous = base;
+    setenv("TMPDIR", dir.c_str(), 1);
+  }
+  ~ScratchTmpdir()
+  {
+    if (previous)
+      setenv("TMPDIR", previous->c_str(), 1);
+    else
+      unsetenv("TMPDIR");
+    std::error_code ignored;
+    std::filesystem::remove_all(dir, ignored);
+  }
+  ScratchTmpdir(const ScratchTmpdir &) = delete;
+  ScratchTmpdir &operator=(const ScratchTmpdir &) = delete;
+
+ private:
+  std::string dir;
+  std::optional<std::string> previous;
+};
 
 }    // namespace
 
@@ -107,6 +145,7 @@ AOTIModel::AOTIModel(const std::string &path, int num_layers_, std::vector<long>
     num_layers(num_layers_), feature_dims(std::move(dims)), device(device_)
 {
   const c10::DeviceIndex index = device.is_cuda() ? device.index() : -1;
+  ScratchTmpdir scratch;    // the extracted programs are removed when loading is done
   auto load = [&](const std::string &name) {
     try {
       return std::make_unique<torch::inductor::AOTIModelPackageLoader>(path, name, false, 1,

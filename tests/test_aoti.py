@@ -380,3 +380,36 @@ def test_plugin_refuses_packages_it_cannot_run(plugin_case):
         assert rc != 0, name
         for message in messages:
             assert message in out, (name, out[-1500:])
+
+
+@pytest.mark.lammps
+@pytest.mark.plugin
+@pytest.mark.mpi
+def test_plugin_package_leaves_no_files_behind(plugin_case, tmp_path):
+    """libtorch extracts each program into a directory under $TMPDIR that only its destructor
+    removes, and a LAMMPS error exit runs none: the plugin removes them itself once loaded, so
+    neither a finished run nor a run stopped by an error (here an element the model lacks, on 2
+    ranks) leaves anything in $TMPDIR."""
+    import shutil
+    import subprocess
+
+    from lammps_utils import env
+    from plugin_utils import deck_for, pair_lines
+
+    d = plugin_case["d"]
+    for tag, elements, ok in (("tmpok", ["Cu", "Au", "Ag"], True),
+                              ("tmperr", ["Cu", "Au", "Pt"], False)):
+        scratch = tmp_path / tag
+        scratch.mkdir()
+        deck = deck_for(plugin_case["lib"], plugin_case["data"],
+                        pair_lines(plugin_case["package"], elements), dump=tag)
+        (d / f"in.{tag}").write_text(deck)
+        proc = subprocess.run([shutil.which("mpirun") or "mpirun", "-np", "2",
+                               str(plugin_case["lmp"]), "-in", f"in.{tag}", "-log", f"log.{tag}"],
+                              cwd=d, env={**env(), "TMPDIR": str(scratch)}, capture_output=True,
+                              text=True, timeout=300)
+        out = proc.stdout + proc.stderr
+        assert (proc.returncode == 0) == ok, out[-2000:]
+        if not ok:
+            assert "element Pt (atom type 3) is not in the Facet model" in out
+        assert list(scratch.iterdir()) == [], (tag, list(scratch.iterdir()))
