@@ -125,6 +125,8 @@ def run_worker(python: str, model: str, size: int, args, warmup: str) -> dict:
             value = getattr(args, f"facet_{flag}", None)
             if value is not None:
                 cmd += [f"--{flag.replace('_', '-')}", str(value)]
+        if args.facet_aoti_dir:
+            cmd += ["--aoti-dir", os.path.abspath(args.facet_aoti_dir)]
         if args.facet_src:
             env["PYTHONPATH"] = os.pathsep.join(
                 p for p in (args.facet_src, env.get("PYTHONPATH")) if p)
@@ -308,6 +310,10 @@ def main() -> None:
                     help="Facet's recomputing evaluation: pairs per chunk (0: single pass always)")
     ap.add_argument("--facet-single-pass-edges", type=int, default=None,
                     help="Facet: single pass up to this many pairs (default: the calculator's)")
+    ap.add_argument("--facet-aoti-dir", default=None, metavar="DIR",
+                    help="Facet as its AOTInductor package (FacetCalculator(package)) instead of "
+                         "eager: DIR/facet-s-<dtype>-seed<seed>.pt2, compiled by the first "
+                         "worker when missing (minutes; that worker's build time is not timed)")
     ap.add_argument("--mem-fraction", type=float, default=0.7,
                     help="skip a size whose projected peak exceeds this fraction of MemAvailable")
     ap.add_argument("--facet-python", default=os.path.join(ROOT, ".venv", "bin", "python"))

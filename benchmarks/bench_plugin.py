@@ -15,7 +15,9 @@ paths run back to back (their order alternates between rounds) so that they see 
         # compiled once into DIR (facet-deploy --format aoti --aoti-programs layers: minutes)
     python benchmarks/bench_plugin.py --paths plugin,plugin@untuned  # `@untuned`: the plugin
         # with `malloc_tuning no` (glibc's default allocator behaviour); `@recompute`: with
-        # `single_pass_edges 0` (the recomputing evaluation at every size)
+        # `single_pass_edges 0` (the recomputing evaluation at every size); `@single`: the single
+        # pass at every size; `@fixed`: `single_pass_edges 16384` (the CPU default before the
+        # single pass was sized by memory)
 
 Models: `shipped` = examples/models/facet-emt-small.pt (2 layers); `facet-s` = Facet-S for Cu
 (3 layers, 236k parameters) with every parameter perturbed by 0.1 randn (seed 0), as in
@@ -39,7 +41,8 @@ REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "examples" / "models" / "facet-emt-small.pt"
 PATHS = ("plugin", "kokkos", "plain", "plugin-aoti")
 # plugin paths as <path>@<variant>: the pair_style keywords the variant adds
-VARIANTS = {"untuned": "malloc_tuning no", "recompute": "single_pass_edges 0"}
+VARIANTS = {"untuned": "malloc_tuning no", "recompute": "single_pass_edges 0",
+            "single": "single_pass_edges 100000000", "fixed": "single_pass_edges 16384"}
 
 
 def lammps_prefix() -> Path:

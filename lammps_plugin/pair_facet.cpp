@@ -32,6 +32,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <mpi.h>
 #if defined(__GLIBC__)
 #include <malloc.h>
@@ -122,7 +123,7 @@ void PairFacet::allocate()
 
 /* ----------------------------------------------------------------------
    pair_style facet FILE [device cpu|cuda|cuda:K] [chunk_edges N] [single_pass_edges N]
-                         [jit_optimize yes|no] [malloc_tuning yes|no]
+                         [single_pass_memory MiB] [jit_optimize yes|no] [malloc_tuning yes|no]
 ------------------------------------------------------------------------- */
 
 void PairFacet::settings(int narg, char **arg)
@@ -130,10 +131,11 @@ void PairFacet::settings(int narg, char **arg)
   if (narg < 1)
     error->all(FLERR, "Illegal pair_style facet command: expected `pair_style facet FILE "
                       "[device cpu|cuda] [chunk_edges N] [single_pass_edges N] "
-                      "[jit_optimize yes|no] [malloc_tuning yes|no]`");
+                      "[single_pass_memory MiB] [jit_optimize yes|no] [malloc_tuning yes|no]`");
   model_path = arg[0];
   device_request.clear();
   chunk_edges_override = single_pass_edges_override = -1;
+  single_pass_memory_mib = -1.0;
   jit_optimize_override = -1;
   bool malloc_tuning = true;
   int iarg = 1;
@@ -152,10 +154,14 @@ void PairFacet::settings(int narg, char **arg)
       single_pass_edges_override = utils::bnumeric(FLERR, arg[iarg + 1], false, lmp);
       if (single_pass_edges_override < 0)
         error->all(FLERR, "pair_style facet: single_pass_edges must be >= 0");
+    } else if (key == "single_pass_memory") {
+      single_pass_memory_mib = utils::numeric(FLERR, arg[iarg + 1], false, lmp);
+      if (single_pass_memory_mib < 0.0)
+        error->all(FLERR, "pair_style facet: single_pass_memory must be >= 0 (MiB)");
     } else {
       error->all(FLERR,
                  "pair_style facet: unknown keyword {} (known: device, chunk_edges, "
-                 "single_pass_edges, jit_optimize, malloc_tuning)",
+                 "single_pass_edges, single_pass_memory, jit_optimize, malloc_tuning)",
                  key);
     }
     iarg += 2;
@@ -165,12 +171,88 @@ void PairFacet::settings(int narg, char **arg)
     const std::string done = tune_malloc();
     if (comm->me == 0) utils::logmesg(lmp, "Facet plugin: memory: {}\n", done);
   }
+  size_single_pass();
   // widths of the per-layer exchanges: forward after layers 0..L-2 (outputs of width
   // feature_dims[1..L-1]), reverse of the gradients of the same features. Set here, before
   // comm->init() sizes LAMMPS' buffers from comm_forward/comm_reverse.
   int widest = 1;
   for (int k = 1; k < num_layers; k++) widest = std::max(widest, (int) feature_dims[k]);
   comm_forward = comm_reverse = row_doubles(widest);
+}
+
+/* ----------------------------------------------------------------------
+   memory the system lets this process use without swapping (Linux: MemAvailable), MiB; 0 if
+   unknown
+------------------------------------------------------------------------- */
+
+static double mem_available_mib()
+{
+  std::ifstream meminfo("/proc/meminfo");
+  std::string key;
+  double kib = 0.0;
+  while (meminfo >> key) {
+    if (key == "MemAvailable:") {
+      meminfo >> kib;
+      return kib / 1024.0;
+    }
+    meminfo.ignore(std::numeric_limits<std::streamsize>::max(), '\n');
+  }
+  return 0.0;
+}
+
+/* ----------------------------------------------------------------------
+   the CPU single pass of a TorchScript file, up to the pairs that fit a memory budget:
+   budget / the working memory per pair measured when the file was written. Automatic budget:
+   half the memory the node has available, shared by its ranks, at most 2 GiB per rank; the
+   file's single_pass_edges stays the least. `single_pass_memory MiB` sets the budget (and
+   may lower the limit); `single_pass_edges N` overrides both.
+------------------------------------------------------------------------- */
+
+void PairFacet::size_single_pass()
+{
+  std::string skip;
+  if (aoti)
+    skip = "an AOTInductor package runs in chunks on the CPU";
+  else if (!device.is_cpu())
+    skip = "not on the CPU";
+  else if (single_pass_edges_override >= 0)
+    skip = "single_pass_edges is given";
+  else if (chunk_edges <= 0)
+    skip = "chunk_edges 0: always the single pass";
+  else if (single_pass_bytes_per_pair <= 0)
+    skip = "the file does not record its memory per pair (written by an older facet-deploy)";
+  if (!skip.empty()) {
+    if (single_pass_memory_mib >= 0.0 && comm->me == 0)
+      error->warning(FLERR, "pair_style facet: single_pass_memory has no effect here: {}", skip);
+    return;
+  }
+  double budget = single_pass_memory_mib;
+  std::string why = "single_pass_memory";
+  if (budget < 0.0) {
+    // ranks on this node: equal processor names
+    char name[MPI_MAX_PROCESSOR_NAME + 1] = {0};
+    int len = 0;
+    MPI_Get_processor_name(name, &len);
+    std::vector<char> names((size_t) comm->nprocs * (MPI_MAX_PROCESSOR_NAME + 1));
+    MPI_Allgather(name, MPI_MAX_PROCESSOR_NAME + 1, MPI_CHAR, names.data(),
+                  MPI_MAX_PROCESSOR_NAME + 1, MPI_CHAR, world);
+    int on_node = 0;
+    for (int r = 0; r < comm->nprocs; r++)
+      on_node += std::strncmp(name, &names[(size_t) r * (MPI_MAX_PROCESSOR_NAME + 1)],
+                              MPI_MAX_PROCESSOR_NAME) == 0;
+    const double avail = mem_available_mib();
+    budget = std::min(2048.0, 0.5 * avail / std::max(on_node, 1));
+    why = fmt::format("half the node's available {:.0f} MiB over its {} rank(s), at most 2048",
+                      avail, on_node);
+  }
+  const long by_memory = (long) (budget * 1048576.0 / (double) single_pass_bytes_per_pair);
+  single_pass_edges =
+      single_pass_memory_mib >= 0.0 ? by_memory : std::max(single_pass_edges, by_memory);
+  if (comm->me == 0)
+    utils::logmesg(lmp,
+                   "Facet plugin: single pass up to {} pairs per rank (working memory {:.1f} kB "
+                   "per pair, measured when the file was written; budget {:.1f} MiB: {})\n",
+                   single_pass_edges, single_pass_bytes_per_pair / 1000.0, budget, why);
 }
 
 void PairFacet::load_model()
@@ -238,6 +320,7 @@ void PairFacet::load_model()
     if (meta.contains("chunking_by_device"))
       for (auto &item : meta["chunking_by_device"].items())
         chunking_by_device[item.key()] = item.value().get<std::vector<long>>();
+    single_pass_bytes_per_pair = meta.value("single_pass_bytes_per_pair", 0L);
     facet_version = meta.value("facet_version", "?");
     torch_version = meta.value("torch_version", "?");
     cpu_isa = meta.value("cpu_isa", "");

@@ -76,6 +76,7 @@ class PairFacet : public Pair {
   std::string device_request;           // "" = from the file's metadata
   long chunk_edges_override = -1;       // < 0: from the file's metadata
   long single_pass_edges_override = -1;
+  double single_pass_memory_mib = -1.0;  // < 0: automatic budget (see single_pass_budget_mib)
   int jit_optimize_override = -1;       // < 0: on for CUDA, off for the CPU
   bool jit_optimize = false;
 
@@ -91,6 +92,8 @@ class PairFacet : public Pair {
   int num_layers = 0;
   double r_max = 0.0;
   long chunk_edges = 0, single_pass_edges = 0;
+  long single_pass_bytes_per_pair = 0;  // from the metadata; 0: unknown (older files, packages)
+  void size_single_pass();
   std::map<std::string, std::vector<long>> chunking_by_device;
   std::string facet_version, torch_version;
 

@@ -38,7 +38,8 @@ from plugin_utils import (
 import facet
 from facet.calculator import FacetCalculator
 from facet.cli.deploy import main as deploy_main
-from facet.lammps.plugin import METADATA_FILE, plugin_library
+from facet.jitcompat import quiet_torchscript
+from facet.lammps.plugin import METADATA_FILE, plugin_library, read_plugin_metadata
 
 pytestmark = [pytest.mark.lammps, pytest.mark.plugin]
 
@@ -521,7 +522,71 @@ def test_cuda_file_runs_on_cpu_with_cpu_chunking(work, lmp_exe):
                         str(d / "cuda-plugin.pt")]) == 0
     rc, out = run_bad(work, lmp_exe, model=d / "cuda-plugin.pt", extra="device cpu")
     assert rc == 0, out[-2000:]
-    assert "float64 on cpu" in out and "chunks of 4096 pairs above 16384 pairs" in out
+    assert "float64 on cpu" in out
+    limit = int(re.search(r"chunks of 4096 pairs above (\d+) pairs", out).group(1))
+    assert limit >= 16384  # the CPU default, or more where the memory budget allows
+
+
+EVALUATION = re.compile(r"Facet plugin: (single pass|recomputing) evaluation on rank 0")
+SIZED = re.compile(r"single pass up to (\d+) pairs per rank \(working memory ([\d.]+) kB per "
+                   r"pair, measured when the file was written; budget ([\d.]+) MiB: (.*)\)")
+
+
+def test_single_pass_sized_by_memory(work, lmp_exe):
+    """The file records the single pass's working memory per pair (a float32 file about half
+    of a float64 one's); on the CPU the plugin takes the single pass up to the pairs that fit a
+    memory budget: `single_pass_memory MiB`, by default half the node's available memory over
+    its ranks, at most 2 GiB, and never fewer pairs than the file's 16384."""
+    d = work["d"]
+    bpp = read_plugin_metadata(work["file"])["single_pass_bytes_per_pair"]
+    assert bpp > 1000
+    assert deploy_main([str(d / "model.pt"), "--format", "plugin", "--dtype", "float32", "-o",
+                        str(d / "sized32-plugin.pt")]) == 0
+    ratio = read_plugin_metadata(d / "sized32-plugin.pt")["single_pass_bytes_per_pair"] / bpp
+    assert 0.4 < ratio < 0.6
+
+    rc, out = run_bad(work, lmp_exe)  # automatic budget
+    assert rc == 0, out[-2000:]
+    limit, kb, budget, why = SIZED.search(out).groups()
+    avail, ranks = re.search(r"half the node's available (\d+) MiB over its (\d+) rank",
+                             why).groups()
+    assert int(ranks) == 1 and float(kb) == pytest.approx(bpp / 1000, abs=0.06)
+    assert float(budget) == pytest.approx(min(2048, int(avail) / 2), abs=1)
+    assert int(limit) == pytest.approx(max(16384, float(budget) * 2**20 / bpp), rel=1e-3)
+    assert EVALUATION.search(out).group(1) == "single pass"  # 108 atoms, a few thousand pairs
+
+    # an explicit budget sets the limit (and may lower it): both evaluations, by the budget
+    rc, out = run_bad(work, lmp_exe, extra="single_pass_memory 0.01")
+    assert rc == 0, out[-2000:]
+    assert int(SIZED.search(out).group(1)) == int(0.01 * 2**20 / bpp)
+    assert "budget 0.0 MiB: single_pass_memory" in out
+    assert EVALUATION.search(out).group(1) == "recomputing"
+    rc, out = run_bad(work, lmp_exe, extra="single_pass_memory 500")
+    assert rc == 0 and int(SIZED.search(out).group(1)) == int(500 * 2**20 / bpp)
+    assert EVALUATION.search(out).group(1) == "single pass"
+
+    # single_pass_edges wins; the budget then says it does nothing
+    rc, out = run_bad(work, lmp_exe, extra="single_pass_edges 7 single_pass_memory 500")
+    assert rc == 0 and SIZED.search(out) is None
+    assert "single_pass_memory has no effect here: single_pass_edges is given" in out
+    assert EVALUATION.search(out).group(1) == "recomputing"
+
+
+def test_file_without_memory_per_pair(work, lmp_exe):
+    """A file written before the memory per pair was recorded keeps its single_pass_edges."""
+    d = work["d"]
+    extra = {METADATA_FILE: ""}
+    with quiet_torchscript():
+        module = torch.jit.load(str(work["file"]), _extra_files=extra)
+        meta = json.loads(extra[METADATA_FILE])
+        del meta["single_pass_bytes_per_pair"]
+        torch.jit.save(module, str(d / "old-plugin.pt"),
+                       _extra_files={METADATA_FILE: json.dumps(meta)})
+    rc, out = run_bad(work, lmp_exe, model=d / "old-plugin.pt")
+    assert rc == 0 and SIZED.search(out) is None
+    assert "chunks of 4096 pairs above 16384 pairs" in out
+    rc, out = run_bad(work, lmp_exe, model=d / "old-plugin.pt", extra="single_pass_memory 500")
+    assert rc == 0 and "written by an older facet-deploy" in out
 
 
 def test_bad_keyword(work, lmp_exe):

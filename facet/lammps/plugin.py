@@ -5,8 +5,9 @@ The file is a TorchScript archive of the bare model with its layer-by-layer entr
 ``readout``), loaded by libtorch's ``torch::jit::load``: no Python and no pickled Python objects
 at run time. Its metadata travels inside the archive as the extra file ``facet_plugin.json``
 (format name and version, elements, r_max, layers, feature widths, dtype, device, chunking
-defaults, versions); the plugin (``lammps_plugin/pair_facet.cpp``) refuses another format or
-version with a LAMMPS error that says what to do.
+defaults, the single pass's working memory per pair, versions); the plugin
+(``lammps_plugin/pair_facet.cpp``) refuses another format or version with a LAMMPS error that
+says what to do.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def plugin_metadata(model, dtype: str, device: str, chunk_edges: int | None = No
     """The metadata stored in the plugin file (JSON-serialisable)."""
     from facet import __version__
     from facet.chunks import resolve_chunking
+    from facet.memory import single_pass_bytes_per_pair
 
     cfg = model.config
     chunking = resolve_chunking(device, chunk_edges, single_pass_edges)
@@ -53,6 +55,9 @@ def plugin_metadata(model, dtype: str, device: str, chunk_edges: int | None = No
         "chunk_edges": chunking[0],
         "single_pass_edges": chunking[1],
         "chunking_by_device": by_device,
+        # the plugin's CPU single pass extends to the pairs that fit its memory budget
+        # (pair_style facet ... single_pass_memory), at this measured rate
+        "single_pass_bytes_per_pair": single_pass_bytes_per_pair(model),
         "facet_version": __version__,
         "torch_version": str(torch.__version__),
         "checkpoint": str(Path(checkpoint).resolve()) if checkpoint else "",
