@@ -213,9 +213,10 @@ def lammps_case(deployed, aoti_model):
     expected = {"energy": ref.get_potential_energy(), "forces": ref.get_forces(),
                 "stress": ref.get_stress(), "energies": ref.get_potential_energies()}
     # the deployed object with the package, forced onto either evaluation at every call (the
-    # plain path's pair count with ghosts is above the CPU default single_pass_edges here)
+    # plain path's pair count with ghosts is above the CPU default single_pass_edges here;
+    # chunk_edges 0: one chunk on the KOKKOS path, which otherwise always chunks on the CPU)
     obj = torch.load(deployed[3], weights_only=False)
-    obj.chunk_edges, obj.single_pass_edges = 150, 1 << 30
+    obj.chunk_edges, obj.single_pass_edges = 0, 1 << 30
     torch.save(obj, d / "single-mliap.pt")
     obj.chunk_edges, obj.single_pass_edges = 150, 0
     torch.save(obj, d / "chunked-mliap.pt")
@@ -240,18 +241,22 @@ def test_lammps_plain_path(lammps_case, nproc, chunked):
 @pytest.mark.lammps
 @pytest.mark.mpi
 @pytest.mark.kokkos
-@pytest.mark.parametrize(("nproc", "chunked"), [(1, False), (2, True)],
-                         ids=["single-1", "recomputing-2"])
-def test_lammps_kokkos_path(lammps_case, nproc, chunked):
+@pytest.mark.parametrize(("nproc", "variant"), [(1, "single"), (2, "chunked"), (1, "default")],
+                         ids=["single-1", "recomputing-2", "default-1"])
+def test_lammps_kokkos_path(lammps_case, deployed, nproc, variant):
+    """One chunk (chunk_edges 0), forced chunks of 150 pairs, and the deployed defaults, which
+    on the CPU chunk below single_pass_edges too (the layer programs recompute anyway)."""
     from lammps_utils import assert_matches_reference, has_kokkos, run_driver
 
     if not has_kokkos():
         pytest.skip("this LAMMPS build has no KOKKOS")
     d, ref = lammps_case
-    model = d / ("chunked-mliap.pt" if chunked else "single-mliap.pt")
-    res = run_driver(nproc, model, d / "alloy.xyz", d / f"kk{nproc}{chunked}.json", "--kokkos")
+    model = {"single": d / "single-mliap.pt", "chunked": d / "chunked-mliap.pt",
+             "default": deployed[3]}[variant]
+    res = run_driver(nproc, model, d / "alloy.xyz", d / f"kk{nproc}{variant}.json", "--kokkos")
     assert res["path"].startswith("kokkos (per-layer halo exchange)")
-    assert res["evaluations"] == [("recomputing" if chunked else "single pass")] * nproc
+    expected = "single pass" if variant == "single" else "recomputing"
+    assert res["evaluations"] == [expected] * nproc
     assert all(local == computed for local, computed in res["atom_counts"])
     assert_matches_reference(res, ref["energy"], ref["energies"], ref["forces"], ref["stress"])
 

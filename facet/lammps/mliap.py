@@ -335,6 +335,9 @@ class FacetMLIAP(MLIAPUnified):
         chunking = (f"recomputing in chunks of {self.chunk_edges} pairs above "
                     f"{self.single_pass_edges} pairs per rank" if self.chunk_edges > 0
                     else "single pass")
+        if self.aoti_bytes and path.startswith("kokkos (per") and self._device.type == "cpu":
+            chunking = (f"layer programs in chunks of {self.chunk_edges} pairs"
+                        if self.chunk_edges > 0 else "layer programs in one chunk")
         engine = "AOTInductor package" if self.aoti_bytes else "TorchScript"
         _console().info(
             f"Facet ML-IAP: {path} path ({self.num_layers} layers, r_max {self.r_max:g} Å, "
@@ -406,6 +409,12 @@ class FacetMLIAP(MLIAPUnified):
         pj = read(data, "pair_j", dev, torch.long, npairs)
         rij = read(data, "rij", dev, dt, npairs, 3)
         self.evaluation = self._evaluation(npairs)
+        if self.aoti_bytes and dev.type == "cpu" and self.chunk_edges > 0:
+            # the package's layer programs recompute their layer in the backward pass whatever
+            # the chunking: on the CPU chunks cost nothing extra and their small tensors are
+            # faster (1.33x at 10.5k pairs per rank, benchmarks/README), so always chunks there
+            # (as the native plugin); `chunk_edges 0` gives one chunk
+            self.evaluation = "recomputing"
         if self.aoti_bytes:
             e_local, dE_drij = self._exchange_aoti(m, data, species, pi, pj, rij, lmp_dev)
         elif self.evaluation == "recomputing":
@@ -465,7 +474,8 @@ class FacetMLIAP(MLIAPUnified):
     def _exchange_aoti(self, pot, data, species, pi, pj, rij, lmp_dev):
         """The KOKKOS path over an AOTInductor package's per-layer programs
         (``facet.aoti.AOTIPotential``): forward layer by layer (in chunks of ``chunk_edges``
-        pairs above ``single_pass_edges``, else one chunk) with a forward exchange after each
+        pairs: on the CPU always, on CUDA above ``single_pass_edges``, else one chunk; one
+        chunk with ``chunk_edges <= 0``) with a forward exchange after each
         layer but the last, then the VJP programs last layer first with a reverse exchange
         before each earlier layer; the same exchanges in the same order as the TorchScript
         paths. The VJP programs recompute their layer, so no autograd state crosses calls."""
