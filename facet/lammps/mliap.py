@@ -210,6 +210,7 @@ class FacetMLIAP(MLIAPUnified):
         self.model_seconds = 0.0  # time inside the frozen module (and its tensor conversions)
         self.atom_counts = (0, 0)  # (local atoms, atoms whose features were computed), last call
         self.evaluation = ""  # "single pass" or "recomputing" (facet.chunks), last call
+        self.malloc_setting = ""  # what facet.lammps.allocator did (CPU), for the log
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -313,6 +314,9 @@ class FacetMLIAP(MLIAPUnified):
         return None
 
     def _load(self) -> None:
+        from facet.lammps.allocator import tune_malloc
+
+        self.malloc_setting = tune_malloc() if self.device_name == "cpu" else ""
         self._device = pick_device(self.device_name)
         self._dtype = getattr(torch, self.dtype_name)
         if self.aoti_bytes:
@@ -343,6 +347,8 @@ class FacetMLIAP(MLIAPUnified):
             f"Facet ML-IAP: {path} path ({self.num_layers} layers, r_max {self.r_max:g} Å, "
             f"{self.dtype_name} on {self._device}, {engine}; {chunking}); LAMMPS types map to "
             f"{' '.join(self.element_types)} by the names in pair_coeff")
+        if self.malloc_setting:
+            _console().info(f"Facet ML-IAP: memory: {self.malloc_setting}")
         if "plain" in path and not self._ghost_check_on():
             _console().warning(
                 "Facet ML-IAP: the ghost-shell check is switched off (FACET_GHOST_CHECK=0): "
