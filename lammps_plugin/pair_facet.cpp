@@ -171,7 +171,7 @@ void PairFacet::settings(int narg, char **arg)
     const std::string done = tune_malloc();
     if (comm->me == 0) utils::logmesg(lmp, "Facet plugin: memory: {}\n", done);
   }
-  size_single_pass();
+  size_single_pass(malloc_tuning);
   // widths of the per-layer exchanges: forward after layers 0..L-2 (outputs of width
   // feature_dims[1..L-1]), reverse of the gradients of the same features. Set here, before
   // comm->init() sizes LAMMPS' buffers from comm_forward/comm_reverse.
@@ -205,13 +205,16 @@ static double mem_available_mib()
    budget / the working memory per pair measured when the file was written. Automatic budget:
    half the memory the node has available, shared by its ranks, at most 2 GiB per rank; the
    file's single_pass_edges stays the least. `single_pass_memory MiB` sets the budget (and
-   may lower the limit); `single_pass_edges N` overrides both.
+   may lower the limit); `single_pass_edges N` overrides both. Only with the allocator
+   setting: under glibc's defaults large single passes page-fault (benchmarks/README).
 ------------------------------------------------------------------------- */
 
-void PairFacet::size_single_pass()
+void PairFacet::size_single_pass(bool malloc_tuned)
 {
   std::string skip;
-  if (aoti)
+  if (!malloc_tuned)
+    skip = "malloc_tuning no (large single passes page-fault under glibc's defaults)";
+  else if (aoti)
     skip = "an AOTInductor package runs in chunks on the CPU";
   else if (!device.is_cpu())
     skip = "not on the CPU";

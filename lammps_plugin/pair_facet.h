@@ -93,7 +93,7 @@ class PairFacet : public Pair {
   double r_max = 0.0;
   long chunk_edges = 0, single_pass_edges = 0;
   long single_pass_bytes_per_pair = 0;  // from the metadata; 0: unknown (older files, packages)
-  void size_single_pass();
+  void size_single_pass(bool malloc_tuned);
   std::map<std::string, std::vector<long>> chunking_by_device;
   std::string facet_version, torch_version;
 

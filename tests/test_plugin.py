@@ -484,15 +484,18 @@ def test_mliap_file_is_refused(work, lmp_exe):
 def test_other_format_version_is_refused(work, lmp_exe):
     d = work["d"]
     extra = {METADATA_FILE: ""}
-    module = torch.jit.load(str(work["file"]), _extra_files=extra)
-    meta = json.loads(extra[METADATA_FILE])
-    meta["format_version"] = 2
-    torch.jit.save(module, str(d / "v2-plugin.pt"), _extra_files={METADATA_FILE: json.dumps(meta)})
+    with quiet_torchscript():
+        module = torch.jit.load(str(work["file"]), _extra_files=extra)
+        meta = json.loads(extra[METADATA_FILE])
+        meta["format_version"] = 2
+        torch.jit.save(module, str(d / "v2-plugin.pt"),
+                       _extra_files={METADATA_FILE: json.dumps(meta)})
     rc, out = run_bad(work, lmp_exe, model=d / "v2-plugin.pt")
     assert rc != 0 and "format version 2, this plugin reads version 1" in out
     assert "rebuild the plugin" in out
     # a TorchScript file without our metadata
-    torch.jit.save(module, str(d / "nometa-plugin.pt"))
+    with quiet_torchscript():
+        torch.jit.save(module, str(d / "nometa-plugin.pt"))
     rc, out = run_bad(work, lmp_exe, model=d / "nometa-plugin.pt")
     assert rc != 0 and "without Facet plugin metadata" in out
 
@@ -564,6 +567,10 @@ def test_single_pass_sized_by_memory(work, lmp_exe):
     rc, out = run_bad(work, lmp_exe, extra="single_pass_memory 500")
     assert rc == 0 and int(SIZED.search(out).group(1)) == int(500 * 2**20 / bpp)
     assert EVALUATION.search(out).group(1) == "single pass"
+
+    # without the allocator setting the file's limit stays (large single passes page-fault)
+    rc, out = run_bad(work, lmp_exe, extra="malloc_tuning no single_pass_memory 500")
+    assert rc == 0 and SIZED.search(out) is None and "malloc_tuning no (large" in out
 
     # single_pass_edges wins; the budget then says it does nothing
     rc, out = run_bad(work, lmp_exe, extra="single_pass_edges 7 single_pass_memory 500")
