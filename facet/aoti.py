@@ -46,6 +46,7 @@ import copy
 import io
 import json
 import os
+import shutil
 import tempfile
 import time
 import warnings
@@ -372,6 +373,23 @@ def check_compatible(meta: dict[str, Any], device: str | torch.device = "cpu") -
             + ". Build it again on this machine: `facet-deploy <checkpoint> --format aoti`")
 
 
+@contextlib.contextmanager
+def _scratch_tmpdir() -> Iterator[str]:
+    """A fresh directory that is ``$TMPDIR`` (for libtorch's extraction) while the block runs,
+    removed with its contents afterwards."""
+    scratch = tempfile.mkdtemp(prefix="facet-aoti-")
+    previous = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = scratch
+    try:
+        yield scratch
+    finally:
+        if previous is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = previous
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 class AOTIPackage:
     """The loaded programs of a package (``programs[name](*inputs)``) and its metadata."""
 
@@ -387,11 +405,16 @@ class AOTIPackage:
         self.feature_dims = list(self.meta["feature_dims"])
         index = self.device.index if self.device.index is not None else -1
         # load_pt2 writes a buffer to a temporary file for the loader; keep a file of our own
-        # so that the same bytes (e.g. from an ML-IAP object) load the same way everywhere
-        with tempfile.NamedTemporaryFile(suffix=".pt2") as f:
-            f.write(data)
-            f.flush()
-            contents = load_pt2(f.name, device_index=index)
+        # so that the same bytes (e.g. from an ML-IAP object) load the same way everywhere.
+        # libtorch extracts every program into $TMPDIR/aotinductor_* and removes it only in
+        # its destructor, which an aborted job (a LAMMPS error exit, MPI_Abort) never runs:
+        # extract into a scratch $TMPDIR of ours and remove it once the programs are loaded
+        # (they stay mapped), as the native plugin does
+        with _scratch_tmpdir() as scratch:
+            path = os.path.join(scratch, "package.pt2")
+            with open(path, "wb") as f:
+                f.write(data)
+            contents = load_pt2(path, device_index=index)
         self.programs = dict(contents.aoti_runners)
 
     def has(self, *names: str) -> bool:

@@ -418,3 +418,27 @@ def test_plugin_package_leaves_no_files_behind(plugin_case, tmp_path):
         if not ok:
             assert "element Pt (atom type 3) is not in the Facet model" in out
         assert list(scratch.iterdir()) == [], (tag, list(scratch.iterdir()))
+
+
+def test_python_loader_leaves_no_extracted_programs(deployed, tmp_path):
+    """The same for the Python loader (ASE calculator, ML-IAP object): a process that loads
+    the package, runs it and then dies without cleaning up (as an aborted MPI job does) leaves
+    no extracted programs in $TMPDIR (Inductor's shared cache directory may stay)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys\n"
+        "from ase.build import bulk\n"
+        "from facet.calculator import FacetCalculator\n"
+        "atoms = bulk('Cu', 'fcc', a=3.6, cubic=True)\n"
+        "atoms.calc = FacetCalculator(sys.argv[1])\n"
+        "print('ENERGY', atoms.get_potential_energy())\n"
+        "os._exit(3)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(deployed[2])],
+                          env={**os.environ, "TMPDIR": str(tmp_path)}, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 3 and "ENERGY" in proc.stdout, proc.stderr[-2000:]
+    left = [p.name for p in tmp_path.iterdir() if not p.name.startswith("torchinductor_")]
+    assert left == [], left
