@@ -442,3 +442,43 @@ def test_python_loader_leaves_no_extracted_programs(deployed, tmp_path):
     assert proc.returncode == 3 and "ENERGY" in proc.stdout, proc.stderr[-2000:]
     left = [p.name for p in tmp_path.iterdir() if not p.name.startswith("torchinductor_")]
     assert left == [], left
+
+
+@pytest.mark.lammps
+@pytest.mark.plugin
+@pytest.mark.mpi
+def test_plugin_runs_a_float32_package(plugin_case, deployed):
+    """A float32 package (per-layer programs only) in the plugin on 2 ranks, in chunks: equal to
+    ASE in float32 (1e-5 eV/atom, 1e-4 eV/Å, as the float32 TorchScript file) and to the
+    plugin on the float32 TorchScript file of the same model (both float32 roundings apart:
+    1e-5 eV/Å)."""
+    from plugin_utils import ase_reference
+
+    from facet.cli.deploy import main as deploy_main
+
+    d = plugin_case["d"]
+    package = d / "model32.pt2"
+    keep = os.environ.get("FACET_TEST_AOTI_DIR")
+    if not (keep and package.exists()
+            and read_metadata(package)["torch_version"] == torch.__version__):
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert deploy_main([str(deployed[1]), "--format", "aoti", "--aoti-programs",
+                                "layers", "--dtype", "float32", "--threads", "1", "-o",
+                                str(package), "--no-symmetry-check"]) == 0
+    assert read_metadata(package)["dtype"] == "float32"
+    assert deploy_main([str(deployed[1]), "--format", "plugin", "--dtype", "float32", "-o",
+                        str(d / "model32-plugin.pt")]) == 0
+    extra = "chunk_edges 150"
+    res = run_plugin(plugin_case, package, "aoti32", 2, extra)
+    assert "float32 on cpu" in (d / "log.aoti32").read_text()
+    ts = run_plugin(plugin_case, d / "model32-plugin.pt", "aoti32ts", 2, extra)
+    ref = ase_reference(facet.load_model(deployed[1], dtype=torch.float32),
+                        plugin_case["atoms"], "float32")
+    n = len(plugin_case["atoms"])
+    assert abs(res["energy"] - ref["energy"]) / n < 1e-5
+    np.testing.assert_allclose(res["forces"], ref["forces"], atol=1e-4)
+    np.testing.assert_allclose(res["stress"], ref["stress"], atol=1e-5)
+    np.testing.assert_allclose(res["forces"], ts["forces"], atol=1e-5)
+    assert abs(res["energy"] - ts["energy"]) / n < 1e-6
+    # and float32 is not float64 by accident: the float64 reference differs by rounding
+    assert np.abs(res["forces"] - plugin_case["ref"]["forces"]).max() > 1e-9
