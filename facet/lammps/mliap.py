@@ -106,10 +106,6 @@ class FacetMLIAP(MLIAPUnified):
         num_layers: message-passing layers (the receptive field is ``num_layers * r_max``).
         dtype, device: precision and device the model runs in (``cuda``: one GPU per rank).
         chunk_edges, single_pass_edges: the recomputing evaluation (``facet.chunks``).
-        single_pass_bytes_per_pair: the single pass's working memory per pair
-            (``facet.memory``); when known and ``single_pass_edges`` is not given, on the CPU
-            with the allocator setting the single pass extends to the pairs that fit
-            ``facet.memory.single_pass_budget`` (never fewer than the default).
         aoti_bytes: an AOTInductor package (``facet.aoti``) to run instead of the TorchScript
             (then ``script_bytes`` and ``layers_bytes`` may be empty): its ``energy_forces``
             program on the plain path, its per-layer programs on the KOKKOS path and above
@@ -129,7 +125,6 @@ class FacetMLIAP(MLIAPUnified):
         chunk_edges: int | None = None,
         single_pass_edges: int | None = None,
         aoti_bytes: bytes | None = None,
-        single_pass_bytes_per_pair: int = 0,
     ) -> None:
         super().__init__()  # the base class's arguments changed between LAMMPS versions
         self.element_types = list(elements)
@@ -146,8 +141,6 @@ class FacetMLIAP(MLIAPUnified):
         self.metadata = dict(metadata or {})
         self.chunk_edges, self.single_pass_edges = resolve_chunking(device, chunk_edges,
                                                                     single_pass_edges)
-        self.single_pass_edges_given = single_pass_edges is not None
-        self.single_pass_bytes_per_pair = int(single_pass_bytes_per_pair)
         self.check_ghost_shell = True
         self._init_runtime()
 
@@ -178,7 +171,6 @@ class FacetMLIAP(MLIAPUnified):
             "torch_version": str(torch.__version__),
             "format": format,
         }
-        bytes_per_pair = 0
         if format == "aoti":
             from facet.aoti import build_package
 
@@ -186,11 +178,9 @@ class FacetMLIAP(MLIAPUnified):
             script, layers = b"", b""
         elif format == "torchscript":
             from facet.freeze import script_model, script_potential, to_bytes
-            from facet.memory import single_pass_bytes_per_pair
 
             package, script, layers = None, to_bytes(script_potential(model)), \
                 to_bytes(script_model(model))
-            bytes_per_pair = single_pass_bytes_per_pair(model)
         else:
             raise ValueError(f"format must be 'torchscript' or 'aoti', not {format!r}")
         return cls(
@@ -205,7 +195,6 @@ class FacetMLIAP(MLIAPUnified):
             chunk_edges=chunk_edges,
             single_pass_edges=single_pass_edges,
             aoti_bytes=package,
-            single_pass_bytes_per_pair=bytes_per_pair,
         )
 
     # -- state that must not be pickled --------------------------------------------------------
@@ -222,7 +211,6 @@ class FacetMLIAP(MLIAPUnified):
         self.atom_counts = (0, 0)  # (local atoms, atoms whose features were computed), last call
         self.evaluation = ""  # "single pass" or "recomputing" (facet.chunks), last call
         self.malloc_setting = ""  # what facet.lammps.allocator did (CPU), for the log
-        self.single_pass_sizing = ""  # how single_pass_edges was sized by memory, for the log
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -238,9 +226,6 @@ class FacetMLIAP(MLIAPUnified):
             self.device_name, state.get("chunk_edges"), state.get("single_pass_edges"))
         self.check_ghost_shell = state.get("check_ghost_shell", True)
         self.aoti_bytes = state.get("aoti_bytes")
-        # objects saved before the memory per pair was recorded keep their chunking
-        self.single_pass_edges_given = state.get("single_pass_edges_given", True)
-        self.single_pass_bytes_per_pair = state.get("single_pass_bytes_per_pair", 0)
         self._init_runtime()
 
     # -- ML-IAP interface ----------------------------------------------------------------------
@@ -332,7 +317,6 @@ class FacetMLIAP(MLIAPUnified):
         from facet.lammps.allocator import tune_malloc
 
         self.malloc_setting = tune_malloc() if self.device_name == "cpu" else ""
-        self._size_single_pass()
         self._device = pick_device(self.device_name)
         self._dtype = getattr(torch, self.dtype_name)
         if self.aoti_bytes:
@@ -345,24 +329,6 @@ class FacetMLIAP(MLIAPUnified):
         self._module.eval()
         self._module.chunk_edges = self.chunk_edges
         self._module.single_pass_edges = self.single_pass_edges
-
-    def _size_single_pass(self) -> None:
-        """On the CPU, with the allocator keeping freed memory, the TorchScript single pass up
-        to the pairs that fit this rank's share of memory (``facet.memory``; as the native
-        plugin): faster than recomputing there (benchmarks/README)."""
-        from facet.memory import single_pass_budget, single_pass_limit
-
-        kept = self.malloc_setting.startswith(("glibc malloc keeps", "glibc malloc left as set"))
-        if (self.device_name != "cpu" or self.aoti_bytes or self.single_pass_edges_given
-                or self.chunk_edges <= 0 or self.single_pass_bytes_per_pair <= 0 or not kept):
-            return
-        budget, why = single_pass_budget(ranks.node_size())
-        self.single_pass_edges = single_pass_limit(self.single_pass_bytes_per_pair, budget,
-                                                   self.single_pass_edges)
-        self.single_pass_sizing = (
-            f"single pass up to {self.single_pass_edges} pairs per rank (working memory "
-            f"{self.single_pass_bytes_per_pair / 1000:.1f} kB per pair; budget "
-            f"{budget / 2**20:.1f} MiB: {why})")
 
     def _announce(self, path: str) -> None:
         if self.path == path:
@@ -382,9 +348,7 @@ class FacetMLIAP(MLIAPUnified):
             f"{self.dtype_name} on {self._device}, {engine}; {chunking}); LAMMPS types map to "
             f"{' '.join(self.element_types)} by the names in pair_coeff")
         if self.malloc_setting:
-            _console().info(f"Facet ML-IAP: memory: {self.malloc_setting}"
-                            + (f"; {self.single_pass_sizing}" if self.single_pass_sizing
-                               else ""))
+            _console().info(f"Facet ML-IAP: memory: {self.malloc_setting}")
         if "plain" in path and not self._ghost_check_on():
             _console().warning(
                 "Facet ML-IAP: the ghost-shell check is switched off (FACET_GHOST_CHECK=0): "

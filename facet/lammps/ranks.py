@@ -46,18 +46,6 @@ def job_size() -> int:
     return _env_int(_SIZE_VARIABLES) or 1
 
 
-# launcher variables that hold the number of processes on this node (Open MPI, MPICH/Hydra,
-# PMI-2, SLURM's srun with one count for every node)
-_NODE_SIZE_VARIABLES = ("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "PMI_LOCAL_SIZE",
-                        "SLURM_NTASKS_PER_NODE")
-
-
-def node_size() -> int:
-    """Number of this job's processes on this node, from the launcher's environment; the whole
-    job's size when it does not say (the cautious guess for sharing the node's memory)."""
-    return _env_int(_NODE_SIZE_VARIABLES) or job_size()
-
-
 def job_rank() -> int:
     """This process's rank in the MPI job (0 when unknown)."""
     mpi = sys.modules.get("mpi4py.MPI")
