@@ -113,7 +113,8 @@ def test_deploy_plugin_prints_deck_lines(tiny_model, tmp_path, capsys, lib):
     assert f"  pair_style facet {written}\n" in out
     assert "  pair_coeff * * Cu Au\n" in out
     extra = {METADATA_FILE: ""}
-    module = torch.jit.load(str(written), _extra_files=extra)
+    with quiet_torchscript():
+        module = torch.jit.load(str(written), _extra_files=extra)
     meta = json.loads(extra[METADATA_FILE])
     assert meta["format"] == "facet-lammps-plugin" and meta["format_version"] == 1
     assert meta["elements"] == ["Cu", "Au"] and meta["dtype"] == "float32"
