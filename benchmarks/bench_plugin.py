@@ -17,7 +17,8 @@ paths run back to back (their order alternates between rounds) so that they see 
         # with `malloc_tuning no` (glibc's default allocator behaviour); `@recompute`: with
         # `single_pass_edges 0` (the recomputing evaluation at every size); `@single`: the single
         # pass at every size; `@fixed`: `single_pass_edges 16384` (the CPU default before the
-        # single pass was sized by memory)
+        # single pass was sized by memory); ML-IAP paths `kokkos@optimised`,
+        # `plain@optimised`: with FACET_JIT_OPTIMIZE=1 (TorchScript's optimising executor)
 
 Models: `shipped` = examples/models/facet-emt-small.pt (2 layers); `facet-s` = Facet-S for Cu
 (3 layers, 236k parameters) with every parameter perturbed by 0.1 randn (seed 0), as in
@@ -43,6 +44,8 @@ PATHS = ("plugin", "kokkos", "plain", "plugin-aoti")
 # plugin paths as <path>@<variant>: the pair_style keywords the variant adds
 VARIANTS = {"untuned": "malloc_tuning no", "recompute": "single_pass_edges 0",
             "single": "single_pass_edges 100000000", "fixed": "single_pass_edges 16384"}
+# ML-IAP paths as <path>@<variant>: the environment the variant's run gets
+ENV_VARIANTS = {"optimised": {"FACET_JIT_OPTIMIZE": "1"}}
 
 
 def lammps_prefix() -> Path:
@@ -121,7 +124,7 @@ def deck(path: str, model: dict, data: Path, warmup: int, steps: int, lib: Path)
         file = model["plugin"] if base == "plugin" else model["package"]
         extra = f" {VARIANTS[variant]}" if variant else ""
         pair = f"plugin load {lib}\npair_style facet {file}{extra}\npair_coeff * * Cu"
-    elif path == "kokkos":
+    elif base == "kokkos":
         pair = f"pair_style mliap unified {model['mliap']} 0\npair_coeff * * Cu"
     else:
         cut = recommended_comm_cutoff(model["r_max"], model["layers"], 2.0)
@@ -152,12 +155,15 @@ def run_one(path: str, model: dict, data: Path, ranks: int, warmup: int, steps: 
     (work / f"in.{tag}").write_text(deck(path, model, data, warmup, steps, lib))
     lmp = lammps_prefix() / "bin" / "lmp"
     cmd = [shutil.which("mpirun") or "mpirun", "-np", str(ranks), str(lmp)]
-    if path == "kokkos":
+    base, _, variant = path.partition("@")
+    if base == "kokkos":
         cmd += ["-k", "on", "t", "1", "-sf", "kk"]
     cmd += ["-in", f"in.{tag}", "-log", f"log.{tag}", "-screen", "none"]
     env = dict(os.environ, OMP_NUM_THREADS="1", OMP_PROC_BIND="false",
                PYTHONPATH=f"{REPO}:{os.environ.get('PYTHONPATH', '')}",
                PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
+    if base in ("kokkos", "plain"):
+        env.update(ENV_VARIANTS.get(variant, {}))
     proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
     log = (work / f"log.{tag}").read_text() if (work / f"log.{tag}").exists() else ""
     if proc.returncode != 0:
@@ -184,6 +190,8 @@ def path_name(path: str) -> str:
     base, _, variant = path.partition("@")
     name = {"plugin": "plugin", "kokkos": "KOKKOS path", "plain": "plain path",
             "plugin-aoti": "plugin, AOTI package"}[base]
+    if variant and base in ("kokkos", "plain"):
+        return name + ", " + " ".join(f"{k}={v}" for k, v in ENV_VARIANTS[variant].items())
     return name + (f", {VARIANTS[variant]}" if variant else "")
 
 
@@ -259,11 +267,12 @@ def main() -> None:
         raise SystemExit("the plugin is not built: run deploy/build_plugin.sh")
     paths = args.paths.split(",")
     unknown = {p for p in paths if p.partition("@")[0] not in PATHS
-               or p.partition("@")[2] not in ("", *VARIANTS)
-               or (p.partition("@")[2] and not p.startswith("plugin"))}
+               or p.partition("@")[2] not in ("", *(VARIANTS if p.startswith("plugin")
+                                                     else ENV_VARIANTS))}
     if unknown:
         raise SystemExit(f"unknown path(s) {sorted(unknown)}: choose from {PATHS} (plugin "
-                         f"paths also as <path>@<variant>, variants {sorted(VARIANTS)})")
+                         f"paths also as <path>@<variant>, variants {sorted(VARIANTS)}; kokkos and "
+                         f"plain with {sorted(ENV_VARIANTS)})")
     if any(p.startswith("plugin-aoti") for p in paths) and not args.aoti_dir:
         raise SystemExit("the plugin-aoti path needs --aoti-dir DIR (packages are compiled there)")
     work = Path(tempfile.mkdtemp(prefix="facet-bench-plugin-"))

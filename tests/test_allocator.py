@@ -1,6 +1,6 @@
-"""glibc malloc settings of the ML-IAP object (``facet.lammps.allocator``): their effect on a
-process (freed memory stays for reuse), the environment's precedence, and the log line in a
-real LAMMPS run."""
+"""Process settings of the ML-IAP object on the CPU: glibc malloc (``facet.lammps.allocator``;
+its effect on a process: freed memory stays for reuse; the environment's precedence) and
+TorchScript's plain executor, as the log of a real LAMMPS run reports them."""
 
 from __future__ import annotations
 
@@ -88,6 +88,8 @@ def test_lammps_log_says_what_was_done(tmp_path):
     proc, out = run_deck(tmp_path, lmp, deck, nproc=1, results=False)
     assert proc.returncode == 0, out[-3000:]
     assert "Facet ML-IAP: memory: glibc malloc keeps freed memory for reuse" in out
+    assert "TorchScript, executor plain (FACET_JIT_OPTIMIZE=1 optimises)" in out
     proc, out = run_deck(tmp_path, lmp, deck, nproc=1, results=False, tag="off",
-                         extra_env={"FACET_MALLOC_TUNING": "0"})
+                         extra_env={"FACET_MALLOC_TUNING": "0", "FACET_JIT_OPTIMIZE": "1"})
     assert proc.returncode == 0 and "memory: glibc malloc defaults (FACET_MALLOC_TUNING=0)" in out
+    assert "TorchScript, executor optimising" in out

@@ -211,10 +211,11 @@ class FacetMLIAP(MLIAPUnified):
         self.atom_counts = (0, 0)  # (local atoms, atoms whose features were computed), last call
         self.evaluation = ""  # "single pass" or "recomputing" (facet.chunks), last call
         self.malloc_setting = ""  # what facet.lammps.allocator did (CPU), for the log
+        self._jit_optimize = True  # TorchScript's optimising executor (set by _load)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for key in ("_module", "_layers", "_device", "interface", "comm"):
+        for key in ("_module", "_layers", "_device", "_jit_optimize", "interface", "comm"):
             state.pop(key, None)
         return state
 
@@ -250,10 +251,11 @@ class FacetMLIAP(MLIAPUnified):
         elif problem is not None:
             ranks.stop(FacetLAMMPSError(problem))
         try:
-            if self._exchange_path(data):
-                self._compute_exchange(data)
-            else:
-                self._compute_plain(data)
+            with torch.jit.optimized_execution(self._jit_optimize):
+                if self._exchange_path(data):
+                    self._compute_exchange(data)
+                else:
+                    self._compute_plain(data)
         except Exception as exc:
             ranks.stop(exc)
 
@@ -317,6 +319,13 @@ class FacetMLIAP(MLIAPUnified):
         from facet.lammps.allocator import tune_malloc
 
         self.malloc_setting = tune_malloc() if self.device_name == "cpu" else ""
+        # TorchScript's optimising executor specialises its graphs on the shapes it profiled;
+        # on the CPU, where it fuses nothing, the pair count changing every MD step makes it
+        # slower than the plain interpreter (single pass 1.2-1.4x, benchmarks/README; the
+        # native plugin's `jit_optimize no` default). Kept on for CUDA.
+        jit_env = os.environ.get("FACET_JIT_OPTIMIZE", "").strip().lower()
+        self._jit_optimize = (jit_env in ("1", "yes", "on", "true") if jit_env
+                              else self.device_name != "cpu")
         self._device = pick_device(self.device_name)
         self._dtype = getattr(torch, self.dtype_name)
         if self.aoti_bytes:
@@ -342,7 +351,9 @@ class FacetMLIAP(MLIAPUnified):
         if self.aoti_bytes and path.startswith("kokkos (per") and self._device.type == "cpu":
             chunking = (f"layer programs in chunks of {self.chunk_edges} pairs"
                         if self.chunk_edges > 0 else "layer programs in one chunk")
-        engine = "AOTInductor package" if self.aoti_bytes else "TorchScript"
+        engine = "AOTInductor package" if self.aoti_bytes else (
+            "TorchScript, executor " + ("optimising" if self._jit_optimize else
+                                        "plain (FACET_JIT_OPTIMIZE=1 optimises)"))
         _console().info(
             f"Facet ML-IAP: {path} path ({self.num_layers} layers, r_max {self.r_max:g} Å, "
             f"{self.dtype_name} on {self._device}, {engine}; {chunking}); LAMMPS types map to "
