@@ -321,7 +321,7 @@ class FacetMLIAP(MLIAPUnified):
         self.malloc_setting = tune_malloc() if self.device_name == "cpu" else ""
         # TorchScript's optimising executor specialises its graphs on the shapes it profiled;
         # on the CPU, where it fuses nothing, the pair count changing every MD step makes it
-        # slower than the plain interpreter (single pass 1.2-1.4x, benchmarks/README; the
+        # slower than the plain interpreter (steps 1.05-1.49x, benchmarks/README; the
         # native plugin's `jit_optimize no` default). Kept on for CUDA.
         jit_env = os.environ.get("FACET_JIT_OPTIMIZE", "").strip().lower()
         self._jit_optimize = (jit_env in ("1", "yes", "on", "true") if jit_env
