@@ -4,9 +4,9 @@ The package's layer programs recompute their layer in the backward pass, so chun
 extra arithmetic; this measures whether the small tensors of chunks are faster than one chunk
 below `single_pass_edges` (the decision behind "always chunks on the CPU" in
 `facet/lammps/mliap.py`). Two ML-IAP objects carry the same package: `one` (`chunk_edges 0`:
-one chunk at every size) and `chunks` (the defaults: 4096 pairs). MD steps of `lmp -k on t 1 -sf
-kk` on rattled fcc Cu, NVE, 1 thread per rank, LAMMPS' loop time / steps of the timed run, the
-two objects alternating in each round.
+one chunk at every size) and `chunks` (the defaults: 4096 pairs). MD steps of `lmp -k on t 1
+-sf kk` with bench_plugin.py's deck and timing (rattled fcc Cu, NVE, 1 thread per rank, loop
+time / steps), the two objects alternating in each round.
 
     python benchmarks/bench_kokkos_aoti_chunks.py --package emt.pt2 \
         [--checkpoint examples/models/facet-emt-small.pt] [--cases 500x1,500x2,2048x2]
@@ -18,9 +18,6 @@ two objects alternating in each round.
 from __future__ import annotations
 
 import argparse
-import os
-import re
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -30,25 +27,9 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_plugin import SHIPPED, lammps_prefix, write_crystal  # noqa: E402
+from bench_plugin import SHIPPED, run_one, write_crystal  # noqa: E402
 
 from facet.lammps.mliap import FacetMLIAP  # noqa: E402
-
-DECK = """units metal
-atom_style atomic
-newton on
-boundary p p p
-read_data {data}
-pair_style mliap unified {obj} 0
-pair_coeff * * Cu
-neighbor 2.0 bin
-velocity all create 300.0 12345 mom yes rot no
-fix nve all nve
-timestep 0.001
-thermo 100
-run 2
-run {steps}
-"""
 
 
 def main() -> None:
@@ -66,10 +47,6 @@ def main() -> None:
                                          chunk_edges=chunk)
         objects[name] = work / f"{name}-mliap.pt"
         torch.save(obj, objects[name])
-    lmp = lammps_prefix() / "bin" / "lmp"
-    env = dict(os.environ, OMP_NUM_THREADS="1", OMP_PROC_BIND="false",
-               PYTHONPATH=f"{HERE.parent}:{os.environ.get('PYTHONPATH', '')}",
-               PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
     for case in args.cases.split(","):
         target, ranks = (int(v) for v in case.split("x"))
         data, n = write_crystal(work, target)
@@ -77,14 +54,10 @@ def main() -> None:
         times: dict[str, list[float]] = {k: [] for k in objects}
         for rnd in range(args.rounds):
             for name in objects if rnd % 2 == 0 else list(objects)[::-1]:
-                (work / "in.kk").write_text(DECK.format(data=data, obj=objects[name],
-                                                        steps=steps))
-                subprocess.run(["mpirun", "-np", str(ranks), str(lmp), "-k", "on", "t", "1",
-                                "-sf", "kk", "-in", "in.kk", "-log", "log.kk", "-screen",
-                                "none"], cwd=work, env=env, check=True, capture_output=True)
-                log = (work / "log.kk").read_text()
-                t, k = re.findall(r"Loop time of (\S+) on \d+ procs for (\d+) steps", log)[-1]
-                times[name].append(1e3 * float(t) / int(k))
+                # bench_plugin's KOKKOS path: its deck (2 warm-up steps), environment and timing
+                seconds, _ = run_one("kokkos", {"mliap": objects[name]}, data, ranks, 2, steps,
+                                     None, work)
+                times[name].append(1e3 * seconds)
         one, chunks = (sorted(times[k])[len(times[k]) // 2] for k in ("one", "chunks"))
         fmt = {k: ", ".join(f"{t:.0f}" for t in v) for k, v in times.items()}
         print(f"{n} atoms, {ranks} rank(s): one chunk {fmt['one']} ms/step, chunks "

@@ -151,7 +151,7 @@ def run_one(path: str, model: dict, data: Path, ranks: int, warmup: int, steps: 
             lib: Path, work: Path) -> tuple[float, float]:
     """Seconds per MD step (LAMMPS' loop time of the timed run / steps) and LAMMPS' "CPU use"
     of that run (process CPU time / wall time on rank 0; below 1 on a loaded machine)."""
-    tag = f"{path.replace('@', '-')}-{Path(model['plugin']).stem}-{data.stem}-{ranks}"
+    tag = f"{path.replace('@', '-')}-{Path(model['mliap']).stem}-{data.stem}-{ranks}"
     (work / f"in.{tag}").write_text(deck(path, model, data, warmup, steps, lib))
     lmp = lammps_prefix() / "bin" / "lmp"
     cmd = [shutil.which("mpirun") or "mpirun", "-np", str(ranks), str(lmp)]
