@@ -11,6 +11,7 @@ import json
 import os
 import re
 import subprocess
+from pathlib import Path
 
 import ase.io
 import numpy as np
@@ -482,22 +483,29 @@ def test_mliap_file_is_refused(work, lmp_exe):
     assert rc != 0 and "not a readable Facet plugin file" in out
 
 
-def test_other_format_version_is_refused(work, lmp_exe):
-    d = work["d"]
+def rewritten_file(work, name: str, edit) -> Path:
+    """The tiny model's plugin file saved again as ``name`` in the work folder with its metadata
+    changed by ``edit(meta)`` (in place), or without metadata when ``edit`` is None."""
+    out = work["d"] / name
     extra = {METADATA_FILE: ""}
     with quiet_torchscript():
         module = torch.jit.load(str(work["file"]), _extra_files=extra)
-        meta = json.loads(extra[METADATA_FILE])
-        meta["format_version"] = 2
-        torch.jit.save(module, str(d / "v2-plugin.pt"),
-                       _extra_files={METADATA_FILE: json.dumps(meta)})
-    rc, out = run_bad(work, lmp_exe, model=d / "v2-plugin.pt")
+        if edit is None:
+            torch.jit.save(module, str(out))
+        else:
+            meta = json.loads(extra[METADATA_FILE])
+            edit(meta)
+            torch.jit.save(module, str(out), _extra_files={METADATA_FILE: json.dumps(meta)})
+    return out
+
+
+def test_other_format_version_is_refused(work, lmp_exe):
+    rc, out = run_bad(work, lmp_exe, model=rewritten_file(
+        work, "v2-plugin.pt", lambda meta: meta.update(format_version=2)))
     assert rc != 0 and "format version 2, this plugin reads version 1" in out
     assert "rebuild the plugin" in out
     # a TorchScript file without our metadata
-    with quiet_torchscript():
-        torch.jit.save(module, str(d / "nometa-plugin.pt"))
-    rc, out = run_bad(work, lmp_exe, model=d / "nometa-plugin.pt")
+    rc, out = run_bad(work, lmp_exe, model=rewritten_file(work, "nometa-plugin.pt", None))
     assert rc != 0 and "without Facet plugin metadata" in out
 
 
@@ -582,18 +590,12 @@ def test_single_pass_sized_by_memory(work, lmp_exe):
 
 def test_file_without_memory_per_pair(work, lmp_exe):
     """A file written before the memory per pair was recorded keeps its single_pass_edges."""
-    d = work["d"]
-    extra = {METADATA_FILE: ""}
-    with quiet_torchscript():
-        module = torch.jit.load(str(work["file"]), _extra_files=extra)
-        meta = json.loads(extra[METADATA_FILE])
-        del meta["single_pass_bytes_per_pair"]
-        torch.jit.save(module, str(d / "old-plugin.pt"),
-                       _extra_files={METADATA_FILE: json.dumps(meta)})
-    rc, out = run_bad(work, lmp_exe, model=d / "old-plugin.pt")
+    old = rewritten_file(work, "old-plugin.pt",
+                         lambda meta: meta.pop("single_pass_bytes_per_pair"))
+    rc, out = run_bad(work, lmp_exe, model=old)
     assert rc == 0 and SIZED.search(out) is None
     assert "chunks of 4096 pairs above 16384 pairs" in out
-    rc, out = run_bad(work, lmp_exe, model=d / "old-plugin.pt", extra="single_pass_memory 500")
+    rc, out = run_bad(work, lmp_exe, model=old, extra="single_pass_memory 500")
     assert rc == 0 and "written by an older facet-deploy" in out
 
 
