@@ -76,7 +76,7 @@ class PairFacet : public Pair {
   std::string device_request;           // "" = from the file's metadata
   long chunk_edges_override = -1;       // < 0: from the file's metadata
   long single_pass_edges_override = -1;
-  double single_pass_memory_mib = -1.0;  // < 0: automatic budget (see single_pass_budget_mib)
+  double single_pass_memory_mib = -1.0;  // < 0: automatic budget (see size_single_pass)
   int jit_optimize_override = -1;       // < 0: on for CUDA, off for the CPU
   bool jit_optimize = false;
 

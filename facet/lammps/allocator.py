@@ -2,10 +2,11 @@
 
 glibc's default allocator serves large blocks with fresh ``mmap()`` calls and gives freed memory
 back to the system, so every model evaluation page-faults its tensors in anew and ranks wait on
-the faults (LAMMPS' "CPU use" 84-91 % instead of 99-100 %; ML-IAP steps 1.16-1.28x longer,
-benchmarks/README "The allocator setting on the ML-IAP paths"). The ML-IAP object therefore has
-glibc keep freed memory for reuse, as ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<large>`` in
-the environment would; the process's memory then stays at its peak. The native plugin does the
+the faults (LAMMPS' "CPU use" 73-87 % instead of 98-100 %; ML-IAP steps 1.1-1.4x longer where
+ranks waited, benchmarks/README "The allocator setting on the ML-IAP paths"). The ML-IAP
+object therefore has glibc keep freed memory for reuse, as ``MALLOC_MMAP_MAX_=0
+MALLOC_TRIM_THRESHOLD_=<large>`` in the environment would; the process's memory then stays at
+its peak. The native plugin does the
 same in C++ (``lammps_plugin/pair_facet.cpp``, keyword ``malloc_tuning``).
 
 Settings in the environment take precedence (``MALLOC_*_``, ``GLIBC_TUNABLES``);
