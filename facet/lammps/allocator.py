@@ -6,8 +6,8 @@ the faults (LAMMPS' "CPU use" 73-87 % instead of 98-100 %; ML-IAP steps 1.1-1.4x
 ranks waited, benchmarks/README "The allocator setting on the ML-IAP paths"). The ML-IAP
 object therefore has glibc keep freed memory for reuse, as ``MALLOC_MMAP_MAX_=0
 MALLOC_TRIM_THRESHOLD_=<large>`` in the environment would; the process's memory then stays at
-its peak. The native plugin does the
-same in C++ (``lammps_plugin/pair_facet.cpp``, keyword ``malloc_tuning``).
+its peak. The native plugin does the same in C++ (``lammps_plugin/pair_facet.cpp``, keyword
+``malloc_tuning``).
 
 Settings in the environment take precedence (``MALLOC_*_``, ``GLIBC_TUNABLES``);
 ``FACET_MALLOC_TUNING=0`` leaves the allocator alone.
