@@ -103,6 +103,8 @@ class UVUTensorProduct(nn.Module):
             for u in range(mul):
                 perm.extend(start + u * k_total + k0 + m for m in range(d3))
         self.d2 = d2
+        # evaluate with the fused CPU kernels of facet.ops (inference only; see use_fused)
+        self.fused = False
         self.register_buffer("out_perm", torch.tensor(perm, dtype=torch.long), persistent=False)
         self.register_buffer("couplings", torch.cat(couplings).to(dtype), persistent=False)
         self.register_buffer("paths_of_k", torch.cat(paths_of_k), persistent=False)
@@ -145,6 +147,8 @@ class UVUTensorProduct(nn.Module):
         backward pass are ``basis (x) T`` and the gathered neighbour features. Every shape is a
         function of the input shapes (no data-dependent sizes: exportable).
         """
+        if self.fused and not torch.jit.is_scripting():
+            return self._forward_fused(h, nbr_pad, y_pad, basis_pad, coefficients)
         n_out, m = nbr_pad.shape[0], nbr_pad.shape[1]
         nb = basis_pad.shape[2]
         y_flat = y_pad.reshape(n_out * m, self.d2)
@@ -162,6 +166,33 @@ class UVUTensorProduct(nn.Module):
             c = c[:, self.paths_of_k[ko : ko + k_total], :]  # [nb, K, mul]
             agg = (s * c).sum(1)  # [n_out, K, mul]
             sums.append(agg.transpose(1, 2).reshape(n_out, mul * k_total))
+        return torch.cat(sums, dim=1).index_select(1, self.out_perm)
+
+    @torch.jit.unused
+    def _forward_fused(
+        self,
+        h: torch.Tensor,
+        nbr_pad: torch.Tensor,
+        y_pad: torch.Tensor,
+        basis_pad: torch.Tensor,
+        coefficients: torch.Tensor,
+    ) -> torch.Tensor:
+        """``forward_slots`` through ``torch.ops.facet.uvu_tp_block`` (``facet.ops``): edge by
+        edge in cache, ~4x fewer multiplications than the padded bmm, nothing slot-sized kept
+        for the backward pass (it recomputes). Inference only."""
+        n_out, m = nbr_pad.shape[0], nbr_pad.shape[1]
+        nb = basis_pad.shape[2]
+        y_flat = y_pad.reshape(n_out * m, self.d2)
+        basis_pad = basis_pad.contiguous()
+        sums: list[torch.Tensor] = []
+        for start, mul, d1, k_total, c_off, w0, n_paths, ko in self.blocks:
+            coupling = self.couplings[c_off : c_off + self.d2 * d1 * k_total]
+            t = (y_flat @ coupling.reshape(self.d2, d1 * k_total)).reshape(n_out, m, d1, k_total)
+            x = h[:, start : start + mul * d1].reshape(-1, mul, d1).transpose(1, 2).contiguous()
+            c = coefficients[:, w0 : w0 + n_paths * mul].reshape(nb, n_paths, mul).contiguous()
+            agg = torch.ops.facet.uvu_tp_block(x, nbr_pad, t, basis_pad, c,
+                                               self.paths_of_k[ko : ko + k_total])
+            sums.append(agg.reshape(n_out, mul * k_total))
         return torch.cat(sums, dim=1).index_select(1, self.out_perm)
 
 

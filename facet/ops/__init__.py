@@ -1,0 +1,209 @@
+"""Facet's fused CPU kernels (``facet::`` torch operators), built on first use and cached.
+
+``uvu_tp.cpp`` holds the channel-wise tensor product of one irrep block, forward and backward,
+evaluated edge by edge in cache (see its header): the same function as
+``UVUTensorProduct.forward_slots``'s padded batched matmul with about 4x fewer multiplications
+and no slot-sized intermediates. It serves inference only (no gradient for the radial
+coefficients, no double backward): ``facet.aoti`` compiles CPU packages that call it, and the
+LAMMPS plugin compiles the same source in.
+
+The library is compiled once per source, torch version and CPU vector ISA with the system C++
+compiler (``$CXX`` or ``c++``; the same one AOTInductor needs) into ``$FACET_OPS_CACHE`` (default
+``~/.cache/facet/ops``), under a file lock so that MPI ranks starting together build it once.
+
+Examples:
+    >>> import facet.ops
+    >>> facet.ops.load()            # doctest: +SKIP
+    '/home/me/.cache/facet/ops/facet_ops-....so'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from facet.errors import FacetError
+
+SOURCE = Path(__file__).with_name("uvu_tp.cpp")
+OPS_VERSION = 1  # bump when an operator's schema or meaning changes
+OPS = ("facet::uvu_tp_block", "facet::uvu_tp_block_backward")
+
+_loaded: str | None = None
+_load_error: FacetOpsError | None = None
+
+
+class FacetOpsError(FacetError, RuntimeError):
+    """The fused kernels could not be built or loaded (no C++ compiler, a failed build)."""
+
+
+def isa_flags() -> list[str]:
+    """Compiler flags for this CPU's vector ISA, as torch detects it (AVX2/AVX-512 on x86;
+    none elsewhere: the compiler's baseline)."""
+    cap = torch.backends.cpu.get_cpu_capability()
+    if cap.startswith("AVX512"):
+        return ["-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx512bw", "-mavx2", "-mfma"]
+    if cap == "AVX2":
+        return ["-mavx2", "-mfma"]
+    return []
+
+
+def _registered() -> bool:
+    """Whether this process already has the operators (our library, or the LAMMPS plugin)."""
+    try:
+        return all(torch._C._dispatch_has_kernel_for_dispatch_key(op, "CPU") for op in OPS)
+    except RuntimeError:  # "operator ... does not exist"
+        return False
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("FACET_OPS_CACHE")
+                or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "facet/ops")
+
+
+def _build_command(source: Path, target: Path) -> list[str]:
+    from torch.utils.cpp_extension import include_paths, library_paths
+
+    cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or "c++"
+    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
+    cmd = [cxx, "-O3", "-std=c++17", "-fPIC", "-shared", "-fopenmp-simd",
+           f"-D_GLIBCXX_USE_CXX11_ABI={abi}", *isa_flags()]
+    cmd += [f"-I{p}" for p in include_paths()]
+    libs = library_paths()
+    cmd += [str(source), "-o", str(target)]
+    cmd += [f"-L{p}" for p in libs] + [f"-Wl,-rpath,{p}" for p in libs]
+    cmd += ["-lc10", "-ltorch_cpu", "-ltorch"]
+    return cmd
+
+
+def library_path() -> Path:
+    """Where this source, torch version and ISA's library is (or will be) cached."""
+    key = hashlib.sha256()
+    key.update(SOURCE.read_bytes())
+    key.update(" ".join([torch.__version__, str(OPS_VERSION), *isa_flags(), sys.platform])
+               .encode())
+    return cache_dir() / f"facet_ops-{key.hexdigest()[:16]}.so"
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def build(force: bool = False) -> Path:
+    """Compile the library into the cache (if not there yet) and return its path."""
+    target = library_path()
+    if target.exists() and not force:
+        return target
+    with _locked(target.parent):
+        if target.exists() and not force:
+            return target
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            partial = Path(tmp) / target.name
+            cmd = _build_command(SOURCE, partial)
+            try:
+                run = subprocess.run(cmd, capture_output=True, text=True)
+            except OSError as exc:
+                raise FacetOpsError(
+                    f"cannot build Facet's fused kernels: no C++ compiler ({exc}). Install "
+                    "g++ (or set CXX), or run without them (FACET_FUSED_KERNELS=0)") from None
+            if run.returncode != 0:
+                raise FacetOpsError(
+                    "building Facet's fused kernels failed:\n  " + " ".join(cmd) + "\n"
+                    + run.stderr[-4000:] + "\nSet FACET_FUSED_KERNELS=0 to run without them.")
+            os.replace(partial, target)
+    return target
+
+
+def load() -> str:
+    """Make the ``facet::`` operators available in this process (build on first use);
+    returns the library's path ("" when another library, e.g. the LAMMPS plugin, registered
+    them). Raises ``FacetOpsError`` with the reason when that is impossible."""
+    global _loaded, _load_error
+    if _loaded is not None:
+        return _loaded
+    if _load_error is not None:
+        raise _load_error
+    try:
+        path = ""
+        if not _registered():
+            path = str(build())
+            torch.ops.load_library(path)
+        _register_python_parts()
+    except FacetOpsError as exc:
+        _load_error = exc
+        raise
+    except (OSError, RuntimeError) as exc:
+        _load_error = FacetOpsError(f"loading Facet's fused kernels failed: {exc}")
+        raise _load_error from None
+    _loaded = path
+    return path
+
+
+def enabled() -> bool:
+    """Whether to use the fused kernels where they apply: ``FACET_FUSED_KERNELS`` is not
+    ``0`` and they build and load here (a failure is remembered, not raised)."""
+    if os.environ.get("FACET_FUSED_KERNELS", "1") == "0":
+        return False
+    try:
+        load()
+    except FacetOpsError:
+        return False
+    return True
+
+
+def _register_python_parts() -> None:
+    """Shapes for tracing (fake tensors) and the autograd formula of the forward operator."""
+
+    def fake_forward(x, nbr, t, basis, c, path_of_k):
+        return x.new_empty((nbr.shape[0], x.shape[2], t.shape[3]))
+
+    def fake_backward(grad, x, nbr, t, basis, c, path_of_k):
+        return x.new_empty(x.shape), t.new_empty(t.shape), basis.new_empty(basis.shape)
+
+    def setup_context(ctx, inputs, output):
+        x, nbr, t, basis, c, path_of_k = inputs
+        if c.requires_grad:
+            raise FacetOpsError(
+                "the fused tensor-product kernel is for inference: it has no gradient for the "
+                "radial coefficients. Train with fused kernels off (facet.ops.use_fused(model, "
+                "False), the default of a model being trained)")
+        ctx.save_for_backward(x, nbr, t, basis, c, path_of_k)
+
+    def backward(ctx, grad):
+        x, nbr, t, basis, c, path_of_k = ctx.saved_tensors
+        gx, gt, gb = torch.ops.facet.uvu_tp_block_backward(grad, x, nbr, t, basis, c, path_of_k)
+        return gx, None, gt, gb, None, None
+
+    torch.library.register_fake(OPS[0])(fake_forward)
+    torch.library.register_fake(OPS[1])(fake_backward)
+    torch.library.register_autograd(OPS[0], backward, setup_context=setup_context)
+
+
+def use_fused(model: torch.nn.Module, on: bool = True) -> torch.nn.Module:
+    """Switch every tensor product of ``model`` to the fused kernels (``on``) or back; loads
+    them first when switching on (``FacetOpsError`` if they cannot be built). Returns
+    ``model``. Inference only: the radial coefficients must not require gradients."""
+    from facet.tensor_product import UVUTensorProduct
+
+    if on:
+        load()
+    for module in model.modules():
+        if isinstance(module, UVUTensorProduct):
+            module.fused = on
+    return model

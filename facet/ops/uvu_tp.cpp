@@ -1,0 +1,248 @@
+// Fused CPU kernels of Facet's channel-wise ("uvu") tensor-product convolution, for inference.
+//
+// One block of the tensor product (input irrep l1 with `mul` channels of dimension d1, its K
+// output components over P paths) for n output nodes with m neighbour slots each:
+//
+//   agg[a, u, k] = sum_s W[a,s][p(k), u] * sum_i t[a,s,i,k] * x[nbr[a,s], i, u]
+//   W[a,s][p, u] = sum_b basis[a,s,b] * c[b, p, u]          (radial weights of the edge)
+//
+// (the math of facet/tensor_product.py's UVUTensorProduct.forward_slots, evaluated edge by edge
+// instead of as one padded batched matmul: ~4x fewer multiplications and no slot-sized
+// intermediate in memory). `t` = Y @ Wigner coupling per slot, computed by the caller. The
+// backward kernel recomputes W and the per-edge products instead of storing them and returns
+// the gradients for x, t and basis; there is none for c (frozen weights: inference only).
+//
+// Layouts (contiguous): x [N, d1, mul]; nbr [n, m] int64 (rows of x; padding slots point at
+// any valid row and have basis 0); t [n, m, d1, K]; basis [n, m, nb]; c [nb, P, mul];
+// path_of_k [K] int64 in [0, P); agg and its gradient [n, mul, K].
+//
+// Registered as facet::uvu_tp_block and facet::uvu_tp_block_backward. Built by facet/ops (for
+// Python) and compiled into the LAMMPS plugin (CMakeLists.txt), so AOTInductor packages that
+// call the ops run in both.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <tuple>
+#include <vector>
+
+namespace {
+
+struct BlockShape {
+  int64_t n, m, d1, mul, K, nb, P, N;
+};
+
+BlockShape check_inputs(const at::Tensor& x, const at::Tensor& nbr, const at::Tensor& t,
+                        const at::Tensor& basis, const at::Tensor& c, const at::Tensor& path_of_k) {
+  TORCH_CHECK(x.device().is_cpu(), "facet::uvu_tp_block runs on the CPU only");
+  TORCH_CHECK(x.dim() == 3 && nbr.dim() == 2 && t.dim() == 4 && basis.dim() == 3 &&
+                  c.dim() == 3 && path_of_k.dim() == 1,
+              "facet::uvu_tp_block: expected x [N,d1,mul], nbr [n,m], t [n,m,d1,K], "
+              "basis [n,m,nb], c [nb,P,mul], path_of_k [K]");
+  BlockShape s{nbr.size(0), nbr.size(1), x.size(1), x.size(2), t.size(3),
+               basis.size(2), c.size(1), x.size(0)};
+  TORCH_CHECK(t.size(0) == s.n && t.size(1) == s.m && t.size(2) == s.d1 && basis.size(0) == s.n &&
+                  basis.size(1) == s.m && c.size(0) == s.nb && c.size(2) == s.mul &&
+                  path_of_k.size(0) == s.K,
+              "facet::uvu_tp_block: inconsistent shapes");
+  TORCH_CHECK(nbr.scalar_type() == at::kLong && path_of_k.scalar_type() == at::kLong,
+              "facet::uvu_tp_block: nbr and path_of_k must be int64");
+  TORCH_CHECK(t.scalar_type() == x.scalar_type() && basis.scalar_type() == x.scalar_type() &&
+                  c.scalar_type() == x.scalar_type(),
+              "facet::uvu_tp_block: x, t, basis and c must have one dtype");
+  if (nbr.numel() > 0) {
+    TORCH_CHECK(nbr.min().item<int64_t>() >= 0 && nbr.max().item<int64_t>() < s.N,
+                "facet::uvu_tp_block: neighbour index out of range");
+  }
+  if (path_of_k.numel() > 0) {
+    TORCH_CHECK(path_of_k.min().item<int64_t>() >= 0 && path_of_k.max().item<int64_t>() < s.P,
+                "facet::uvu_tp_block: path index out of range");
+  }
+  return s;
+}
+
+// w[p*mul + u] = sum_b bas[b] * c[b, p, u]
+template <typename T>
+inline void radial_weights(const T* __restrict bas, const T* __restrict c, T* __restrict w,
+                           int64_t nb, int64_t pm) {
+  std::fill(w, w + pm, T(0));
+  for (int64_t b = 0; b < nb; ++b) {
+    const T bb = bas[b];
+    if (bb == T(0)) continue;
+    const T* __restrict cb = c + b * pm;
+#pragma omp simd
+    for (int64_t q = 0; q < pm; ++q) w[q] += bb * cb[q];
+  }
+}
+
+// prod[u] = sum_i te[i*K + k] * xj[i*mul + u]
+template <typename T>
+inline void edge_product(const T* __restrict te, const T* __restrict xj, T* __restrict prod,
+                         int64_t k, int64_t K, int64_t d1, int64_t mul) {
+  const T t0 = te[k];
+#pragma omp simd
+  for (int64_t u = 0; u < mul; ++u) prod[u] = t0 * xj[u];
+  for (int64_t i = 1; i < d1; ++i) {
+    const T ti = te[i * K + k];
+    const T* __restrict xi = xj + i * mul;
+#pragma omp simd
+    for (int64_t u = 0; u < mul; ++u) prod[u] += ti * xi[u];
+  }
+}
+
+template <typename T>
+void forward_kernel(const BlockShape& s, const T* x, const int64_t* nbr, const T* t,
+                    const T* basis, const T* c, const int64_t* pk, T* out) {
+  const int64_t pm = s.P * s.mul, km = s.K * s.mul;
+  at::parallel_for(0, s.n, 16, [&](int64_t begin, int64_t end) {
+    std::vector<T> w(pm), acc(km), prod(s.mul);
+    for (int64_t a = begin; a < end; ++a) {
+      std::fill(acc.begin(), acc.end(), T(0));
+      for (int64_t sl = 0; sl < s.m; ++sl) {
+        const int64_t e = a * s.m + sl;
+        const T* bas = basis + e * s.nb;
+        if (std::all_of(bas, bas + s.nb, [](T v) { return v == T(0); })) continue;
+        radial_weights(bas, c, w.data(), s.nb, pm);
+        const T* xj = x + nbr[e] * s.d1 * s.mul;
+        const T* te = t + e * s.d1 * s.K;
+        for (int64_t k = 0; k < s.K; ++k) {
+          edge_product(te, xj, prod.data(), k, s.K, s.d1, s.mul);
+          const T* __restrict wp = w.data() + pk[k] * s.mul;
+          T* __restrict ak = acc.data() + k * s.mul;
+          const T* __restrict pr = prod.data();
+#pragma omp simd
+          for (int64_t u = 0; u < s.mul; ++u) ak[u] += wp[u] * pr[u];
+        }
+      }
+      T* o = out + a * km;  // [mul, K]
+      for (int64_t k = 0; k < s.K; ++k)
+        for (int64_t u = 0; u < s.mul; ++u) o[u * s.K + k] = acc[k * s.mul + u];
+    }
+  });
+}
+
+template <typename T>
+void backward_kernel(const BlockShape& s, const T* grad, const T* x, const int64_t* nbr,
+                     const T* t, const T* basis, const T* c, const int64_t* pk, T* gx, T* gt,
+                     T* gb) {
+  const int64_t pm = s.P * s.mul, km = s.K * s.mul, xrow = s.d1 * s.mul;
+  const int threads = at::get_num_threads();
+  // per-thread accumulators for the neighbour gradient (a node's neighbours are shared)
+  std::vector<std::vector<T>> gx_thread(threads > 1 ? threads : 0);
+  at::parallel_for(0, s.n, 16, [&](int64_t begin, int64_t end) {
+    T* gxt = gx;
+    if (threads > 1) {
+      auto& buf = gx_thread[at::get_thread_num()];
+      if (buf.empty()) buf.assign(s.N * xrow, T(0));
+      gxt = buf.data();
+    }
+    std::vector<T> w(pm), gw(pm), g(km), prod(s.mul), gp(s.mul);
+    for (int64_t a = begin; a < end; ++a) {
+      const T* ga = grad + a * km;  // [mul, K] -> g [K, mul]
+      for (int64_t u = 0; u < s.mul; ++u)
+        for (int64_t k = 0; k < s.K; ++k) g[k * s.mul + u] = ga[u * s.K + k];
+      for (int64_t sl = 0; sl < s.m; ++sl) {
+        const int64_t e = a * s.m + sl;
+        const T* bas = basis + e * s.nb;
+        radial_weights(bas, c, w.data(), s.nb, pm);
+        std::fill(gw.begin(), gw.end(), T(0));
+        const int64_t j = nbr[e];
+        const T* xj = x + j * xrow;
+        T* gxj = gxt + j * xrow;
+        const T* te = t + e * s.d1 * s.K;
+        T* gte = gt + e * s.d1 * s.K;
+        for (int64_t k = 0; k < s.K; ++k) {
+          edge_product(te, xj, prod.data(), k, s.K, s.d1, s.mul);
+          const T* __restrict gk = g.data() + k * s.mul;
+          const T* __restrict wp = w.data() + pk[k] * s.mul;
+          T* __restrict gwp = gw.data() + pk[k] * s.mul;
+          const T* __restrict pr = prod.data();
+          T* __restrict gpp = gp.data();
+#pragma omp simd
+          for (int64_t u = 0; u < s.mul; ++u) {
+            gwp[u] += gk[u] * pr[u];
+            gpp[u] = gk[u] * wp[u];
+          }
+          for (int64_t i = 0; i < s.d1; ++i) {
+            const T ti = te[i * s.K + k];
+            const T* __restrict xi = xj + i * s.mul;
+            T* __restrict gxi = gxj + i * s.mul;
+            T dot = T(0);
+#pragma omp simd reduction(+ : dot)
+            for (int64_t u = 0; u < s.mul; ++u) {
+              dot += xi[u] * gpp[u];
+              gxi[u] += ti * gpp[u];
+            }
+            gte[i * s.K + k] = dot;
+          }
+        }
+        T* gbe = gb + e * s.nb;
+        for (int64_t b = 0; b < s.nb; ++b) {
+          const T* __restrict cb = c + b * pm;
+          const T* __restrict gwv = gw.data();
+          T dot = T(0);
+#pragma omp simd reduction(+ : dot)
+          for (int64_t q = 0; q < pm; ++q) dot += cb[q] * gwv[q];
+          gbe[b] = dot;
+        }
+      }
+    }
+  });
+  for (auto& buf : gx_thread) {
+    if (buf.empty()) continue;
+    for (int64_t q = 0; q < s.N * xrow; ++q) gx[q] += buf[q];
+  }
+}
+
+at::Tensor uvu_tp_block(const at::Tensor& x_in, const at::Tensor& nbr_in, const at::Tensor& t_in,
+                        const at::Tensor& basis_in, const at::Tensor& c_in,
+                        const at::Tensor& pk_in) {
+  const BlockShape s = check_inputs(x_in, nbr_in, t_in, basis_in, c_in, pk_in);
+  auto x = x_in.contiguous(), nbr = nbr_in.contiguous(), t = t_in.contiguous();
+  auto basis = basis_in.contiguous(), c = c_in.contiguous(), pk = pk_in.contiguous();
+  auto out = at::empty({s.n, s.mul, s.K}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "uvu_tp_block", [&] {
+    forward_kernel<scalar_t>(s, x.data_ptr<scalar_t>(), nbr.data_ptr<int64_t>(),
+                             t.data_ptr<scalar_t>(), basis.data_ptr<scalar_t>(),
+                             c.data_ptr<scalar_t>(), pk.data_ptr<int64_t>(),
+                             out.data_ptr<scalar_t>());
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> uvu_tp_block_backward(
+    const at::Tensor& grad_in, const at::Tensor& x_in, const at::Tensor& nbr_in,
+    const at::Tensor& t_in, const at::Tensor& basis_in, const at::Tensor& c_in,
+    const at::Tensor& pk_in) {
+  const BlockShape s = check_inputs(x_in, nbr_in, t_in, basis_in, c_in, pk_in);
+  TORCH_CHECK(grad_in.dim() == 3 && grad_in.size(0) == s.n && grad_in.size(1) == s.mul &&
+                  grad_in.size(2) == s.K && grad_in.scalar_type() == x_in.scalar_type(),
+              "facet::uvu_tp_block_backward: grad must be [n, mul, K] of x's dtype");
+  auto grad = grad_in.contiguous(), x = x_in.contiguous(), nbr = nbr_in.contiguous();
+  auto t = t_in.contiguous(), basis = basis_in.contiguous(), c = c_in.contiguous();
+  auto pk = pk_in.contiguous();
+  auto gx = at::zeros_like(x), gt = at::empty_like(t), gb = at::empty_like(basis);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "uvu_tp_block_backward", [&] {
+    backward_kernel<scalar_t>(s, grad.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
+                              nbr.data_ptr<int64_t>(), t.data_ptr<scalar_t>(),
+                              basis.data_ptr<scalar_t>(), c.data_ptr<scalar_t>(),
+                              pk.data_ptr<int64_t>(), gx.data_ptr<scalar_t>(),
+                              gt.data_ptr<scalar_t>(), gb.data_ptr<scalar_t>());
+  });
+  return {gx, gt, gb};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(facet, m) {
+  m.def("uvu_tp_block(Tensor x, Tensor nbr, Tensor t, Tensor basis, Tensor c, "
+        "Tensor path_of_k) -> Tensor");
+  m.def("uvu_tp_block_backward(Tensor grad, Tensor x, Tensor nbr, Tensor t, Tensor basis, "
+        "Tensor c, Tensor path_of_k) -> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(facet, CPU, m) {
+  m.impl("uvu_tp_block", &uvu_tp_block);
+  m.impl("uvu_tp_block_backward", &uvu_tp_block_backward);
+}
