@@ -153,7 +153,9 @@ def main() -> None:
     ap.add_argument("--sizes", default="108,500,2048,8000")
     ap.add_argument("--variants", default="default,aoti",
                     help="default (eager FacetCalculator), aoti, aoti-single (AOTI single pass "
-                         "at every size), default-single")
+                         "at every size), default-single; a -bmm suffix (default-bmm, "
+                         "aoti-bmm, aoti-single-bmm) evaluates the tensor products as batched "
+                         "matmuls instead of facet.ops' fused kernels")
     ap.add_argument("--threads", default="1", help="comma-separated thread counts, e.g. 1,2")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--package-dir", default=os.path.join(HERE, "results", "aoti"))
@@ -176,27 +178,33 @@ def main() -> None:
           + ", ".join(f"{k} {v:.2f}" for k, v in sorted(by_op.items())), flush=True)
     variants = a.variants.split(",")
     calcs = {}
-    if any(v.startswith("aoti") for v in variants):
+    paths = {}
+    for fused in sorted({not v.endswith("-bmm") for v in variants if v.startswith("aoti")}):
         from facet.aoti import build_package
 
+        kind = "fused" if fused else "bmm"
         path = a.package or os.path.join(
-            a.package_dir, f"facet-{a.model}-{a.dtype}-{a.aoti_programs}-t{a.aoti_threads}.pt2")
+            a.package_dir,
+            f"facet-{a.model}-{a.dtype}-{a.aoti_programs}-t{a.aoti_threads}-{kind}.pt2")
+        paths[fused] = path
         if not os.path.exists(path):
             t0, c0 = time.perf_counter(), time.process_time()
             build_package(model, path, programs=a.aoti_programs, threads=a.aoti_threads,
-                          log=lambda s: print("  " + s, flush=True))
+                          fused=fused, log=lambda s: print("  " + s, flush=True))
             print(f"built {path}: {time.perf_counter() - t0:.0f} s wall, "
                   f"{time.process_time() - c0:.0f} s CPU in this process (+ the compiler's)",
                   flush=True)
     for v in variants:
-        if v == "default":
-            calcs[v] = FacetCalculator(model, dtype=a.dtype)
-        elif v == "default-single":
-            calcs[v] = FacetCalculator(model, dtype=a.dtype, chunk_edges=0)
-        elif v == "aoti":
-            calcs[v] = FacetCalculator(path)
-        elif v == "aoti-single":
-            calcs[v] = FacetCalculator(path, chunk_edges=0)
+        fused = not v.endswith("-bmm")
+        base = v.removesuffix("-bmm")
+        if base == "default":
+            calcs[v] = FacetCalculator(model, dtype=a.dtype, fused=fused)
+        elif base == "default-single":
+            calcs[v] = FacetCalculator(model, dtype=a.dtype, chunk_edges=0, fused=fused)
+        elif base == "aoti":
+            calcs[v] = FacetCalculator(paths[fused])
+        elif base == "aoti-single":
+            calcs[v] = FacetCalculator(paths[fused], chunk_edges=0)
         else:
             raise SystemExit(f"unknown variant {v}")
     shapes = {"square 1024": (0, 1024, 1024, 1024), **model_shapes(model)}

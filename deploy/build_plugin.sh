@@ -102,7 +102,10 @@ torch_version=$(sed -n 's/^set(PACKAGE_VERSION "\(.*\)")/\1/p' "$torch_version_f
 [ -n "$torch_version" ] || die "no TorchConfigVersion.cmake under $torch_prefix"
 
 # ----------------------------------------------------------------------------- cache key
-sources=("$repo/CMakeLists.txt" "$repo"/lammps_plugin/*.cpp "$repo"/lammps_plugin/*.h)
+sources=("$repo/CMakeLists.txt" "$repo"/lammps_plugin/*.cpp "$repo"/lammps_plugin/*.h
+         "$repo/facet/ops/uvu_tp.cpp")
+# the fused kernels' vector ISA flags, as the Python side builds them (facet.ops.isa_flags)
+ops_isa_flags=$(cd "$repo" && "$py" -c 'from facet.ops import isa_flags; print(" ".join(isa_flags()))')
 lib=$lammps_prefix/lib/liblammps.so
 key_text=$(
   for f in "${sources[@]}"; do printf 'source=%s:%s\n' "${f#"$repo"/}" "$(sha256sum "$f" | cut -d' ' -f1)"; done
@@ -112,6 +115,7 @@ key_text=$(
   printf 'lammps_version_h=%s\n' "$(sha256sum "$lammps_src/version.h" | cut -d' ' -f1)"
   printf 'torch=%s:%s\n' "$torch_version" "$torch_prefix"
   printf 'compiler=%s\n' "$(c++ --version | head -1)"
+  printf 'ops_isa_flags=%s\n' "$ops_isa_flags"
 )
 key=$(hash_str "$key_text" | cut -c1-12)
 mkdir -p "$cache"
@@ -136,6 +140,7 @@ else
   cmake -S "$repo" -B "$keydir/build" -D CMAKE_BUILD_TYPE=Release \
     -D "CMAKE_PREFIX_PATH=$lammps_prefix;$torch_prefix" -D "LAMMPS_SOURCE_DIR=$lammps_src" \
     -D "CMAKE_INSTALL_PREFIX=$keydir/install" -D CMAKE_INSTALL_LIBDIR=lib \
+    -D "FACET_OPS_ISA_FLAGS=$ops_isa_flags" \
     >"$keydir/configure.log" 2>&1 || { tail -30 "$keydir/configure.log" >&2; die "configure failed (see $keydir/configure.log)"; }
   log "building with $jobs jobs (about 1 min on 2 cores)"
   cmake --build "$keydir/build" --parallel "$jobs" >"$keydir/build.log" 2>&1 ||

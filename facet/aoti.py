@@ -232,8 +232,10 @@ def cpu_isa() -> str:
     return str(pick_vec_isa())
 
 
-def package_metadata(model, device: str, programs: list[str], threads: int) -> dict[str, Any]:
+def package_metadata(model, device: str, programs: list[str], threads: int,
+                     fused: bool = False) -> dict[str, Any]:
     from facet import __version__
+    from facet.ops import OPS_VERSION
 
     cfg = model.config
     return {
@@ -244,6 +246,8 @@ def package_metadata(model, device: str, programs: list[str], threads: int) -> d
         "device": device,
         "cpu_isa": cpu_isa() if device == "cpu" else "",
         "threads": threads,  # 0: kernels use the caller's OpenMP thread count
+        # >0: the programs call facet.ops' operators of this version (facet::uvu_tp_block...)
+        "fused_kernels": OPS_VERSION if fused else 0,
         "elements": list(cfg.elements), "r_max": float(cfg.r_max),
         "num_layers": int(model.num_interactions),
         "feature_dims": [int(d) for d in model.feature_dims],
@@ -254,28 +258,39 @@ def package_metadata(model, device: str, programs: list[str], threads: int) -> d
 
 
 def build_package(model, path: str | os.PathLike | None = None, *, programs: str = "all",
-                  device: str = "cpu", threads: int = 0,
+                  device: str = "cpu", threads: int = 0, fused: bool | None = None,
                   log: Callable[[str], None] | None = None) -> bytes:
     """Export and compile ``model`` (in its own dtype) into an AOTInductor package; write it
     to ``path`` if given and return its bytes. ``programs``: ``"all"`` (default),
     ``"single"`` (``energy_forces`` only) or ``"layers"`` (per-layer programs only).
     ``threads``: 0 (default) lets the CPU kernels use the caller's OpenMP/torch thread count,
-    N > 0 fixes it at N. ``device="cuda"`` needs a GPU (and CUDA torch) where it compiles."""
+    N > 0 fixes it at N. ``device="cuda"`` needs a GPU (and CUDA torch) where it compiles.
+    ``fused``: the tensor products call ``facet.ops``' fused CPU kernels (3-5x faster than
+    the compiled batched matmul; every runtime that loads the package needs them: the Python
+    loaders build them, the LAMMPS plugin has them compiled in); None (default) = on for CPU
+    packages where they build and ``FACET_FUSED_KERNELS`` is not 0."""
     with warnings.catch_warnings():
         # torch 2.13 warns about its own pytree internals when it copies exported programs
         warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)`",
                                 category=FutureWarning)
         return _build_package(model, path, programs=programs, device=device, threads=threads,
-                              log=log)
+                              fused=fused, log=log)
 
 
 def _build_package(model, path, *, programs: str, device: str, threads: int,
-                   log: Callable[[str], None] | None) -> bytes:
+                   fused: bool | None, log: Callable[[str], None] | None) -> bytes:
     from torch.export.pt2_archive._package import package_pt2
 
+    import facet.ops
+
+    if fused is None:
+        fused = device == "cpu" and facet.ops.enabled()
+    if fused and device != "cpu":
+        raise ValueError("the fused kernels (facet.ops) run on the CPU only: fused=False")
     model = copy.deepcopy(model).to(device)
+    facet.ops.use_fused(model, fused)
     eps = export_programs(model, programs, log)
-    meta = package_metadata(model, device, list(eps), threads)
+    meta = package_metadata(model, device, list(eps), threads, fused)
     options: dict[str, Any] = {
         "aot_inductor.package": True,
         "aot_inductor.metadata": {"facet_format": f"{FORMAT}-{FORMAT_VERSION}"},
@@ -354,6 +369,11 @@ def compatibility_problems(meta: dict[str, Any], device: str | torch.device = "c
                         f"{device.type}")
     elif device.type == "cuda" and not torch.cuda.is_available():
         problems.append("it was compiled for cuda and torch sees no GPU here")
+    from facet.ops import OPS_VERSION
+
+    if int(meta.get("fused_kernels", 0)) > OPS_VERSION:
+        problems.append(f"it calls fused kernels of version {meta['fused_kernels']}, newer than "
+                        f"this facet's ({OPS_VERSION}): update facet")
     if device.type == "cpu" and meta.get("cpu_isa"):
         from torch._inductor.cpu_vec_isa import valid_vec_isa_list
 
@@ -404,6 +424,16 @@ class AOTIPackage:
         self.num_layers = int(self.meta["num_layers"])
         self.feature_dims = list(self.meta["feature_dims"])
         index = self.device.index if self.device.index is not None else -1
+        if int(self.meta.get("fused_kernels", 0)):
+            import facet.ops
+
+            try:
+                facet.ops.load()
+            except facet.ops.FacetOpsError as exc:
+                raise FacetPackageError(
+                    f"this package calls Facet's fused CPU kernels, which are unavailable here: "
+                    f"{exc}. Or build the package without them: `facet-deploy <checkpoint> "
+                    "--format aoti --no-fused-kernels`") from None
         # load_pt2 writes a buffer to a temporary file for the loader; keep a file of our own
         # so that the same bytes (e.g. from an ML-IAP object) load the same way everywhere.
         # libtorch extracts every program into $TMPDIR/aotinductor_* and removes it only in

@@ -51,6 +51,8 @@ double now()
 constexpr const char *kFormat = "facet-lammps-plugin";
 constexpr int kFormatVersion = 1;
 constexpr const char *kMetadataFile = "facet_plugin.json";
+// the facet:: operators compiled into this plugin (facet/ops/uvu_tp.cpp), as facet.ops.OPS_VERSION
+constexpr int kFusedKernelsVersion = 1;
 constexpr const char *kRedeploy = "facet-deploy model.pt --format plugin -o FILE";
 constexpr const char *kFormatAOTI = "facet-aoti";
 constexpr int kFormatVersionAOTI = 1;
@@ -327,6 +329,7 @@ void PairFacet::load_model()
     facet_version = meta.value("facet_version", "?");
     torch_version = meta.value("torch_version", "?");
     cpu_isa = meta.value("cpu_isa", "");
+    fused_kernels = meta.value("fused_kernels", 0);
     if (is_package) {
       auto programs = meta.value("programs", std::vector<std::string>{});
       std::vector<std::string> needed{"embed", "readout"};
@@ -427,8 +430,13 @@ std::string PairFacet::load_torchscript()
 // the programs of an AOTInductor package, after checking it can run here
 void PairFacet::load_aoti_programs()
 {
-  const std::string problems =
+  std::string problems =
       FacetPlugin::aoti_incompatibility(torch_version, device_name, cpu_isa, device.is_cuda());
+  if (fused_kernels > kFusedKernelsVersion)
+    problems += std::string(problems.empty() ? "" : "; ") + "it calls fused kernels of version " +
+        std::to_string(fused_kernels) + " and this plugin has version " +
+        std::to_string(kFusedKernelsVersion) + " (rebuild the plugin from the facet that " +
+        "compiled the package: deploy/build_plugin.sh)";
   if (!problems.empty())
     error->all(FLERR,
                "pair_style facet: the AOTInductor package {} cannot run here: {}. Compile it "

@@ -83,6 +83,7 @@ class PairFacet : public Pair {
   torch::jit::Module module;
   std::unique_ptr<FacetPlugin::AOTIModel> aoti;    // set: the file is an AOTInductor package
   std::string cpu_isa;                             // AOTI: the CPU ISA it was compiled for
+  int fused_kernels = 0;    // AOTI: version of the facet:: operators its programs call (0: none)
   bool loaded = false;
   torch::Device device = torch::Device(torch::kCPU);
   torch::Dtype dtype = torch::kFloat64;

@@ -195,6 +195,21 @@ def _register_python_parts() -> None:
     torch.library.register_autograd(OPS[0], backward, setup_context=setup_context)
 
 
+@contextlib.contextmanager
+def fused(model: torch.nn.Module, on: bool = True) -> Iterator[torch.nn.Module]:
+    """``use_fused(model, on)`` for the duration of a block, then each tensor product as it
+    was (so a calculator can evaluate a module its caller may also train)."""
+    from facet.tensor_product import UVUTensorProduct
+
+    tps = [m for m in model.modules() if isinstance(m, UVUTensorProduct)]
+    before = [tp.fused for tp in tps]
+    try:
+        yield use_fused(model, on)
+    finally:
+        for tp, was in zip(tps, before, strict=True):
+            tp.fused = was
+
+
 def use_fused(model: torch.nn.Module, on: bool = True) -> torch.nn.Module:
     """Switch every tensor product of ``model`` to the fused kernels (``on``) or back; loads
     them first when switching on (``FacetOpsError`` if they cannot be built). Returns

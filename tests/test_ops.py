@@ -1,0 +1,172 @@
+"""facet.ops' fused tensor-product kernels: same function and gradients as the batched-matmul
+formulation (and as finite differences), the switches that turn them on and off, and the errors
+when they cannot be used."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk
+from e3nn import o3
+
+import facet
+import facet.ops
+from facet.calculator import FacetCalculator
+from facet.layers import uvu_instructions
+from facet.model import default_dtype
+from facet.tensor_product import UVUTensorProduct, neighbour_slots, pad_rows
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.skipif(not facet.ops.enabled(), reason="fused kernels do not build here")
+
+
+def tp_and_inputs(irreps_in: str, target: str, dtype=torch.float64, seed: int = 0):
+    """A tensor product and slot-form inputs with uneven neighbour counts (padding slots) and
+    one edge whose radial basis is all zero."""
+    with default_dtype(dtype):
+        sh = o3.Irreps.spherical_harmonics(2)
+        mid, ins = uvu_instructions(o3.Irreps(irreps_in), sh, o3.Irreps(target))
+        tp = UVUTensorProduct(irreps_in, sh, mid, [(a, b, c) for a, b, c, _, _ in ins])
+    g = torch.Generator().manual_seed(seed)
+    n_nodes, n_edges, n_out, nb = 11, 70, 7, 5
+    h = torch.randn(n_nodes, o3.Irreps(irreps_in).dim, generator=g, dtype=dtype)
+    neighbour = torch.randint(0, n_nodes, (n_edges,), generator=g)
+    centre = torch.randint(0, n_out, (n_edges,), generator=g)
+    y = torch.randn(n_edges, sh.dim, generator=g, dtype=dtype)
+    basis = torch.randn(n_edges, nb, generator=g, dtype=dtype)
+    basis[3] = 0.0
+    coeff = torch.randn(nb, tp.weight_numel, generator=g, dtype=dtype)
+    slots = neighbour_slots(centre, n_out, n_edges)
+    return tp, (h, pad_rows(neighbour)[slots], pad_rows(y)[slots], pad_rows(basis)[slots],
+                coeff)
+
+
+def value_and_grads(tp, inputs, fused: bool):
+    h, nbr, y, basis, coeff = inputs
+    h, y, basis = (t.detach().clone().requires_grad_(True) for t in (h, y, basis))
+    tp.fused = fused
+    out = tp.forward_slots(h, nbr, y, basis, coeff)
+    w = torch.linspace(-1.0, 1.0, out.numel(), dtype=out.dtype).reshape(out.shape)
+    grads = torch.autograd.grad((out * w).sum(), [h, y, basis])
+    return [out.detach(), *grads]
+
+
+@pytest.mark.parametrize("irreps_in,target", [
+    ("16x0e", "8x0e+4x1o+2x2e"),                 # a first layer: scalars in
+    ("8x0e+4x1o+2x2e", "8x0e+4x1o+2x2e"),        # a hidden layer
+    ("8x0e+4x1o+2x2e", "8x0e"),                  # the scalar-only last layer
+])
+def test_fused_equals_batched_matmul(irreps_in, target):
+    tp, inputs = tp_and_inputs(irreps_in, target)
+    ref = value_and_grads(tp, inputs, fused=False)
+    got = value_and_grads(tp, inputs, fused=True)
+    for name, a, b in zip(["out", "d/dh", "d/dy", "d/dbasis"], ref, got, strict=True):
+        assert a.abs().max() > 0
+        assert torch.allclose(a, b, atol=1e-12 * a.abs().max(), rtol=0), name
+
+
+def test_fused_float32_and_two_threads():
+    tp, inputs = tp_and_inputs("8x0e+4x1o+2x2e", "8x0e+4x1o+2x2e", dtype=torch.float32)
+    ref = value_and_grads(tp, inputs, fused=False)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)  # per-thread accumulators of the neighbour gradient
+        got = value_and_grads(tp, inputs, fused=True)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(ref, got, strict=True):
+        assert torch.allclose(a, b, atol=2e-5 * a.abs().max(), rtol=0)
+
+
+def test_backward_matches_finite_differences():
+    """The backward kernel against central differences of the forward kernel (float64)."""
+    tp, (h, nbr, y, basis, coeff) = tp_and_inputs("4x0e+2x1o+2x2e", "4x0e+2x1o+2x2e")
+    tp.fused = True
+
+    def f(h, y, basis):
+        return tp.forward_slots(h, nbr, y, basis, coeff)
+
+    assert torch.autograd.gradcheck(
+        f, (h.requires_grad_(True), y.requires_grad_(True), basis.requires_grad_(True)),
+        eps=1e-6, atol=1e-7, rtol=1e-6)
+
+
+def test_training_through_the_fused_kernel_is_refused():
+    tp, (h, nbr, y, basis, coeff) = tp_and_inputs("8x0e", "8x0e+4x1o")
+    tp.fused = True
+    with pytest.raises(facet.ops.FacetOpsError, match="inference"):
+        tp.forward_slots(h, nbr, y, basis, coeff.requires_grad_(True))
+
+
+def test_calculator_default_is_fused_and_leaves_the_model_alone(monkeypatch):
+    torch.manual_seed(0)
+    model = facet.build_model(facet.facet_tiny(["Cu", "Au"]), torch.float64)
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
+    atoms.symbols[::3] = "Au"
+    atoms.rattle(0.05, seed=2)
+    fused = FacetCalculator(model)
+    plain = FacetCalculator(model, fused=False)
+    assert fused.fused and not plain.fused
+    res = []
+    for calc in (fused, plain):
+        a = atoms.copy()
+        a.calc = calc
+        res.append((a.get_potential_energy(), a.get_forces(), a.get_stress()))
+    assert abs(res[0][0] - res[1][0]) / len(atoms) < 1e-12
+    assert np.abs(res[0][1] - res[1][1]).max() < 1e-11
+    assert np.abs(res[0][2] - res[1][2]).max() < 1e-12
+    assert not any(getattr(m, "fused", False) for m in model.modules())
+    # TorchScript and FACET_FUSED_KERNELS=0 leave the kernels out
+    assert not FacetCalculator(model, backend="torchscript").fused
+    monkeypatch.setenv("FACET_FUSED_KERNELS", "0")
+    assert not FacetCalculator(model).fused
+
+
+def test_scripting_ignores_the_switch():
+    from facet.freeze import script_potential
+
+    torch.manual_seed(0)
+    model = facet.build_model(facet.facet_tiny(["Cu"]), torch.float64)
+    facet.ops.use_fused(model)
+    script_potential(model)  # the fused branch is not TorchScript: compiled out, no error
+
+
+def test_missing_compiler_is_a_clear_error(tmp_path):
+    env = {**os.environ, "FACET_OPS_CACHE": str(tmp_path), "CXX": str(tmp_path / "no-cxx")}
+    code = ("import facet.ops, sys\n"
+            "print('enabled', facet.ops.enabled())\n"
+            "try:\n    facet.ops.load()\n"
+            "except facet.ops.FacetOpsError as e:\n    print('ERROR', e)\n")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         cwd=ROOT, check=True).stdout
+    assert "enabled False" in out
+    assert "ERROR cannot build Facet's fused kernels: no C++ compiler" in out
+    assert "FACET_FUSED_KERNELS=0" in out
+
+
+def test_package_with_newer_kernels_is_refused():
+    from facet.aoti import compatibility_problems, package_metadata
+
+    torch.manual_seed(0)
+    model = facet.build_model(facet.facet_tiny(["Cu"]), torch.float64)
+    meta = package_metadata(model, "cpu", ["energy_forces"], 1, fused=True)
+    assert meta["fused_kernels"] == facet.ops.OPS_VERSION
+    assert compatibility_problems(meta) == []
+    meta["fused_kernels"] = facet.ops.OPS_VERSION + 1
+    assert any("fused kernels of version" in p for p in compatibility_problems(meta))
+
+
+def test_plugin_has_the_same_kernel_version():
+    text = (ROOT / "lammps_plugin" / "pair_facet.cpp").read_text()
+    version = int(re.search(r"kFusedKernelsVersion = (\d+);", text).group(1))
+    assert version == facet.ops.OPS_VERSION
+    cmake = (ROOT / "CMakeLists.txt").read_text()
+    assert "facet/ops/uvu_tp.cpp" in cmake
