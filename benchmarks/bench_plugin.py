@@ -18,7 +18,9 @@ paths run back to back (their order alternates between rounds) so that they see 
         # `single_pass_edges 0` (the recomputing evaluation at every size); `@single`: the single
         # pass at every size; `@fixed`: `single_pass_edges 16384` (the CPU default before the
         # single pass was sized by memory); ML-IAP paths `kokkos@optimised`,
-        # `plain@optimised`: with FACET_JIT_OPTIMIZE=1 (TorchScript's optimising executor)
+        # `plain@optimised`: with FACET_JIT_OPTIMIZE=1 (TorchScript's optimising executor);
+        # any path as `<path>@bmm`: files deployed with --no-fused-kernels (the tensor
+        # products as batched matmuls instead of facet.ops' fused kernels, the default)
 
 Models: `shipped` = examples/models/facet-emt-small.pt (2 layers); `facet-s` = Facet-S for Cu
 (3 layers, 236k parameters) with every parameter perturbed by 0.1 randn (seed 0), as in
@@ -46,6 +48,9 @@ VARIANTS = {"untuned": "malloc_tuning no", "recompute": "single_pass_edges 0",
             "single": "single_pass_edges 100000000", "fixed": "single_pass_edges 16384"}
 # ML-IAP paths as <path>@<variant>: the environment the variant's run gets
 ENV_VARIANTS = {"optimised": {"FACET_JIT_OPTIMIZE": "1"}}
+# any path as <path>@bmm: files deployed with --no-fused-kernels (tensor products as batched
+# matmuls instead of facet.ops' fused kernels)
+FILE_VARIANTS = ("bmm",)
 
 
 def lammps_prefix() -> Path:
@@ -82,12 +87,16 @@ def prepare_models(work: Path, names: list[str], aoti_dir: Path | None = None
         else:
             raise SystemExit(f"unknown model {name}")
         plugin, mliap = work / f"{name}-plugin.pt", work / f"{name}-mliap.pt"
+        plugin_bmm, mliap_bmm = work / f"{name}-bmm-plugin.pt", work / f"{name}-bmm-mliap.pt"
         with open(os.devnull, "w") as null:
             old = sys.stdout
             sys.stdout = null
             try:
                 assert deploy_main([str(ckpt), "--format", "plugin", "-o", str(plugin)]) == 0
                 assert deploy_main([str(ckpt), "-o", str(mliap)]) == 0
+                assert deploy_main([str(ckpt), "--format", "plugin", "--no-fused-kernels",
+                                    "-o", str(plugin_bmm)]) == 0
+                assert deploy_main([str(ckpt), "--no-fused-kernels", "-o", str(mliap_bmm)]) == 0
             finally:
                 sys.stdout = old
         package = None
@@ -99,7 +108,7 @@ def prepare_models(work: Path, names: list[str], aoti_dir: Path | None = None
                                     "--no-symmetry-check", "-o", str(package)]) == 0
         m = facet.load_model(ckpt)
         out[name] = {"checkpoint": str(ckpt), "plugin": plugin, "mliap": mliap,
-                     "package": package, "r_max": m.r_max, "layers": m.num_interactions}
+                     "plugin@bmm": plugin_bmm, "mliap@bmm": mliap_bmm, "package": package, "r_max": m.r_max, "layers": m.num_interactions}
     return out
 
 
@@ -120,15 +129,17 @@ def deck(path: str, model: dict, data: Path, warmup: int, steps: int, lib: Path)
     from facet.lammps.deck import recommended_comm_cutoff
 
     base, _, variant = path.partition("@")
+    files = "@bmm" if variant in FILE_VARIANTS else ""
+    mliap = model["mliap" + files]
     if base in ("plugin", "plugin-aoti"):
-        file = model["plugin"] if base == "plugin" else model["package"]
-        extra = f" {VARIANTS[variant]}" if variant else ""
+        file = model["plugin" + files] if base == "plugin" else model["package"]
+        extra = f" {VARIANTS[variant]}" if variant and not files else ""
         pair = f"plugin load {lib}\npair_style facet {file}{extra}\npair_coeff * * Cu"
     elif base == "kokkos":
-        pair = f"pair_style mliap unified {model['mliap']} 0\npair_coeff * * Cu"
+        pair = f"pair_style mliap unified {mliap} 0\npair_coeff * * Cu"
     else:
         cut = recommended_comm_cutoff(model["r_max"], model["layers"], 2.0)
-        pair = (f"pair_style mliap unified {model['mliap']} 1\npair_coeff * * Cu\n"
+        pair = (f"pair_style mliap unified {mliap} 1\npair_coeff * * Cu\n"
                 f"comm_modify cutoff {cut:g}")
     return f"""units metal
 atom_style atomic
@@ -190,6 +201,8 @@ def path_name(path: str) -> str:
     base, _, variant = path.partition("@")
     name = {"plugin": "plugin", "kokkos": "KOKKOS path", "plain": "plain path",
             "plugin-aoti": "plugin, AOTI package"}[base]
+    if variant in FILE_VARIANTS:
+        return name + ", --no-fused-kernels"
     if variant and base in ("kokkos", "plain"):
         return name + ", " + " ".join(f"{k}={v}" for k, v in ENV_VARIANTS[variant].items())
     return name + (f", {VARIANTS[variant]}" if variant else "")
@@ -267,12 +280,13 @@ def main() -> None:
         raise SystemExit("the plugin is not built: run deploy/build_plugin.sh")
     paths = args.paths.split(",")
     unknown = {p for p in paths if p.partition("@")[0] not in PATHS
-               or p.partition("@")[2] not in ("", *(VARIANTS if p.startswith("plugin")
-                                                     else ENV_VARIANTS))}
+               or p.partition("@")[2] not in ("", *FILE_VARIANTS,
+                                              *(VARIANTS if p.startswith("plugin")
+                                                else ENV_VARIANTS))}
     if unknown:
         raise SystemExit(f"unknown path(s) {sorted(unknown)}: choose from {PATHS} (plugin "
                          f"paths also as <path>@<variant>, variants {sorted(VARIANTS)}; kokkos and "
-                         f"plain with {sorted(ENV_VARIANTS)})")
+                         f"plain with {sorted(ENV_VARIANTS)}; any with {list(FILE_VARIANTS)})")
     if any(p.startswith("plugin-aoti") for p in paths) and not args.aoti_dir:
         raise SystemExit("the plugin-aoti path needs --aoti-dir DIR (packages are compiled there)")
     work = Path(tempfile.mkdtemp(prefix="facet-bench-plugin-"))

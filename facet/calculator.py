@@ -51,8 +51,9 @@ class FacetCalculator(Calculator):
             supplies the elements, cutoff and graph settings.
         fused: evaluate the tensor products with ``facet.ops``' fused CPU kernels (3-5x faster
             tensor products, same numbers to rounding; built once per machine, ~10 s); None
-            (default) = on for the eager and ``"aoti"``-compiled-here CPU backends where they
-            build and ``FACET_FUSED_KERNELS`` is not 0. The module passed in is left as it was.
+            (default) = on for the CPU (eager, TorchScript, or a package compiled here) where
+            they build and ``FACET_FUSED_KERNELS`` is not 0. The module passed in is left as
+            it was.
         chunk_edges, single_pass_edges: above ``single_pass_edges`` pairs, evaluate in chunks
             of ``chunk_edges`` pairs, recomputing in the backward pass (``facet.chunks``: same
             numbers, far less memory); None = the device's default, ``chunk_edges=0`` = never.
@@ -103,15 +104,14 @@ class FacetCalculator(Calculator):
         if fused is None:
             import facet.ops
 
-            fused = self.device.type == "cpu" and backend in ("eager", "aoti") \
-                and frozen is None and facet.ops.enabled()
-        self.fused = bool(fused) and backend != "torchscript" and frozen is None
+            fused = self.device.type == "cpu" and frozen is None and facet.ops.enabled()
+        self.fused = bool(fused) and frozen is None
         if frozen is not None:
             self.potential = frozen.to(self.device)
         elif backend == "torchscript":
             from facet.freeze import script_potential
 
-            self.potential = script_potential(self.model)
+            self.potential = script_potential(self.model, fused=self.fused)
         elif backend == "aoti":
             from facet.aoti import build_package
 

@@ -41,7 +41,34 @@ def save_bytes(module: torch.jit.ScriptModule) -> bytes:
     return buf.getvalue()
 
 
+def load(source: str | bytes, device: str | torch.device = "cpu",
+         extra_files: dict[str, str] | None = None) -> torch.jit.ScriptModule:
+    """``torch.jit.load`` of a file path or serialised bytes onto ``device``, quietly; a file
+    that calls Facet's fused kernels (``facet::`` operators) loads them first (``facet.ops``,
+    ``FacetOpsError`` if they cannot be built here)."""
+    def attempt() -> torch.jit.ScriptModule:
+        src = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else str(source)
+        with quiet_torchscript():
+            if extra_files is None:
+                return torch.jit.load(src, map_location=device)
+            return torch.jit.load(src, map_location=device, _extra_files=extra_files)
+
+    try:
+        return attempt()
+    except RuntimeError as exc:
+        if "facet::" not in str(exc):
+            raise
+    import facet.ops
+
+    try:
+        facet.ops.load()
+    except facet.ops.FacetOpsError as exc:
+        raise facet.ops.FacetOpsError(
+            f"this TorchScript file calls Facet's fused CPU kernels, unavailable here: {exc}. "
+            "Or deploy it without them: facet-deploy ... --no-fused-kernels") from None
+    return attempt()
+
+
 def load_bytes(data: bytes, device: str | torch.device = "cpu") -> torch.jit.ScriptModule:
-    """``torch.jit.load`` of serialised bytes onto ``device``, quietly."""
-    with quiet_torchscript():
-        return torch.jit.load(io.BytesIO(data), map_location=device)
+    """``torch.jit.load`` of serialised bytes onto ``device``, quietly (see ``load``)."""
+    return load(data, device)

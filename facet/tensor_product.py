@@ -29,6 +29,11 @@ class UVUTensorProduct(nn.Module):
         instructions: ``(i1, i2, i_out)`` triples; output block ``i_out`` must have mul(i1).
     """
 
+    # TorchScript compiles the fused branch only when ``fused`` is on (then the facet:: operators
+    # must be loaded: facet.ops.load()), and a file scripted with it falls back to the batched
+    # matmul off the CPU
+    __constants__ = ["fused"]
+
     def __init__(
         self,
         irreps_in1: o3.Irreps,
@@ -147,7 +152,7 @@ class UVUTensorProduct(nn.Module):
         backward pass are ``basis (x) T`` and the gathered neighbour features. Every shape is a
         function of the input shapes (no data-dependent sizes: exportable).
         """
-        if self.fused and not torch.jit.is_scripting():
+        if self.fused and h.device.type == "cpu":
             return self._forward_fused(h, nbr_pad, y_pad, basis_pad, coefficients)
         n_out, m = nbr_pad.shape[0], nbr_pad.shape[1]
         nb = basis_pad.shape[2]
@@ -168,7 +173,6 @@ class UVUTensorProduct(nn.Module):
             sums.append(agg.transpose(1, 2).reshape(n_out, mul * k_total))
         return torch.cat(sums, dim=1).index_select(1, self.out_perm)
 
-    @torch.jit.unused
     def _forward_fused(
         self,
         h: torch.Tensor,

@@ -330,6 +330,12 @@ void PairFacet::load_model()
     torch_version = meta.value("torch_version", "?");
     cpu_isa = meta.value("cpu_isa", "");
     fused_kernels = meta.value("fused_kernels", 0);
+    if (fused_kernels > kFusedKernelsVersion)
+      error->all(FLERR,
+                 "pair_style facet: {} calls Facet's fused kernels of version {} and this plugin "
+                 "has version {}: rebuild the plugin from the facet that wrote the file "
+                 "(deploy/build_plugin.sh), or deploy the file with --no-fused-kernels",
+                 model_path, fused_kernels, kFusedKernelsVersion);
     if (is_package) {
       auto programs = meta.value("programs", std::vector<std::string>{});
       std::vector<std::string> needed{"embed", "readout"};
@@ -430,13 +436,8 @@ std::string PairFacet::load_torchscript()
 // the programs of an AOTInductor package, after checking it can run here
 void PairFacet::load_aoti_programs()
 {
-  std::string problems =
+  const std::string problems =
       FacetPlugin::aoti_incompatibility(torch_version, device_name, cpu_isa, device.is_cuda());
-  if (fused_kernels > kFusedKernelsVersion)
-    problems += std::string(problems.empty() ? "" : "; ") + "it calls fused kernels of version " +
-        std::to_string(fused_kernels) + " and this plugin has version " +
-        std::to_string(kFusedKernelsVersion) + " (rebuild the plugin from the facet that " +
-        "compiled the package: deploy/build_plugin.sh)";
   if (!problems.empty())
     error->all(FLERR,
                "pair_style facet: the AOTInductor package {} cannot run here: {}. Compile it "

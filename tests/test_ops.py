@@ -102,7 +102,7 @@ def test_backward_matches_finite_differences():
 def test_training_through_the_fused_kernel_is_refused():
     tp, (h, nbr, y, basis, coeff) = tp_and_inputs("8x0e", "8x0e+4x1o")
     tp.fused = True
-    with pytest.raises(facet.ops.FacetOpsError, match="inference"):
+    with pytest.raises(RuntimeError, match="for inference"):
         tp.forward_slots(h, nbr, y, basis, coeff.requires_grad_(True))
 
 
@@ -124,19 +124,48 @@ def test_calculator_default_is_fused_and_leaves_the_model_alone(monkeypatch):
     assert np.abs(res[0][1] - res[1][1]).max() < 1e-11
     assert np.abs(res[0][2] - res[1][2]).max() < 1e-12
     assert not any(getattr(m, "fused", False) for m in model.modules())
-    # TorchScript and FACET_FUSED_KERNELS=0 leave the kernels out
-    assert not FacetCalculator(model, backend="torchscript").fused
+    # TorchScript calls them too (same numbers); FACET_FUSED_KERNELS=0 leaves them out
+    scripted = FacetCalculator(model, backend="torchscript")
+    assert scripted.fused
+    a = atoms.copy()
+    a.calc = scripted
+    assert np.abs(a.get_forces() - res[1][1]).max() < 1e-11
     monkeypatch.setenv("FACET_FUSED_KERNELS", "0")
     assert not FacetCalculator(model).fused
 
 
-def test_scripting_ignores_the_switch():
-    from facet.freeze import script_potential
+def test_torchscript_file_loads_the_kernels_it_needs(tmp_path):
+    """A fused TorchScript file loads in a fresh process (which builds nothing: the cache is
+    warm) and gives the unfused file's numbers; an unfused one never needs the kernels."""
+    from facet.freeze import script_potential, to_bytes
 
     torch.manual_seed(0)
     model = facet.build_model(facet.facet_tiny(["Cu"]), torch.float64)
-    facet.ops.use_fused(model)
-    script_potential(model)  # the fused branch is not TorchScript: compiled out, no error
+    (tmp_path / "fused.pt").write_bytes(to_bytes(script_potential(model, fused=True)))
+    (tmp_path / "plain.pt").write_bytes(to_bytes(script_potential(model, fused=False)))
+    code = f"""
+import torch
+from ase.build import bulk
+from facet.graph import build_graph
+from facet.jitcompat import load
+import facet.ops
+plain = load({str(tmp_path / "plain.pt")!r})
+assert not facet.ops._registered()
+fused = load({str(tmp_path / "fused.pt")!r})
+assert facet.ops._registered()
+atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
+atoms.rattle(0.05, seed=1)
+g = build_graph(atoms, ["Cu"], 4.0, 0.1)
+args = (torch.as_tensor(g.species), torch.as_tensor(g.centre), torch.as_tensor(g.neighbour),
+        torch.as_tensor(g.rij), g.num_atoms)
+(e1, d1), (e2, d2) = plain(*args), fused(*args)
+print("DIFF", float((e1 - e2).abs().max()), float((d1 - d2).abs().max()))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    de, dg = (float(v) for v in out.stdout.split("DIFF")[1].split())
+    assert de < 1e-12 and dg < 1e-12
 
 
 def test_missing_compiler_is_a_clear_error(tmp_path):

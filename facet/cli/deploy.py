@@ -52,9 +52,10 @@ def parser() -> argparse.ArgumentParser:
                         "OpenMP/torch thread count at run time; 1: serial kernels without "
                         "OpenMP, 20-30%% less CPU time per call at 1 thread per rank, measured)")
     p.add_argument("--no-fused-kernels", action="store_true",
-                   help="aoti: compile the tensor products as batched matmuls instead of calling "
-                        "facet.ops' fused CPU kernels (default: fused on the CPU, 3-5x faster "
-                        "tensor products; every runtime of this facet has them)")
+                   help="evaluate the tensor products as batched matmuls instead of calling "
+                        "facet.ops' fused CPU kernels (default for CPU files: fused, 3-5x faster "
+                        "tensor products; every runtime of this facet has them: the Python "
+                        "loaders build them once, the plugin has them compiled in)")
     p.add_argument("--dtype", choices=["float64", "float32"], default="float64",
                    help="precision of the frozen model (float64: reference numbers)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
@@ -89,6 +90,11 @@ def symmetry_warning(checkpoint: Path) -> str | None:
             "'The model'), or accept orientation-dependent results at that level.")
 
 
+def fused_setting(args) -> bool | None:
+    """``--no-fused-kernels`` and GPU files: off; else None (on where facet.ops builds)."""
+    return False if args.no_fused_kernels or args.device != "cpu" else None
+
+
 def build_aoti(src: Path, package_path: Path, args) -> bytes:
     """Compile the checkpoint into an AOTInductor package at ``package_path``."""
     import time
@@ -102,7 +108,7 @@ def build_aoti(src: Path, package_path: Path, args) -> bytes:
     def log(msg: str) -> None:
         print(f"  [{time.perf_counter() - t0:5.0f} s] {msg}", flush=True)
 
-    fused = False if args.no_fused_kernels or args.device != "cpu" else None
+    fused = fused_setting(args)
     print(f"compiling {src.name} with AOTInductor ({args.aoti_programs} programs, "
           f"{args.dtype}, {args.device}): a few minutes per program", flush=True)
     return build_package(model, package_path, programs=args.aoti_programs, device=args.device,
@@ -117,7 +123,7 @@ def deploy_plugin(src: Path, args: argparse.Namespace) -> int:
     out = Path(args.output) if args.output else src.with_name(f"{src.stem}-plugin.pt")
     try:
         meta = write_plugin_file(src, out, args.dtype, args.device, args.chunk_edges,
-                                 args.single_pass_edges)
+                                 args.single_pass_edges, fused=fused_setting(args))
     except FacetError as exc:
         print(f"facet-deploy: error: {exc}", file=sys.stderr)
         return 2
@@ -161,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         obj = FacetMLIAP.from_checkpoint(src, args.dtype, args.device, args.chunk_edges,
                                          args.single_pass_edges,
                                          format="aoti" if args.format == "aoti" else "torchscript",
-                                         aoti_package=package)
+                                         aoti_package=package, fused=fused_setting(args))
     except FacetError as exc:
         print(f"facet-deploy: error: {exc}", file=sys.stderr)
         return 2

@@ -155,11 +155,13 @@ class FacetMLIAP(MLIAPUnified):
         format: str = "torchscript",
         aoti_package: bytes | None = None,
         log=None,
+        fused: bool | None = None,
     ) -> FacetMLIAP:
         """Load a Facet checkpoint and freeze it into a ``FacetMLIAP``: TorchScript
         (``facet.freeze``, ``format="torchscript"``) or an AOTInductor package (``facet.aoti``,
         ``format="aoti"``; ``aoti_package`` = one already built from this checkpoint, else it
-        is compiled here, minutes)."""
+        is compiled here, minutes). ``fused``: the tensor products call ``facet.ops``' CPU
+        kernels (loaded where the object runs); None = for CPU objects where they build."""
         from facet.checkpoint import load_model
 
         model = load_model(checkpoint, dtype=getattr(torch, dtype))
@@ -174,13 +176,18 @@ class FacetMLIAP(MLIAPUnified):
         if format == "aoti":
             from facet.aoti import build_package
 
-            package = aoti_package or build_package(model, device=device, log=log)
+            package = aoti_package or build_package(
+                model, device=device, log=log, fused=False if device != "cpu" else fused)
             script, layers = b"", b""
         elif format == "torchscript":
+            import facet.ops
             from facet.freeze import script_model, script_potential, to_bytes
 
-            package, script, layers = None, to_bytes(script_potential(model)), \
-                to_bytes(script_model(model))
+            if fused is None:
+                fused = device == "cpu" and facet.ops.enabled()
+            metadata["fused_kernels"] = facet.ops.OPS_VERSION if fused else 0
+            package, script, layers = None, to_bytes(script_potential(model, fused)), \
+                to_bytes(script_model(model, fused))
         else:
             raise ValueError(f"format must be 'torchscript' or 'aoti', not {format!r}")
         return cls(

@@ -29,8 +29,10 @@ POINTER_FILE = "facet-lammps-plugin"  # in the venv: absolute path of the built 
 
 def plugin_metadata(model, dtype: str, device: str, chunk_edges: int | None = None,
                     single_pass_edges: int | None = None,
-                    checkpoint: str | Path | None = None) -> dict[str, Any]:
-    """The metadata stored in the plugin file (JSON-serialisable)."""
+                    checkpoint: str | Path | None = None, fused: bool = False) -> dict[str, Any]:
+    """The metadata stored in the plugin file (JSON-serialisable); ``fused``: the file calls
+    ``facet.ops``' kernels."""
+    from facet.ops import OPS_VERSION
     from facet import __version__
     from facet.chunks import resolve_chunking
     from facet.memory import single_pass_bytes_per_pair
@@ -58,6 +60,8 @@ def plugin_metadata(model, dtype: str, device: str, chunk_edges: int | None = No
         # the plugin's CPU single pass extends to the pairs that fit its memory budget
         # (pair_style facet ... single_pass_memory), at this measured rate
         "single_pass_bytes_per_pair": single_pass_bytes_per_pair(model),
+        # >0: the tensor products call the facet:: operators of this version on the CPU
+        "fused_kernels": OPS_VERSION if fused else 0,
         "facet_version": __version__,
         "torch_version": str(torch.__version__),
         "checkpoint": str(Path(checkpoint).resolve()) if checkpoint else "",
@@ -67,16 +71,23 @@ def plugin_metadata(model, dtype: str, device: str, chunk_edges: int | None = No
 
 def write_plugin_file(checkpoint: str | Path, out: str | Path, dtype: str = "float64",
                       device: str = "cpu", chunk_edges: int | None = None,
-                      single_pass_edges: int | None = None) -> dict[str, Any]:
+                      single_pass_edges: int | None = None,
+                      fused: bool | None = None) -> dict[str, Any]:
     """Freeze ``checkpoint`` into the plugin's TorchScript file ``out``; returns the metadata.
-    Raises ``facet.errors.CheckpointError`` for an unreadable checkpoint."""
+    ``fused``: call ``facet.ops``' CPU kernels (the plugin has them compiled in); None = for
+    a CPU file where they build. Raises ``facet.errors.CheckpointError`` for an unreadable
+    checkpoint."""
+    import facet.ops
     from facet.checkpoint import load_model
     from facet.freeze import script_model
     from facet.jitcompat import quiet_torchscript
 
     model = load_model(checkpoint, dtype=getattr(torch, dtype))
-    meta = plugin_metadata(model, dtype, device, chunk_edges, single_pass_edges, checkpoint)
-    scripted = script_model(model)
+    if fused is None:
+        fused = device == "cpu" and facet.ops.enabled()
+    meta = plugin_metadata(model, dtype, device, chunk_edges, single_pass_edges, checkpoint,
+                           fused=fused)
+    scripted = script_model(model, fused=fused)
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     with quiet_torchscript():
@@ -87,11 +98,10 @@ def write_plugin_file(checkpoint: str | Path, out: str | Path, dtype: str = "flo
 
 def read_plugin_metadata(path: str | Path) -> dict[str, Any]:
     """The metadata of a plugin file (loads the archive on the CPU)."""
-    from facet.jitcompat import quiet_torchscript
+    from facet.jitcompat import load
 
     extra = {METADATA_FILE: ""}
-    with quiet_torchscript():
-        torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    load(str(path), "cpu", extra_files=extra)
     return json.loads(extra[METADATA_FILE])
 
 

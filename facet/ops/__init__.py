@@ -168,7 +168,7 @@ def enabled() -> bool:
 
 
 def _register_python_parts() -> None:
-    """Shapes for tracing (fake tensors) and the autograd formula of the forward operator."""
+    """The operators' output shapes for tracing (fake tensors); their autograd is in C++."""
 
     def fake_forward(x, nbr, t, basis, c, path_of_k):
         return x.new_empty((nbr.shape[0], x.shape[2], t.shape[3]))
@@ -176,23 +176,8 @@ def _register_python_parts() -> None:
     def fake_backward(grad, x, nbr, t, basis, c, path_of_k):
         return x.new_empty(x.shape), t.new_empty(t.shape), basis.new_empty(basis.shape)
 
-    def setup_context(ctx, inputs, output):
-        x, nbr, t, basis, c, path_of_k = inputs
-        if c.requires_grad:
-            raise FacetOpsError(
-                "the fused tensor-product kernel is for inference: it has no gradient for the "
-                "radial coefficients. Train with fused kernels off (facet.ops.use_fused(model, "
-                "False), the default of a model being trained)")
-        ctx.save_for_backward(x, nbr, t, basis, c, path_of_k)
-
-    def backward(ctx, grad):
-        x, nbr, t, basis, c, path_of_k = ctx.saved_tensors
-        gx, gt, gb = torch.ops.facet.uvu_tp_block_backward(grad, x, nbr, t, basis, c, path_of_k)
-        return gx, None, gt, gb, None, None
-
     torch.library.register_fake(OPS[0])(fake_forward)
     torch.library.register_fake(OPS[1])(fake_backward)
-    torch.library.register_autograd(OPS[0], backward, setup_context=setup_context)
 
 
 @contextlib.contextmanager

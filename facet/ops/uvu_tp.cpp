@@ -21,6 +21,8 @@
 // call the ops run in both.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <torch/autograd.h>
+#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -233,6 +235,54 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> uvu_tp_block_backward(
   return {gx, gt, gb};
 }
 
+// The operators as the dispatcher sees them (what autograd and traced graphs call)
+at::Tensor call_forward(const at::Tensor& x, const at::Tensor& nbr, const at::Tensor& t,
+                        const at::Tensor& basis, const at::Tensor& c, const at::Tensor& pk) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("facet::uvu_tp_block", "")
+                       .typed<decltype(uvu_tp_block)>();
+  return op.call(x, nbr, t, basis, c, pk);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> call_backward(
+    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& nbr, const at::Tensor& t,
+    const at::Tensor& basis, const at::Tensor& c, const at::Tensor& pk) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("facet::uvu_tp_block_backward", "")
+                       .typed<decltype(uvu_tp_block_backward)>();
+  return op.call(grad, x, nbr, t, basis, c, pk);
+}
+
+// First derivatives for x, t and basis (forces, stress, layer VJPs); none for c, and the
+// backward operator itself is not differentiable: inference only
+class UvuTpBlockFunction : public torch::autograd::Function<UvuTpBlockFunction> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                            const at::Tensor& nbr, const at::Tensor& t, const at::Tensor& basis,
+                            const at::Tensor& c, const at::Tensor& pk) {
+    TORCH_CHECK(!c.requires_grad(),
+                "facet::uvu_tp_block (the fused tensor-product kernel) is for inference: it has "
+                "no gradient for the radial coefficients. Train with the fused kernels off "
+                "(facet.ops.use_fused(model, False), the default of a model being trained)");
+    ctx->save_for_backward({x, nbr, t, basis, c, pk});
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return call_forward(x, nbr, t, basis, c, pk);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto s = ctx->get_saved_variables();
+    auto [gx, gt, gb] = call_backward(grads[0].contiguous(), s[0], s[1], s[2], s[3], s[4], s[5]);
+    return {gx, at::Tensor(), gt, gb, at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor uvu_tp_block_autograd(const at::Tensor& x, const at::Tensor& nbr, const at::Tensor& t,
+                                 const at::Tensor& basis, const at::Tensor& c,
+                                 const at::Tensor& pk) {
+  return UvuTpBlockFunction::apply(x, nbr, t, basis, c, pk);
+}
+
 }  // namespace
 
 TORCH_LIBRARY(facet, m) {
@@ -245,4 +295,9 @@ TORCH_LIBRARY(facet, m) {
 TORCH_LIBRARY_IMPL(facet, CPU, m) {
   m.impl("uvu_tp_block", &uvu_tp_block);
   m.impl("uvu_tp_block_backward", &uvu_tp_block_backward);
+}
+
+TORCH_LIBRARY_IMPL(facet, Autograd, m) {
+  m.impl("uvu_tp_block", &uvu_tp_block_autograd);
+  m.impl("uvu_tp_block_backward", torch::autograd::autogradNotImplementedFallback());
 }

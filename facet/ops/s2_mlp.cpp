@@ -1,0 +1,263 @@
+// Fused CPU kernels of Facet's spherical-grid MLP (facet/s2.py, S2Mixing), for inference.
+//
+// For every atom a, from the first MLP layer's pre-activation coefficients z[a] ([dim, H],
+// H = heads * hidden: the coefficients times the first weight, per head; dim = (lmax+1)^2):
+//
+//   P  = to_grid^T z[a]            [G, H]          (G grid points; to_grid [dim, G])
+//   A1 = silu(P)                   [G, heads, hidden]
+//   Q  = A1 w2   (per head)        [G, heads, uh]  (w2 [hidden, uh], shared by the heads)
+//   A2 = silu(Q)                   [G, u]          (u = heads * uh)
+//   out[a] = from_grid^T A2        [dim, u]        (from_grid [G, dim])
+//
+// one atom at a time in cache: the grid-sized activations (G x (H + u) values per atom, 41k
+// for Facet-S) never go to memory, and the backward kernel recomputes them instead of keeping
+// them. The backward returns the gradient for z only (the weights and grid matrices are
+// constants: inference). Registered as facet::s2_mlp and facet::s2_mlp_backward (see
+// uvu_tp.cpp for how the library is built and loaded).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/autograd.h>
+#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
+#include <torch/library.h>
+
+#include <vector>
+
+// Fortran BLAS of the libtorch this links (MKL in x86 wheels); weak: a libtorch without them
+// falls back to at::mm
+extern "C" {
+void sgemm_(const char*, const char*, const int*, const int*, const int*, const float*,
+            const float*, const int*, const float*, const int*, const float*, float*,
+            const int*) __attribute__((weak));
+void dgemm_(const char*, const char*, const int*, const int*, const int*, const double*,
+            const double*, const int*, const double*, const int*, const double*, double*,
+            const int*) __attribute__((weak));
+}
+
+namespace {
+
+// Row-major C [m, n] = op(A) [m, k] @ op(B) [k, n] (beta = 0); lda, ldb, ldc row strides.
+template <typename T>
+void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda,
+          const T* b, int64_t ldb, T* c, int64_t ldc) {
+  // column-major view: C^T [n, m] = op(B)^T [n, k] @ op(A)^T [k, m]
+  const char na = tb ? 'T' : 'N', nb = ta ? 'T' : 'N';
+  const int M = static_cast<int>(n), N = static_cast<int>(m), K = static_cast<int>(k);
+  const int LA = static_cast<int>(ldb), LB = static_cast<int>(lda), LC = static_cast<int>(ldc);
+  const T one = 1, zero = 0;
+  if constexpr (std::is_same_v<T, float>) {
+    if (sgemm_) {
+      sgemm_(&na, &nb, &M, &N, &K, &one, b, &LA, a, &LB, &zero, c, &LC);
+      return;
+    }
+  } else {
+    if (dgemm_) {
+      dgemm_(&na, &nb, &M, &N, &K, &one, b, &LA, a, &LB, &zero, c, &LC);
+      return;
+    }
+  }
+  const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  auto A = at::from_blob(const_cast<T*>(a), {ta ? k : m, ta ? m : k}, {lda, 1}, opts);
+  auto B = at::from_blob(const_cast<T*>(b), {tb ? n : k, tb ? k : n}, {ldb, 1}, opts);
+  auto C = at::from_blob(c, {m, n}, {ldc, 1}, opts);
+  at::mm_out(C, ta ? A.t() : A, tb ? B.t() : B);
+}
+
+// x <- silu(x)
+template <typename T>
+void silu_inplace(T* x, int64_t n) {
+  using Vec = at::vec::Vectorized<T>;
+  const Vec one(T(1));
+  int64_t i = 0;
+  for (; i + Vec::size() <= n; i += Vec::size()) {
+    const Vec v = Vec::loadu(x + i);
+    (v / (one + v.neg().exp())).store(x + i);
+  }
+  for (; i < n; ++i) x[i] = x[i] / (T(1) + std::exp(-x[i]));
+}
+
+// out <- silu(x) (a separate buffer: x is kept)
+template <typename T>
+void silu_copy(const T* x, T* out, int64_t n) {
+  using Vec = at::vec::Vectorized<T>;
+  const Vec one(T(1));
+  int64_t i = 0;
+  for (; i + Vec::size() <= n; i += Vec::size()) {
+    const Vec v = Vec::loadu(x + i);
+    (v / (one + v.neg().exp())).store(out + i);
+  }
+  for (; i < n; ++i) out[i] = x[i] / (T(1) + std::exp(-x[i]));
+}
+
+// g <- g * silu'(x), silu'(x) = s (1 + x (1 - s)), s = sigmoid(x)
+template <typename T>
+void times_silu_grad(T* g, const T* x, int64_t n) {
+  using Vec = at::vec::Vectorized<T>;
+  const Vec one(T(1));
+  int64_t i = 0;
+  for (; i + Vec::size() <= n; i += Vec::size()) {
+    const Vec v = Vec::loadu(x + i);
+    const Vec s = one / (one + v.neg().exp());
+    (Vec::loadu(g + i) * (s * (one + v * (one - s)))).store(g + i);
+  }
+  for (; i < n; ++i) {
+    const T s = T(1) / (T(1) + std::exp(-x[i]));
+    g[i] *= s * (T(1) + x[i] * (T(1) - s));
+  }
+}
+
+struct S2Shape {
+  int64_t n, dim, G, H, heads, hidden, uh, u;
+};
+
+S2Shape check_inputs(const at::Tensor& z, const at::Tensor& to_grid, const at::Tensor& w2,
+                     const at::Tensor& from_grid, int64_t heads) {
+  TORCH_CHECK(z.device().is_cpu(), "facet::s2_mlp runs on the CPU only");
+  TORCH_CHECK(z.dim() == 3 && to_grid.dim() == 2 && w2.dim() == 2 && from_grid.dim() == 2,
+              "facet::s2_mlp: expected z [n,dim,H], to_grid [dim,G], w2 [hidden,uh], "
+              "from_grid [G,dim]");
+  TORCH_CHECK(heads > 0 && z.size(2) % heads == 0, "facet::s2_mlp: H not divisible by heads");
+  S2Shape s{z.size(0), z.size(1), to_grid.size(1), z.size(2), heads, z.size(2) / heads,
+            w2.size(1), heads * w2.size(1)};
+  TORCH_CHECK(to_grid.size(0) == s.dim && from_grid.size(0) == s.G &&
+                  from_grid.size(1) == s.dim && w2.size(0) == s.hidden,
+              "facet::s2_mlp: inconsistent shapes");
+  TORCH_CHECK(to_grid.scalar_type() == z.scalar_type() && w2.scalar_type() == z.scalar_type() &&
+                  from_grid.scalar_type() == z.scalar_type(),
+              "facet::s2_mlp: all inputs must have one dtype");
+  return s;
+}
+
+template <typename T>
+void forward_kernel(const S2Shape& s, const T* z, const T* tg, const T* w2, const T* fg, T* out) {
+  at::parallel_for(0, s.n, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> a1(s.G * s.H), a2(s.G * s.u);
+    for (int64_t a = begin; a < end; ++a) {
+      gemm<T>(true, false, s.G, s.H, s.dim, tg, s.G, z + a * s.dim * s.H, s.H, a1.data(), s.H);
+      silu_inplace(a1.data(), s.G * s.H);
+      gemm<T>(false, false, s.G * s.heads, s.uh, s.hidden, a1.data(), s.hidden, w2, s.uh,
+              a2.data(), s.uh);
+      silu_inplace(a2.data(), s.G * s.u);
+      gemm<T>(true, false, s.dim, s.u, s.G, fg, s.dim, a2.data(), s.u, out + a * s.dim * s.u,
+              s.u);
+    }
+  });
+}
+
+template <typename T>
+void backward_kernel(const S2Shape& s, const T* grad, const T* z, const T* tg, const T* w2,
+                     const T* fg, T* gz) {
+  at::parallel_for(0, s.n, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> p(s.G * s.H), a1(s.G * s.H), q(s.G * s.u), g2(s.G * s.u), g1(s.G * s.H);
+    for (int64_t a = begin; a < end; ++a) {
+      // recompute the activations
+      gemm<T>(true, false, s.G, s.H, s.dim, tg, s.G, z + a * s.dim * s.H, s.H, p.data(), s.H);
+      silu_copy(p.data(), a1.data(), s.G * s.H);
+      gemm<T>(false, false, s.G * s.heads, s.uh, s.hidden, a1.data(), s.hidden, w2, s.uh,
+              q.data(), s.uh);
+      // d out / d A2 = from_grid grad[a], then back through the two SiLUs and w2
+      gemm<T>(false, false, s.G, s.u, s.dim, fg, s.dim, grad + a * s.dim * s.u, s.u, g2.data(),
+              s.u);
+      times_silu_grad(g2.data(), q.data(), s.G * s.u);
+      gemm<T>(false, true, s.G * s.heads, s.hidden, s.uh, g2.data(), s.uh, w2, s.uh, g1.data(),
+              s.hidden);
+      times_silu_grad(g1.data(), p.data(), s.G * s.H);
+      gemm<T>(false, false, s.dim, s.H, s.G, tg, s.G, g1.data(), s.H, gz + a * s.dim * s.H, s.H);
+    }
+  });
+}
+
+at::Tensor s2_mlp(const at::Tensor& z_in, const at::Tensor& tg_in, const at::Tensor& w2_in,
+                  const at::Tensor& fg_in, int64_t heads) {
+  const S2Shape s = check_inputs(z_in, tg_in, w2_in, fg_in, heads);
+  auto z = z_in.contiguous(), tg = tg_in.contiguous(), w2 = w2_in.contiguous();
+  auto fg = fg_in.contiguous();
+  auto out = at::empty({s.n, s.dim, s.u}, z.options());
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "s2_mlp", [&] {
+    forward_kernel<scalar_t>(s, z.data_ptr<scalar_t>(), tg.data_ptr<scalar_t>(),
+                             w2.data_ptr<scalar_t>(), fg.data_ptr<scalar_t>(),
+                             out.data_ptr<scalar_t>());
+  });
+  return out;
+}
+
+at::Tensor s2_mlp_backward(const at::Tensor& grad_in, const at::Tensor& z_in,
+                           const at::Tensor& tg_in, const at::Tensor& w2_in,
+                           const at::Tensor& fg_in, int64_t heads) {
+  const S2Shape s = check_inputs(z_in, tg_in, w2_in, fg_in, heads);
+  TORCH_CHECK(grad_in.dim() == 3 && grad_in.size(0) == s.n && grad_in.size(1) == s.dim &&
+                  grad_in.size(2) == s.u && grad_in.scalar_type() == z_in.scalar_type(),
+              "facet::s2_mlp_backward: grad must be [n, dim, u] of z's dtype");
+  auto grad = grad_in.contiguous(), z = z_in.contiguous(), tg = tg_in.contiguous();
+  auto w2 = w2_in.contiguous(), fg = fg_in.contiguous();
+  auto gz = at::empty_like(z);
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "s2_mlp_backward", [&] {
+    backward_kernel<scalar_t>(s, grad.data_ptr<scalar_t>(), z.data_ptr<scalar_t>(),
+                              tg.data_ptr<scalar_t>(), w2.data_ptr<scalar_t>(),
+                              fg.data_ptr<scalar_t>(), gz.data_ptr<scalar_t>());
+  });
+  return gz;
+}
+
+at::Tensor call_forward(const at::Tensor& z, const at::Tensor& tg, const at::Tensor& w2,
+                        const at::Tensor& fg, int64_t heads) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("facet::s2_mlp", "")
+                       .typed<decltype(s2_mlp)>();
+  return op.call(z, tg, w2, fg, heads);
+}
+
+at::Tensor call_backward(const at::Tensor& grad, const at::Tensor& z, const at::Tensor& tg,
+                         const at::Tensor& w2, const at::Tensor& fg, int64_t heads) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("facet::s2_mlp_backward", "")
+                       .typed<decltype(s2_mlp_backward)>();
+  return op.call(grad, z, tg, w2, fg, heads);
+}
+
+class S2MlpFunction : public torch::autograd::Function<S2MlpFunction> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& z,
+                            const at::Tensor& tg, const at::Tensor& w2, const at::Tensor& fg,
+                            int64_t heads) {
+    TORCH_CHECK(!w2.requires_grad() && !tg.requires_grad() && !fg.requires_grad(),
+                "facet::s2_mlp (the fused S2-grid MLP kernel) is for inference: it has no "
+                "gradient for the weights. Train with the fused kernels off "
+                "(facet.ops.use_fused(model, False), the default of a model being trained)");
+    ctx->save_for_backward({z, tg, w2, fg});
+    ctx->saved_data["heads"] = heads;
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return call_forward(z, tg, w2, fg, heads);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto s = ctx->get_saved_variables();
+    const int64_t heads = ctx->saved_data["heads"].toInt();
+    return {call_backward(grads[0].contiguous(), s[0], s[1], s[2], s[3], heads), at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor s2_mlp_autograd(const at::Tensor& z, const at::Tensor& tg, const at::Tensor& w2,
+                           const at::Tensor& fg, int64_t heads) {
+  return S2MlpFunction::apply(z, tg, w2, fg, heads);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(facet, m) {
+  m.def("s2_mlp(Tensor z, Tensor to_grid, Tensor w2, Tensor from_grid, int heads) -> Tensor");
+  m.def("s2_mlp_backward(Tensor grad, Tensor z, Tensor to_grid, Tensor w2, Tensor from_grid, "
+        "int heads) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(facet, CPU, m) {
+  m.impl("s2_mlp", &s2_mlp);
+  m.impl("s2_mlp_backward", &s2_mlp_backward);
+}
+
+TORCH_LIBRARY_IMPL(facet, Autograd, m) {
+  m.impl("s2_mlp", &s2_mlp_autograd);
+  m.impl("s2_mlp_backward", torch::autograd::autogradNotImplementedFallback());
+}
