@@ -108,7 +108,8 @@ def prepare_models(work: Path, names: list[str], aoti_dir: Path | None = None
                                     "--no-symmetry-check", "-o", str(package)]) == 0
         m = facet.load_model(ckpt)
         out[name] = {"checkpoint": str(ckpt), "plugin": plugin, "mliap": mliap,
-                     "plugin@bmm": plugin_bmm, "mliap@bmm": mliap_bmm, "package": package, "r_max": m.r_max, "layers": m.num_interactions}
+                     "plugin@bmm": plugin_bmm, "mliap@bmm": mliap_bmm, "package": package,
+                     "r_max": m.r_max, "layers": m.num_interactions}
     return out
 
 

@@ -32,10 +32,10 @@ def plugin_metadata(model, dtype: str, device: str, chunk_edges: int | None = No
                     checkpoint: str | Path | None = None, fused: bool = False) -> dict[str, Any]:
     """The metadata stored in the plugin file (JSON-serialisable); ``fused``: the file calls
     ``facet.ops``' kernels."""
-    from facet.ops import OPS_VERSION
     from facet import __version__
     from facet.chunks import resolve_chunking
     from facet.memory import single_pass_bytes_per_pair
+    from facet.ops import OPS_VERSION
 
     cfg = model.config
     chunking = resolve_chunking(device, chunk_edges, single_pass_edges)
