@@ -103,7 +103,7 @@ torch_version=$(sed -n 's/^set(PACKAGE_VERSION "\(.*\)")/\1/p' "$torch_version_f
 
 # ----------------------------------------------------------------------------- cache key
 sources=("$repo/CMakeLists.txt" "$repo"/lammps_plugin/*.cpp "$repo"/lammps_plugin/*.h
-         "$repo/facet/ops/uvu_tp.cpp")
+         "$repo"/facet/ops/*.cpp)
 # the fused kernels' vector ISA flags, as the Python side builds them (facet.ops.isa_flags)
 ops_isa_flags=$(cd "$repo" && "$py" -c 'from facet.ops import isa_flags; print(" ".join(isa_flags()))')
 lib=$lammps_prefix/lib/liblammps.so

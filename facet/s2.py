@@ -174,6 +174,14 @@ class GridMLP(nn.Module):
                 w1 = w
         return w1
 
+    def second_weight(self) -> torch.Tensor:
+        """The second layer's weight ``[dims[1], dims[2]]`` (empty if there is none)."""
+        w2 = torch.empty(0)
+        for i, w in enumerate(self.weights):
+            if i == 1:
+                w2 = w
+        return w2
+
     def after_first(self, x: torch.Tensor) -> torch.Tensor:
         """The MLP from the first layer's pre-activation ``x @ first_weight()`` on."""
         x = torch.nn.functional.silu(x)
@@ -190,7 +198,13 @@ class S2Mixing(nn.Module):
     of the l > 0 inputs), sampled on the grid, mixed by a shared MLP over channel heads, projected
     back, concatenated with the input scalars and projected down to ``irreps_out``. ``grid`` and
     ``res`` choose the quadrature (see ``s2_grid_matrices``).
+
+    ``fused`` (``facet.ops.use_fused``, inference on the CPU): the grid part runs in
+    ``facet::s2_mlp`` one atom at a time in cache (two-layer MLPs, i.e. one hidden width).
     """
+
+    # TorchScript compiles the fused branch only when ``fused`` is on (see UVUTensorProduct)
+    __constants__ = ["fused"]
 
     def __init__(
         self,
@@ -234,6 +248,8 @@ class S2Mixing(nn.Module):
         plain = n_grid * dim * self.channels + n_grid * self.channels * hidden
         folded = dim * self.channels * hidden + n_grid * dim * heads * hidden
         self.fold = (not identity) and folded < plain
+        self.fusable = (not identity) and len(mlp_hidden) == 1
+        self.fused = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
@@ -246,6 +262,20 @@ class S2Mixing(nn.Module):
             blocks.append(up[:, start : start + u * d].reshape(n, u, d))
             start += u * d
         coeffs = torch.cat(blocks, dim=-1)  # [n, u, dim]
+        if self.fused and x.device.type == "cpu":
+            back = self._grid_fused(coeffs)
+        else:
+            back = self._grid(coeffs)
+        parts = [x[:, : self.num_scalars_in]]
+        start = 0
+        for d in self.block_dims:
+            parts.append(back[:, start : start + d, :].transpose(1, 2).reshape(n, u * d))
+            start += d
+        return self.proj_down(torch.cat(parts, dim=-1))
+
+    def _grid(self, coeffs: torch.Tensor) -> torch.Tensor:
+        """Coefficients ``[n, u, dim]`` -> grid -> MLP -> coefficients ``[n, dim, u]``."""
+        n, u = coeffs.shape[0], coeffs.shape[1]
         n_grid = self.to_grid.shape[1]
         if self.fold:
             w1 = self.mlp.first_weight()  # [u / heads, hidden]
@@ -263,10 +293,14 @@ class S2Mixing(nn.Module):
             if not self.identity:
                 g = self.mlp(grid.reshape(n, n_grid, self.heads, u // self.heads))
                 grid = g.reshape(n, n_grid, u)
-        back = torch.matmul(self.from_grid.t(), grid)  # [n, dim, u]
-        parts = [x[:, : self.num_scalars_in]]
-        start = 0
-        for d in self.block_dims:
-            parts.append(back[:, start : start + d, :].transpose(1, 2).reshape(n, u * d))
-            start += d
-        return self.proj_down(torch.cat(parts, dim=-1))
+        return torch.matmul(self.from_grid.t(), grid)  # [n, dim, u]
+
+    def _grid_fused(self, coeffs: torch.Tensor) -> torch.Tensor:
+        """``_grid`` through ``torch.ops.facet.s2_mlp`` (``facet.ops``): from the first
+        layer's pre-activation coefficients (the fold's ``z``), one atom at a time in cache."""
+        n, u, dim = coeffs.shape[0], coeffs.shape[1], coeffs.shape[2]
+        w1 = self.mlp.first_weight()
+        ch = coeffs.reshape(n, self.heads, u // self.heads, dim).permute(0, 3, 1, 2)
+        z = torch.matmul(ch, w1).reshape(n, dim, self.heads * w1.shape[1])
+        return torch.ops.facet.s2_mlp(z.contiguous(), self.to_grid, self.mlp.second_weight(),
+                                      self.from_grid, self.heads)

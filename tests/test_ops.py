@@ -1,6 +1,6 @@
-"""facet.ops' fused tensor-product kernels: same function and gradients as the batched-matmul
-formulation (and as finite differences), the switches that turn them on and off, and the errors
-when they cannot be used."""
+"""facet.ops' fused kernels (tensor product, S2 grid MLP): same function and gradients as the
+torch formulations (and as finite differences), the switches that turn them on and off, and the
+errors when they cannot be used."""
 
 from __future__ import annotations
 
@@ -106,6 +106,62 @@ def test_training_through_the_fused_kernel_is_refused():
         tp.forward_slots(h, nbr, y, basis, coeff.requires_grad_(True))
 
 
+def s2_block(dtype=torch.float64, **kw):
+    from facet.s2 import S2Mixing
+
+    irreps = o3.Irreps("8x0e+4x1o+4x2e")
+    args = dict(lmax=2, res=(17,), mlp_hidden=[6], heads=2, grid="lebedev")
+    args.update(kw)
+    with default_dtype(dtype):
+        torch.manual_seed(0)
+        mix = S2Mixing(irreps, irreps, **args)
+    for p in mix.parameters():
+        p.requires_grad_(False)
+    x = torch.randn(9, irreps.dim, dtype=dtype, generator=torch.Generator().manual_seed(1))
+    return mix, x
+
+
+def s2_value_and_grad(mix, x, fused: bool):
+    mix.fused = fused
+    x = x.detach().clone().requires_grad_(True)
+    out = mix(x)
+    w = torch.linspace(-1.0, 1.0, out.numel(), dtype=out.dtype).reshape(out.shape)
+    return out.detach(), torch.autograd.grad((out * w).sum(), [x])[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("hidden", [6, 1])  # the fold (heads x hidden < u) and without it
+def test_fused_s2_grid_mlp_equals_the_torch_one(dtype, hidden):
+    mix, x = s2_block(dtype, mlp_hidden=[hidden])
+    assert mix.fold == (hidden == 1)
+    facet.ops.use_fused(mix)
+    assert mix.fusable and mix.fused
+    ref, got = s2_value_and_grad(mix, x, False), s2_value_and_grad(mix, x, True)
+    tol = 1e-13 if dtype == torch.float64 else 2e-6
+    for a, b in zip(ref, got, strict=True):
+        assert a.abs().max() > 0
+        assert torch.allclose(a, b, atol=tol * a.abs().max(), rtol=0)
+
+
+def test_fused_s2_backward_matches_finite_differences():
+    mix, x = s2_block()
+    mix.fused = True
+    assert torch.autograd.gradcheck(mix, (x.requires_grad_(True),), eps=1e-6, atol=1e-7,
+                                    rtol=1e-6)
+
+
+def test_s2_blocks_without_a_fused_kernel_stay_torch():
+    for kw in ({"identity": True}, {"mlp_hidden": [6, 6]}):
+        mix, x = s2_block(**kw)
+        facet.ops.use_fused(mix)
+        assert not mix.fusable and not mix.fused
+    mix, x = s2_block()
+    mix.fused = True
+    mix.mlp.weights[1].requires_grad_(True)
+    with pytest.raises(RuntimeError, match="for inference"):
+        mix(x)
+
+
 def test_calculator_default_is_fused_and_leaves_the_model_alone(monkeypatch):
     torch.manual_seed(0)
     model = facet.build_model(facet.facet_tiny(["Cu", "Au"]), torch.float64)
@@ -189,6 +245,7 @@ def test_package_with_newer_kernels_is_refused():
     meta = package_metadata(model, "cpu", ["energy_forces"], 1, fused=True)
     assert meta["fused_kernels"] == facet.ops.OPS_VERSION
     assert compatibility_problems(meta) == []
+    assert facet.ops.OPS_VERSION >= 2  # the tensor product and the S2 grid MLP
     meta["fused_kernels"] = facet.ops.OPS_VERSION + 1
     assert any("fused kernels of version" in p for p in compatibility_problems(meta))
 
@@ -198,4 +255,5 @@ def test_plugin_has_the_same_kernel_version():
     version = int(re.search(r"kFusedKernelsVersion = (\d+);", text).group(1))
     assert version == facet.ops.OPS_VERSION
     cmake = (ROOT / "CMakeLists.txt").read_text()
-    assert "facet/ops/uvu_tp.cpp" in cmake
+    for source in facet.ops.SOURCES:
+        assert f"facet/ops/{source.name}" in cmake

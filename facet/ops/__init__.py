@@ -3,9 +3,11 @@
 ``uvu_tp.cpp`` holds the channel-wise tensor product of one irrep block, forward and backward,
 evaluated edge by edge in cache (see its header): the same function as
 ``UVUTensorProduct.forward_slots``'s padded batched matmul with about 4x fewer multiplications
-and no slot-sized intermediates. It serves inference only (no gradient for the radial
-coefficients, no double backward): ``facet.aoti`` compiles CPU packages that call it, and the
-LAMMPS plugin compiles the same source in.
+and no slot-sized intermediates. ``s2_mlp.cpp`` holds the spherical-grid MLP of ``S2Mixing``
+(grid transform, two SiLU layers, projection back) one atom at a time in cache. They serve
+inference only (no gradient for the weights, no double backward): ``facet.ops.use_fused`` switches a
+model's modules to them; CPU packages (``facet.aoti``) and TorchScript files call them, and the
+LAMMPS plugin compiles the same sources in.
 
 The library is compiled once per source, torch version and CPU vector ISA with the system C++
 compiler (``$CXX`` or ``c++``; the same one AOTInductor needs) into ``$FACET_OPS_CACHE`` (default
@@ -34,9 +36,10 @@ import torch
 
 from facet.errors import FacetError
 
-SOURCE = Path(__file__).with_name("uvu_tp.cpp")
-OPS_VERSION = 1  # bump when an operator's schema or meaning changes
-OPS = ("facet::uvu_tp_block", "facet::uvu_tp_block_backward")
+SOURCES = (Path(__file__).with_name("uvu_tp.cpp"), Path(__file__).with_name("s2_mlp.cpp"))
+OPS_VERSION = 2  # bump when an operator is added or its schema or meaning changes
+OPS = ("facet::uvu_tp_block", "facet::uvu_tp_block_backward", "facet::s2_mlp",
+       "facet::s2_mlp_backward")
 
 _loaded: str | None = None
 _load_error: FacetOpsError | None = None
@@ -50,10 +53,12 @@ def isa_flags() -> list[str]:
     """Compiler flags for this CPU's vector ISA, as torch detects it (AVX2/AVX-512 on x86;
     none elsewhere: the compiler's baseline)."""
     cap = torch.backends.cpu.get_cpu_capability()
+    # CPU_CAPABILITY_*: ATen's vector classes (at::vec, used for SiLU's exp) take that ISA
     if cap.startswith("AVX512"):
-        return ["-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx512bw", "-mavx2", "-mfma"]
+        return ["-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx512bw", "-mavx2", "-mfma",
+                "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"]
     if cap == "AVX2":
-        return ["-mavx2", "-mfma"]
+        return ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
     return []
 
 
@@ -70,7 +75,7 @@ def cache_dir() -> Path:
                 or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "facet/ops")
 
 
-def _build_command(source: Path, target: Path) -> list[str]:
+def _build_command(sources: tuple[Path, ...], target: Path) -> list[str]:
     from torch.utils.cpp_extension import include_paths, library_paths
 
     cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or "c++"
@@ -79,7 +84,7 @@ def _build_command(source: Path, target: Path) -> list[str]:
            f"-D_GLIBCXX_USE_CXX11_ABI={abi}", *isa_flags()]
     cmd += [f"-I{p}" for p in include_paths()]
     libs = library_paths()
-    cmd += [str(source), "-o", str(target)]
+    cmd += [*map(str, sources), "-o", str(target)]
     cmd += [f"-L{p}" for p in libs] + [f"-Wl,-rpath,{p}" for p in libs]
     cmd += ["-lc10", "-ltorch_cpu", "-ltorch"]
     return cmd
@@ -88,7 +93,8 @@ def _build_command(source: Path, target: Path) -> list[str]:
 def library_path() -> Path:
     """Where this source, torch version and ISA's library is (or will be) cached."""
     key = hashlib.sha256()
-    key.update(SOURCE.read_bytes())
+    for source in SOURCES:
+        key.update(source.read_bytes())
     key.update(" ".join([torch.__version__, str(OPS_VERSION), *isa_flags(), sys.platform])
                .encode())
     return cache_dir() / f"facet_ops-{key.hexdigest()[:16]}.so"
@@ -115,7 +121,7 @@ def build(force: bool = False) -> Path:
             return target
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
             partial = Path(tmp) / target.name
-            cmd = _build_command(SOURCE, partial)
+            cmd = _build_command(SOURCES, partial)
             try:
                 run = subprocess.run(cmd, capture_output=True, text=True)
             except OSError as exc:
@@ -176,17 +182,22 @@ def _register_python_parts() -> None:
     def fake_backward(grad, x, nbr, t, basis, c, path_of_k):
         return x.new_empty(x.shape), t.new_empty(t.shape), basis.new_empty(basis.shape)
 
-    torch.library.register_fake(OPS[0])(fake_forward)
-    torch.library.register_fake(OPS[1])(fake_backward)
+    def fake_s2(z, to_grid, w2, from_grid, heads):
+        return z.new_empty((z.shape[0], z.shape[1], heads * w2.shape[1]))
+
+    def fake_s2_backward(grad, z, to_grid, w2, from_grid, heads):
+        return z.new_empty(z.shape)
+
+    for op, fake in zip(OPS, (fake_forward, fake_backward, fake_s2, fake_s2_backward),
+                        strict=True):
+        torch.library.register_fake(op)(fake)
 
 
 @contextlib.contextmanager
 def fused(model: torch.nn.Module, on: bool = True) -> Iterator[torch.nn.Module]:
     """``use_fused(model, on)`` for the duration of a block, then each tensor product as it
     was (so a calculator can evaluate a module its caller may also train)."""
-    from facet.tensor_product import UVUTensorProduct
-
-    tps = [m for m in model.modules() if isinstance(m, UVUTensorProduct)]
+    tps = _fusable(model)
     before = [tp.fused for tp in tps]
     try:
         yield use_fused(model, on)
@@ -199,11 +210,16 @@ def use_fused(model: torch.nn.Module, on: bool = True) -> torch.nn.Module:
     """Switch every tensor product of ``model`` to the fused kernels (``on``) or back; loads
     them first when switching on (``FacetOpsError`` if they cannot be built). Returns
     ``model``. Inference only: the radial coefficients must not require gradients."""
-    from facet.tensor_product import UVUTensorProduct
-
     if on:
         load()
-    for module in model.modules():
-        if isinstance(module, UVUTensorProduct):
-            module.fused = on
+    for module in _fusable(model):
+        module.fused = on and getattr(module, "fusable", True)
     return model
+
+
+def _fusable(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The modules of ``model`` with a fused evaluation (tensor products, S2 grid MLPs)."""
+    from facet.s2 import S2Mixing
+    from facet.tensor_product import UVUTensorProduct
+
+    return [m for m in model.modules() if isinstance(m, (UVUTensorProduct, S2Mixing))]

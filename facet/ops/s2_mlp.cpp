@@ -76,34 +76,35 @@ void silu_inplace(T* x, int64_t n) {
   for (; i < n; ++i) x[i] = x[i] / (T(1) + std::exp(-x[i]));
 }
 
-// out <- silu(x) (a separate buffer: x is kept)
+// s <- sigmoid(x); y <- x s (silu), x kept
 template <typename T>
-void silu_copy(const T* x, T* out, int64_t n) {
+void sigmoid_silu(const T* x, T* s, T* y, int64_t n) {
   using Vec = at::vec::Vectorized<T>;
   const Vec one(T(1));
   int64_t i = 0;
   for (; i + Vec::size() <= n; i += Vec::size()) {
     const Vec v = Vec::loadu(x + i);
-    (v / (one + v.neg().exp())).store(out + i);
-  }
-  for (; i < n; ++i) out[i] = x[i] / (T(1) + std::exp(-x[i]));
-}
-
-// g <- g * silu'(x), silu'(x) = s (1 + x (1 - s)), s = sigmoid(x)
-template <typename T>
-void times_silu_grad(T* g, const T* x, int64_t n) {
-  using Vec = at::vec::Vectorized<T>;
-  const Vec one(T(1));
-  int64_t i = 0;
-  for (; i + Vec::size() <= n; i += Vec::size()) {
-    const Vec v = Vec::loadu(x + i);
-    const Vec s = one / (one + v.neg().exp());
-    (Vec::loadu(g + i) * (s * (one + v * (one - s)))).store(g + i);
+    const Vec sv = one / (one + v.neg().exp());
+    sv.store(s + i);
+    if (y) (v * sv).store(y + i);
   }
   for (; i < n; ++i) {
-    const T s = T(1) / (T(1) + std::exp(-x[i]));
-    g[i] *= s * (T(1) + x[i] * (T(1) - s));
+    s[i] = T(1) / (T(1) + std::exp(-x[i]));
+    if (y) y[i] = x[i] * s[i];
   }
+}
+
+// g <- g * silu'(x), silu'(x) = s (1 + x (1 - s)), s = sigmoid(x) given
+template <typename T>
+void times_silu_grad(T* g, const T* x, const T* s, int64_t n) {
+  using Vec = at::vec::Vectorized<T>;
+  const Vec one(T(1));
+  int64_t i = 0;
+  for (; i + Vec::size() <= n; i += Vec::size()) {
+    const Vec v = Vec::loadu(x + i), sv = Vec::loadu(s + i);
+    (Vec::loadu(g + i) * (sv * (one + v * (one - sv)))).store(g + i);
+  }
+  for (; i < n; ++i) g[i] *= s[i] * (T(1) + x[i] * (T(1) - s[i]));
 }
 
 struct S2Shape {
@@ -148,21 +149,25 @@ template <typename T>
 void backward_kernel(const S2Shape& s, const T* grad, const T* z, const T* tg, const T* w2,
                      const T* fg, T* gz) {
   at::parallel_for(0, s.n, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> p(s.G * s.H), a1(s.G * s.H), q(s.G * s.u), g2(s.G * s.u), g1(s.G * s.H);
+    // a1 holds silu(P) until Q is computed, then the gradient for A1
+    std::vector<T> p(s.G * s.H), sp(s.G * s.H), a1(s.G * s.H), q(s.G * s.u), sq(s.G * s.u),
+        g2(s.G * s.u);
     for (int64_t a = begin; a < end; ++a) {
-      // recompute the activations
+      // recompute the activations, keeping the sigmoids for the SiLU derivatives
       gemm<T>(true, false, s.G, s.H, s.dim, tg, s.G, z + a * s.dim * s.H, s.H, p.data(), s.H);
-      silu_copy(p.data(), a1.data(), s.G * s.H);
+      sigmoid_silu<T>(p.data(), sp.data(), a1.data(), s.G * s.H);
       gemm<T>(false, false, s.G * s.heads, s.uh, s.hidden, a1.data(), s.hidden, w2, s.uh,
               q.data(), s.uh);
+      sigmoid_silu<T>(q.data(), sq.data(), nullptr, s.G * s.u);
       // d out / d A2 = from_grid grad[a], then back through the two SiLUs and w2
       gemm<T>(false, false, s.G, s.u, s.dim, fg, s.dim, grad + a * s.dim * s.u, s.u, g2.data(),
               s.u);
-      times_silu_grad(g2.data(), q.data(), s.G * s.u);
-      gemm<T>(false, true, s.G * s.heads, s.hidden, s.uh, g2.data(), s.uh, w2, s.uh, g1.data(),
+      times_silu_grad(g2.data(), q.data(), sq.data(), s.G * s.u);
+      T* g1 = a1.data();
+      gemm<T>(false, true, s.G * s.heads, s.hidden, s.uh, g2.data(), s.uh, w2, s.uh, g1,
               s.hidden);
-      times_silu_grad(g1.data(), p.data(), s.G * s.H);
-      gemm<T>(false, false, s.dim, s.H, s.G, tg, s.G, g1.data(), s.H, gz + a * s.dim * s.H, s.H);
+      times_silu_grad(g1, p.data(), sp.data(), s.G * s.H);
+      gemm<T>(false, false, s.dim, s.H, s.G, tg, s.G, g1, s.H, gz + a * s.dim * s.H, s.H);
     }
   });
 }
