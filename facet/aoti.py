@@ -512,7 +512,8 @@ class AOTIPotential:
         self.num_layers = self.package.num_layers
         self.meta = self.package.meta
         self.chunk_edges, self.single_pass_edges = resolve_chunking(
-            self.device.type, chunk_edges, single_pass_edges)
+            self.device.type, chunk_edges, single_pass_edges,
+            fused=bool(int(self.meta.get("fused_kernels", 0))))
         self.last_evaluation = ""
 
     def evaluation(self, n_pairs: int) -> str:

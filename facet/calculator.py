@@ -120,7 +120,7 @@ class FacetCalculator(Calculator):
                                chunk_edges, single_pass_edges)
             return
         self.potential.chunk_edges, self.potential.single_pass_edges = resolve_chunking(
-            self.device.type, chunk_edges, single_pass_edges)
+            self.device.type, chunk_edges, single_pass_edges, fused=self.fused)
 
     def _init_package(self, package, dtype, chunk_edges, single_pass_edges) -> None:
         """Run an AOTInductor package (``facet.aoti.AOTIPotential``); the config, elements and

@@ -551,7 +551,7 @@ def test_single_pass_sized_by_memory(work, lmp_exe):
     its ranks, at most 2 GiB, and never fewer pairs than the file's 16384."""
     d = work["d"]
     bpp = read_plugin_metadata(work["file"])["single_pass_bytes_per_pair"]
-    assert bpp > 1000
+    assert bpp > 100  # fused kernels keep ~1-2 kB per pair for the shipped model, torch ~9-18
     assert deploy_main([str(d / "model.pt"), "--format", "plugin", "--dtype", "float32", "-o",
                         str(d / "sized32-plugin.pt")]) == 0
     ratio = read_plugin_metadata(d / "sized32-plugin.pt")["single_pass_bytes_per_pair"] / bpp

@@ -32,6 +32,7 @@ def plugin_metadata(model, dtype: str, device: str, chunk_edges: int | None = No
                     checkpoint: str | Path | None = None, fused: bool = False) -> dict[str, Any]:
     """The metadata stored in the plugin file (JSON-serialisable); ``fused``: the file calls
     ``facet.ops``' kernels."""
+    import facet.ops
     from facet import __version__
     from facet.chunks import resolve_chunking
     from facet.memory import single_pass_bytes_per_pair
@@ -39,6 +40,8 @@ def plugin_metadata(model, dtype: str, device: str, chunk_edges: int | None = No
 
     cfg = model.config
     chunking = resolve_chunking(device, chunk_edges, single_pass_edges)
+    with facet.ops.fused(model, fused):  # the fused kernels keep far less for the backward
+        bytes_per_pair = single_pass_bytes_per_pair(model)
     # the plugin may run the file on another device than written for (pair_style ... device
     # cuda): the chunking for each device type, the explicit values where given
     by_device = {d: list(resolve_chunking(d, chunk_edges, single_pass_edges))
@@ -59,7 +62,7 @@ def plugin_metadata(model, dtype: str, device: str, chunk_edges: int | None = No
         "chunking_by_device": by_device,
         # the plugin's CPU single pass extends to the pairs that fit its memory budget
         # (pair_style facet ... single_pass_memory), at this measured rate
-        "single_pass_bytes_per_pair": single_pass_bytes_per_pair(model),
+        "single_pass_bytes_per_pair": bytes_per_pair,
         # >0: the tensor products call the facet:: operators of this version on the CPU
         "fused_kernels": OPS_VERSION if fused else 0,
         "facet_version": __version__,
