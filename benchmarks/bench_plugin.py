@@ -19,8 +19,9 @@ paths run back to back (their order alternates between rounds) so that they see 
         # pass at every size; `@fixed`: `single_pass_edges 16384` (the CPU default before the
         # single pass was sized by memory); ML-IAP paths `kokkos@optimised`,
         # `plain@optimised`: with FACET_JIT_OPTIMIZE=1 (TorchScript's optimising executor);
-        # any path as `<path>@bmm`: files deployed with --no-fused-kernels (the tensor
-        # products as batched matmuls instead of facet.ops' fused kernels, the default)
+        # any path as `<path>@bmm`: files deployed with --no-fused-kernels (the torch
+        # formulations instead of facet.ops' fused kernels, the default); `<path>@sp16k`:
+        # with --single-pass-edges 16384
 
 Models: `shipped` = examples/models/facet-emt-small.pt (2 layers); `facet-s` = Facet-S for Cu
 (3 layers, 236k parameters) with every parameter perturbed by 0.1 randn (seed 0), as in
@@ -48,9 +49,9 @@ VARIANTS = {"untuned": "malloc_tuning no", "recompute": "single_pass_edges 0",
             "single": "single_pass_edges 100000000", "fixed": "single_pass_edges 16384"}
 # ML-IAP paths as <path>@<variant>: the environment the variant's run gets
 ENV_VARIANTS = {"optimised": {"FACET_JIT_OPTIMIZE": "1"}}
-# any path as <path>@bmm: files deployed with --no-fused-kernels (tensor products as batched
-# matmuls instead of facet.ops' fused kernels)
-FILE_VARIANTS = ("bmm",)
+# any path as <path>@<variant>: files deployed with these facet-deploy options
+FILE_VARIANTS = {"bmm": ["--no-fused-kernels"],  # torch formulations, not facet.ops' kernels
+                 "sp16k": ["--single-pass-edges", "16384"]}  # the single pass to 16384 pairs
 
 
 def lammps_prefix() -> Path:
@@ -86,17 +87,20 @@ def prepare_models(work: Path, names: list[str], aoti_dir: Path | None = None
             ckpt = facet.save_model(model, work / "facet-s.pt")
         else:
             raise SystemExit(f"unknown model {name}")
-        plugin, mliap = work / f"{name}-plugin.pt", work / f"{name}-mliap.pt"
-        plugin_bmm, mliap_bmm = work / f"{name}-bmm-plugin.pt", work / f"{name}-bmm-mliap.pt"
+        files = {}
         with open(os.devnull, "w") as null:
             old = sys.stdout
             sys.stdout = null
             try:
-                assert deploy_main([str(ckpt), "--format", "plugin", "-o", str(plugin)]) == 0
-                assert deploy_main([str(ckpt), "-o", str(mliap)]) == 0
-                assert deploy_main([str(ckpt), "--format", "plugin", "--no-fused-kernels",
-                                    "-o", str(plugin_bmm)]) == 0
-                assert deploy_main([str(ckpt), "--no-fused-kernels", "-o", str(mliap_bmm)]) == 0
+                for variant, options in {"": [], **FILE_VARIANTS}.items():
+                    tag = f"{name}-{variant}" if variant else name
+                    suffix = f"@{variant}" if variant else ""
+                    files["plugin" + suffix] = work / f"{tag}-plugin.pt"
+                    files["mliap" + suffix] = work / f"{tag}-mliap.pt"
+                    assert deploy_main([str(ckpt), "--format", "plugin", *options, "-o",
+                                        str(files["plugin" + suffix])]) == 0
+                    assert deploy_main([str(ckpt), *options, "-o",
+                                        str(files["mliap" + suffix])]) == 0
             finally:
                 sys.stdout = old
         package = None
@@ -107,8 +111,7 @@ def prepare_models(work: Path, names: list[str], aoti_dir: Path | None = None
                 assert deploy_main([str(ckpt), "--format", "aoti", "--aoti-programs", "layers",
                                     "--no-symmetry-check", "-o", str(package)]) == 0
         m = facet.load_model(ckpt)
-        out[name] = {"checkpoint": str(ckpt), "plugin": plugin, "mliap": mliap,
-                     "plugin@bmm": plugin_bmm, "mliap@bmm": mliap_bmm, "package": package,
+        out[name] = {"checkpoint": str(ckpt), **files, "package": package,
                      "r_max": m.r_max, "layers": m.num_interactions}
     return out
 
@@ -130,7 +133,7 @@ def deck(path: str, model: dict, data: Path, warmup: int, steps: int, lib: Path)
     from facet.lammps.deck import recommended_comm_cutoff
 
     base, _, variant = path.partition("@")
-    files = "@bmm" if variant in FILE_VARIANTS else ""
+    files = f"@{variant}" if variant in FILE_VARIANTS else ""
     mliap = model["mliap" + files]
     if base in ("plugin", "plugin-aoti"):
         file = model["plugin" + files] if base == "plugin" else model["package"]
@@ -203,7 +206,7 @@ def path_name(path: str) -> str:
     name = {"plugin": "plugin", "kokkos": "KOKKOS path", "plain": "plain path",
             "plugin-aoti": "plugin, AOTI package"}[base]
     if variant in FILE_VARIANTS:
-        return name + ", --no-fused-kernels"
+        return name + ", " + " ".join(FILE_VARIANTS[variant])
     if variant and base in ("kokkos", "plain"):
         return name + ", " + " ".join(f"{k}={v}" for k, v in ENV_VARIANTS[variant].items())
     return name + (f", {VARIANTS[variant]}" if variant else "")
@@ -287,7 +290,7 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown path(s) {sorted(unknown)}: choose from {PATHS} (plugin "
                          f"paths also as <path>@<variant>, variants {sorted(VARIANTS)}; kokkos and "
-                         f"plain with {sorted(ENV_VARIANTS)}; any with {list(FILE_VARIANTS)})")
+                         f"plain with {sorted(ENV_VARIANTS)}; any with {sorted(FILE_VARIANTS)})")
     if any(p.startswith("plugin-aoti") for p in paths) and not args.aoti_dir:
         raise SystemExit("the plugin-aoti path needs --aoti-dir DIR (packages are compiled there)")
     work = Path(tempfile.mkdtemp(prefix="facet-bench-plugin-"))

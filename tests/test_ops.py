@@ -260,3 +260,16 @@ def test_plugin_has_the_same_kernel_version():
     cmake = (ROOT / "CMakeLists.txt").read_text()
     for source in facet.ops.SOURCES:
         assert f"facet/ops/{source.name}" in cmake
+
+
+def test_mliap_object_defaults_follow_its_kernels(tmp_path):
+    from facet.lammps.mliap import FacetMLIAP
+
+    torch.manual_seed(0)
+    ckpt = facet.save_model(facet.build_model(facet.facet_tiny(["Cu"]), torch.float64),
+                            tmp_path / "tiny.pt")
+    fused = FacetMLIAP.from_checkpoint(ckpt)
+    plain = FacetMLIAP.from_checkpoint(ckpt, fused=False)
+    assert fused.metadata["fused_kernels"] == facet.ops.OPS_VERSION
+    assert plain.metadata["fused_kernels"] == 0
+    assert (fused.single_pass_edges, plain.single_pass_edges) == (1 << 18, 16384)

@@ -139,8 +139,11 @@ class FacetMLIAP(MLIAPUnified):
         self.dtype_name = dtype
         self.device_name = device
         self.metadata = dict(metadata or {})
-        self.chunk_edges, self.single_pass_edges = resolve_chunking(device, chunk_edges,
-                                                                    single_pass_edges)
+        # a file with facet.ops' fused kernels keeps far less for its single pass's backward
+        # (facet.chunks.default_chunking)
+        self.chunk_edges, self.single_pass_edges = resolve_chunking(
+            device, chunk_edges, single_pass_edges,
+            fused=bool(int(self.metadata.get("fused_kernels", 0))))
         self.check_ghost_shell = True
         self._init_runtime()
 
@@ -174,10 +177,11 @@ class FacetMLIAP(MLIAPUnified):
             "format": format,
         }
         if format == "aoti":
-            from facet.aoti import build_package
+            from facet.aoti import build_package, read_metadata
 
             package = aoti_package or build_package(
                 model, device=device, log=log, fused=False if device != "cpu" else fused)
+            metadata["fused_kernels"] = int(read_metadata(package).get("fused_kernels", 0))
             script, layers = b"", b""
         elif format == "torchscript":
             import facet.ops
