@@ -94,7 +94,11 @@ def library_path() -> Path:
     """Where this source, torch version and ISA's library is (or will be) cached."""
     key = hashlib.sha256()
     for source in SOURCES:
-        key.update(source.read_bytes())
+        try:
+            key.update(source.read_bytes())
+        except OSError as exc:
+            raise FacetOpsError(f"the fused kernels' source {source} is missing ({exc}): "
+                                "reinstall facet-lammps") from None
     key.update(" ".join([torch.__version__, str(OPS_VERSION), *isa_flags(), sys.platform])
                .encode())
     return cache_dir() / f"facet_ops-{key.hexdigest()[:16]}.so"
