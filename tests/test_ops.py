@@ -172,8 +172,8 @@ def test_calculator_default_is_fused_and_leaves_the_model_alone(monkeypatch):
     plain = FacetCalculator(model, fused=False)
     assert fused.fused and not plain.fused
     # the fused single pass keeps far less memory: it is the CPU default up to 2^18 pairs
-    assert fused.potential.single_pass_edges == 1 << 18
-    assert plain.potential.single_pass_edges == 16384
+    assert (fused.potential.chunk_edges, fused.potential.single_pass_edges) == (32768, 1 << 18)
+    assert (plain.potential.chunk_edges, plain.potential.single_pass_edges) == (4096, 16384)
     res = []
     for calc in (fused, plain):
         a = atoms.copy()
