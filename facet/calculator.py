@@ -57,6 +57,9 @@ class FacetCalculator(Calculator):
         chunk_edges, single_pass_edges: above ``single_pass_edges`` pairs, evaluate in chunks
             of ``chunk_edges`` pairs, recomputing in the backward pass (``facet.chunks``: same
             numbers, far less memory); None = the device's default, ``chunk_edges=0`` = never.
+            With the fused kernels on the CPU and both None, the single pass extends, the first
+            time a structure needs it, to what fits half the available memory (at most 2 GiB;
+            ``facet.memory.memory_sized_single_pass``).
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
@@ -121,6 +124,23 @@ class FacetCalculator(Calculator):
             return
         self.potential.chunk_edges, self.potential.single_pass_edges = resolve_chunking(
             self.device.type, chunk_edges, single_pass_edges, fused=self.fused)
+        # fused kernels on the CPU, chunking left to us: above the default single pass, size it
+        # by memory once (facet.memory; as the native plugin does)
+        self._size_single_pass = (self.fused and self.device.type == "cpu"
+                                  and chunk_edges is None and single_pass_edges is None)
+
+    def _single_pass_limit(self, n_pairs: int) -> None:
+        """Extend the single pass to the pairs that fit the memory budget, the first time a
+        structure has more pairs than the default single pass."""
+        if not self._size_single_pass or n_pairs <= self.potential.single_pass_edges:
+            return
+        import facet.ops
+        from facet.memory import memory_sized_single_pass
+
+        self._size_single_pass = False
+        with facet.ops.fused(self.model, True):
+            self.potential.single_pass_edges = memory_sized_single_pass(
+                self.model, self.potential.single_pass_edges)
 
     def _init_package(self, package, dtype, chunk_edges, single_pass_edges) -> None:
         """Run an AOTInductor package (``facet.aoti.AOTIPotential``); the config, elements and
@@ -135,6 +155,7 @@ class FacetCalculator(Calculator):
             raise ValueError(f"this package was compiled for {self.potential.meta['dtype']}, "
                              f"not {dtype}: build one in that dtype (facet-deploy --dtype)")
         self.model = None
+        self._size_single_pass = False
         self.fused = bool(int(self.potential.meta.get("fused_kernels", 0)))
         self.config = FacetConfig.from_dict(self.potential.meta["config"])
 
@@ -149,6 +170,8 @@ class FacetCalculator(Calculator):
         neighbour = torch.as_tensor(graph.neighbour, device=dev)
         rij = torch.as_tensor(graph.rij, dtype=dt, device=dev)
         n = graph.num_atoms
+        if self.model is not None:
+            self._single_pass_limit(int(centre.shape[0]))
         if isinstance(self.potential, FacetPotential):
             # inference: the weights enter as constants (detached views), so autograd keeps only
             # what dE/drij needs, not what weight gradients would (as the frozen module does)

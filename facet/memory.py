@@ -74,3 +74,24 @@ def single_pass_bytes_per_pair(model) -> int:
             p.requires_grad_(True)
     (p1, b1), (p2, b2) = counts
     return int(round(PEAK_OVER_SAVED * (b2 - b1) / (p2 - p1)))
+
+
+def single_pass_budget() -> int:
+    """Bytes a single process's single pass may take: half of this machine's available memory
+    (``MemAvailable``), at most 2 GiB (the native plugin's rule for one rank); 0 where it
+    cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return min(2 << 30, int(line.split()[1]) * 1024 // 2)
+    except OSError:
+        pass
+    return 0
+
+
+def memory_sized_single_pass(model, floor: int, budget: int | None = None) -> int:
+    """The pairs up to which ``model``'s single pass fits ``budget`` bytes (default
+    ``single_pass_budget()``), never fewer than ``floor``."""
+    budget = single_pass_budget() if budget is None else budget
+    return max(int(floor), int(budget // max(1, single_pass_bytes_per_pair(model))))

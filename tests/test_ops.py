@@ -273,3 +273,25 @@ def test_mliap_object_defaults_follow_its_kernels(tmp_path):
     assert fused.metadata["fused_kernels"] == facet.ops.OPS_VERSION
     assert plain.metadata["fused_kernels"] == 0
     assert (fused.single_pass_edges, plain.single_pass_edges) == (1 << 18, 16384)
+
+
+def test_calculator_sizes_its_fused_single_pass_by_memory():
+    """Above the default single pass (here lowered to 50 pairs) the calculator extends it to
+    the pairs that fit its memory budget, once; not where the caller set the chunking."""
+    from facet.memory import memory_sized_single_pass, single_pass_bytes_per_pair
+
+    torch.manual_seed(0)
+    model = facet.build_model(facet.facet_tiny(["Cu"]), torch.float64)
+    with facet.ops.fused(model):
+        bpp = single_pass_bytes_per_pair(model)
+        assert memory_sized_single_pass(model, 7, budget=1000 * bpp) == 1000
+        assert memory_sized_single_pass(model, 7, budget=3 * bpp) == 7
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
+    atoms.rattle(0.05, seed=1)
+    auto, fixed = FacetCalculator(model), FacetCalculator(model, chunk_edges=4096)
+    for calc in (auto, fixed):
+        calc.potential.single_pass_edges = 50
+        calc.calculate(atoms, ["energy", "forces"])
+    assert auto.potential.single_pass_edges > 10_000
+    assert fixed.potential.single_pass_edges == 50
+    assert np.abs(auto.results["forces"] - fixed.results["forces"]).max() < 1e-12
