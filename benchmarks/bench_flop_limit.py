@@ -137,7 +137,7 @@ def model_shapes(model) -> dict[str, tuple[int, int, int, int]]:
     mix = layer.mix
     if hasattr(mix, "to_grid"):
         dim, n_grid = mix.to_grid.shape
-        hidden = mix.mlp.first_weight().shape[1]
+        hidden = mix.mlp.weight(0).shape[1]
         hd = mix.channels // mix.heads
         rows = 108 * n_grid
         shapes[f"S2 grid MLP [{rows}x{hidden}]@[{hidden}x{hd}]"] = (0, rows, hidden, hd)

@@ -283,8 +283,7 @@ def _build_package(model, path, *, programs: str, device: str, threads: int,
 
     import facet.ops
 
-    if fused is None:
-        fused = device == "cpu" and facet.ops.enabled()
+    fused = facet.ops.wanted(fused, device)
     if fused and device != "cpu":
         raise ValueError("the fused kernels (facet.ops) run on the CPU only: fused=False")
     model = copy.deepcopy(model).to(device)

@@ -14,6 +14,7 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 from ase.stress import full_3x3_to_voigt_6_stress
 from torch.func import functional_call
 
+import facet.ops
 from facet.checkpoint import load_model
 from facet.chunks import resolve_chunking
 from facet.contract import (
@@ -104,11 +105,8 @@ class FacetCalculator(Calculator):
         self.model = model.to(self.device).eval()
         self.config = model.config
         self.potential = FacetPotential(self.model)
-        if fused is None:
-            import facet.ops
-
-            fused = self.device.type == "cpu" and frozen is None and facet.ops.enabled()
-        self.fused = bool(fused) and frozen is None
+        # a frozen contract is evaluated as given
+        self.fused = frozen is None and facet.ops.wanted(fused, self.device.type)
         if frozen is not None:
             self.potential = frozen.to(self.device)
         elif backend == "torchscript":
@@ -134,7 +132,6 @@ class FacetCalculator(Calculator):
         structure has more pairs than the default single pass."""
         if not self._size_single_pass or n_pairs <= self.potential.single_pass_edges:
             return
-        import facet.ops
         from facet.memory import memory_sized_single_pass
 
         self._size_single_pass = False
@@ -175,8 +172,6 @@ class FacetCalculator(Calculator):
         if isinstance(self.potential, FacetPotential):
             # inference: the weights enter as constants (detached views), so autograd keeps only
             # what dE/drij needs, not what weight gradients would (as the frozen module does)
-            import facet.ops
-
             weights = {k: v.detach() for k, v in self.potential.named_parameters()}
             with facet.ops.fused(self.model, self.fused):
                 e_atoms, dE_drij = functional_call(self.potential, weights,

@@ -25,7 +25,7 @@ def _inference_copy(model: Facet, fused: bool | None) -> Facet:
     model = copy.deepcopy(model).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    return facet.ops.use_fused(model, facet.ops.enabled() if fused is None else fused)
+    return facet.ops.use_fused(model, facet.ops.wanted(fused))
 
 
 def script_potential(model: Facet, fused: bool | None = None) -> torch.jit.ScriptModule:

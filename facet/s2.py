@@ -166,24 +166,17 @@ class GridMLP(nn.Module):
             x = torch.nn.functional.silu(x @ w)
         return x
 
-    def first_weight(self) -> torch.Tensor:
-        """The first layer's weight ``[dims[0], dims[1]]``."""
-        w1 = torch.empty(0)
+    def weight(self, index: int) -> torch.Tensor:
+        """Layer ``index``'s weight ``[dims[index], dims[index + 1]]`` (empty if there is no
+        such layer)."""
+        out = torch.empty(0)
         for i, w in enumerate(self.weights):
-            if i == 0:
-                w1 = w
-        return w1
-
-    def second_weight(self) -> torch.Tensor:
-        """The second layer's weight ``[dims[1], dims[2]]`` (empty if there is none)."""
-        w2 = torch.empty(0)
-        for i, w in enumerate(self.weights):
-            if i == 1:
-                w2 = w
-        return w2
+            if i == index:
+                out = w
+        return out
 
     def after_first(self, x: torch.Tensor) -> torch.Tensor:
-        """The MLP from the first layer's pre-activation ``x @ first_weight()`` on."""
+        """The MLP from the first layer's pre-activation ``x @ weight(0)`` on."""
         x = torch.nn.functional.silu(x)
         for i, w in enumerate(self.weights):
             if i > 0:
@@ -278,13 +271,8 @@ class S2Mixing(nn.Module):
         n, u = coeffs.shape[0], coeffs.shape[1]
         n_grid = self.to_grid.shape[1]
         if self.fold:
-            w1 = self.mlp.first_weight()  # [u / heads, hidden]
-            dim = coeffs.shape[2]
-            # per head: coefficients [n, dim, heads, u/heads] @ W1 -> [n, dim, heads * hidden]
-            ch = coeffs.reshape(n, self.heads, u // self.heads, dim).permute(0, 3, 1, 2)
-            z = torch.matmul(ch, w1).reshape(n, dim, self.heads * w1.shape[1])
-            pre = torch.matmul(self.to_grid.t(), z)  # [n, n_grid, heads * hidden]
-            g = self.mlp.after_first(pre.reshape(n, n_grid, self.heads, w1.shape[1]))
+            pre = torch.matmul(self.to_grid.t(), self._first_layer(coeffs))  # [n, n_grid, H]
+            g = self.mlp.after_first(pre.reshape(n, n_grid, self.heads, -1))
             grid = g.reshape(n, n_grid, u)
         else:
             # grid values with the channel axis last ([n, n_grid, u]): the per-point MLP then
@@ -298,9 +286,13 @@ class S2Mixing(nn.Module):
     def _grid_fused(self, coeffs: torch.Tensor) -> torch.Tensor:
         """``_grid`` through ``torch.ops.facet.s2_mlp`` (``facet.ops``): from the first
         layer's pre-activation coefficients (the fold's ``z``), one atom at a time in cache."""
+        return torch.ops.facet.s2_mlp(self._first_layer(coeffs).contiguous(), self.to_grid,
+                                      self.mlp.weight(1), self.from_grid, self.heads)
+
+    def _first_layer(self, coeffs: torch.Tensor) -> torch.Tensor:
+        """The MLP's first layer applied to the coefficients ``[n, u, dim]`` (the fold), per
+        head: ``[n, dim, heads, u/heads] @ W1`` -> ``[n, dim, heads * hidden]``."""
         n, u, dim = coeffs.shape[0], coeffs.shape[1], coeffs.shape[2]
-        w1 = self.mlp.first_weight()
+        w1 = self.mlp.weight(0)  # [u / heads, hidden]
         ch = coeffs.reshape(n, self.heads, u // self.heads, dim).permute(0, 3, 1, 2)
-        z = torch.matmul(ch, w1).reshape(n, dim, self.heads * w1.shape[1])
-        return torch.ops.facet.s2_mlp(z.contiguous(), self.to_grid, self.mlp.second_weight(),
-                                      self.from_grid, self.heads)
+        return torch.matmul(ch, w1).reshape(n, dim, self.heads * w1.shape[1])

@@ -160,14 +160,11 @@ class UVUTensorProduct(nn.Module):
         basis_e = basis_pad.reshape(n_out * m, 1, nb, 1)
         sums: list[torch.Tensor] = []
         for blk in self.blocks:
-            start, mul, d1, k_total, c_off, w0, n_paths, ko = blk
-            coupling = self.couplings[c_off : c_off + self.d2 * d1 * k_total]
-            t = (y_flat @ coupling.reshape(self.d2, d1 * k_total)).reshape(-1, d1, 1, k_total)
-            a_pad = (t * basis_e).reshape(n_out, m * d1, nb * k_total)
-            x = h[:, start : start + mul * d1].reshape(-1, mul, d1).transpose(1, 2)
+            _, mul, d1, k_total, _, _, _, ko = blk
+            t, x, c = self._block_operands(blk, h, y_flat, coefficients)
+            a_pad = (t.reshape(-1, d1, 1, k_total) * basis_e).reshape(n_out, m * d1, nb * k_total)
             x_pad = x[nbr_pad].reshape(n_out, m * d1, mul)
             s = torch.bmm(a_pad.transpose(1, 2), x_pad).reshape(n_out, nb, k_total, mul)
-            c = coefficients[:, w0 : w0 + n_paths * mul].reshape(nb, n_paths, mul)
             c = c[:, self.paths_of_k[ko : ko + k_total], :]  # [nb, K, mul]
             agg = (s * c).sum(1)  # [n_out, K, mul]
             sums.append(agg.transpose(1, 2).reshape(n_out, mul * k_total))
@@ -185,19 +182,34 @@ class UVUTensorProduct(nn.Module):
         edge in cache, ~4x fewer multiplications than the padded bmm, nothing slot-sized kept
         for the backward pass (it recomputes). Inference only."""
         n_out, m = nbr_pad.shape[0], nbr_pad.shape[1]
-        nb = basis_pad.shape[2]
         y_flat = y_pad.reshape(n_out * m, self.d2)
         basis_pad = basis_pad.contiguous()
         sums: list[torch.Tensor] = []
-        for start, mul, d1, k_total, c_off, w0, n_paths, ko in self.blocks:
-            coupling = self.couplings[c_off : c_off + self.d2 * d1 * k_total]
-            t = (y_flat @ coupling.reshape(self.d2, d1 * k_total)).reshape(n_out, m, d1, k_total)
-            x = h[:, start : start + mul * d1].reshape(-1, mul, d1).transpose(1, 2).contiguous()
-            c = coefficients[:, w0 : w0 + n_paths * mul].reshape(nb, n_paths, mul).contiguous()
-            agg = torch.ops.facet.uvu_tp_block(x, nbr_pad, t, basis_pad, c,
-                                               self.paths_of_k[ko : ko + k_total])
+        for blk in self.blocks:
+            _, mul, d1, k_total, _, _, _, ko = blk
+            t, x, c = self._block_operands(blk, h, y_flat, coefficients)
+            agg = torch.ops.facet.uvu_tp_block(x.contiguous(), nbr_pad,
+                                               t.reshape(n_out, m, d1, k_total), basis_pad,
+                                               c.contiguous(), self.paths_of_k[ko : ko + k_total])
             sums.append(agg.reshape(n_out, mul * k_total))
         return torch.cat(sums, dim=1).index_select(1, self.out_perm)
+
+    def _block_operands(
+        self,
+        blk: tuple[int, int, int, int, int, int, int, int],
+        h: torch.Tensor,
+        y_flat: torch.Tensor,
+        coefficients: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One block's operands: ``t = Y @ coupling`` ``[slots, d1 * K]``, the input features
+        ``[n_in, d1, mul]`` (a transposed view of ``h``) and the radial coefficients
+        ``[nb, paths, mul]``."""
+        start, mul, d1, k_total, c_off, w0, n_paths, _ = blk
+        coupling = self.couplings[c_off : c_off + self.d2 * d1 * k_total]
+        t = y_flat @ coupling.reshape(self.d2, d1 * k_total)
+        x = h[:, start : start + mul * d1].reshape(-1, mul, d1).transpose(1, 2)
+        c = coefficients[:, w0 : w0 + n_paths * mul].reshape(coefficients.shape[0], n_paths, mul)
+        return t, x, c
 
 
 def neighbour_slots(centre: torch.Tensor, n_out: int, n_edges: int) -> torch.Tensor:

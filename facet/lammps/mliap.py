@@ -187,8 +187,7 @@ class FacetMLIAP(MLIAPUnified):
             import facet.ops
             from facet.freeze import script_model, script_potential, to_bytes
 
-            if fused is None:
-                fused = device == "cpu" and facet.ops.enabled()
+            fused = facet.ops.wanted(fused, device)
             metadata["fused_kernels"] = facet.ops.OPS_VERSION if fused else 0
             package, script, layers = None, to_bytes(script_potential(model, fused)), \
                 to_bytes(script_model(model, fused))

@@ -86,8 +86,7 @@ def write_plugin_file(checkpoint: str | Path, out: str | Path, dtype: str = "flo
     from facet.jitcompat import quiet_torchscript
 
     model = load_model(checkpoint, dtype=getattr(torch, dtype))
-    if fused is None:
-        fused = device == "cpu" and facet.ops.enabled()
+    fused = facet.ops.wanted(fused, device)
     meta = plugin_metadata(model, dtype, device, chunk_edges, single_pass_edges, checkpoint,
                            fused=fused)
     scripted = script_model(model, fused=fused)

@@ -177,6 +177,11 @@ def enabled() -> bool:
     return True
 
 
+def wanted(fused: bool | None, device: str = "cpu") -> bool:
+    """A ``fused=`` argument resolved: as given, or (None) on for the CPU where ``enabled()``."""
+    return fused if fused is not None else (device == "cpu" and enabled())
+
+
 def _register_python_parts() -> None:
     """The operators' output shapes for tracing (fake tensors); their autograd is in C++."""
 
