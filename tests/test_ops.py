@@ -295,3 +295,39 @@ def test_calculator_sizes_its_fused_single_pass_by_memory():
     assert auto.potential.single_pass_edges > 10_000
     assert fixed.potential.single_pass_edges == 50
     assert np.abs(auto.results["forces"] - fixed.results["forces"]).max() < 1e-12
+
+
+def test_fused_forces_and_stress_are_energy_derivatives_on_the_shipped_model():
+    """Central differences of the fused calculator's energy (shipped model, float64) give its
+    forces and its stress."""
+    model = facet.load_model(ROOT / "examples" / "models" / "facet-emt-small.pt",
+                             dtype=torch.float64)
+    calc = FacetCalculator(model)
+    assert calc.fused
+    atoms = bulk("Cu", "fcc", a=3.75, cubic=True).repeat(2)
+    atoms.symbols[::4] = "Au"
+    atoms.rattle(0.05, seed=3)
+    atoms.calc = calc
+    forces, stress = atoms.get_forces(), atoms.get_stress(voigt=False)
+
+    def energy(a):
+        a.calc = calc
+        return a.get_potential_energy()
+
+    h = 1e-4
+    for i, k in [(0, 0), (5, 1), (13, 2), (30, 0)]:
+        plus, minus = atoms.copy(), atoms.copy()
+        plus.positions[i, k] += h
+        minus.positions[i, k] -= h
+        assert abs(-(energy(plus) - energy(minus)) / (2 * h) - forces[i, k]) < 1e-6
+    eps, volume = 1e-5, atoms.get_volume()
+    for a_, b_ in [(0, 0), (1, 2)]:
+        strained = []
+        for sign in (1, -1):
+            d = np.zeros((3, 3))
+            d[a_, b_] = d[b_, a_] = sign * eps / (1 if a_ == b_ else 2)
+            s_atoms = atoms.copy()
+            s_atoms.set_cell(atoms.cell.array @ (np.eye(3) + d), scale_atoms=True)
+            strained.append(energy(s_atoms))
+        fd = (strained[0] - strained[1]) / (2 * eps) / volume
+        assert abs(fd - stress[a_, b_]) < 1e-6

@@ -499,6 +499,14 @@ def rewritten_file(work, name: str, edit) -> Path:
     return out
 
 
+def test_newer_fused_kernels_are_refused(work, lmp_exe):
+    """A file that calls newer fused kernels than the plugin has stops with what to do."""
+    rc, out = run_bad(work, lmp_exe, model=rewritten_file(
+        work, "newer-ops-plugin.pt", lambda meta: meta.update(fused_kernels=99)))
+    assert rc != 0 and "fused kernels of version 99 and this plugin has version" in out
+    assert "deploy/build_plugin.sh" in out and "--no-fused-kernels" in out
+
+
 def test_other_format_version_is_refused(work, lmp_exe):
     rc, out = run_bad(work, lmp_exe, model=rewritten_file(
         work, "v2-plugin.pt", lambda meta: meta.update(format_version=2)))
