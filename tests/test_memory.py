@@ -56,7 +56,7 @@ print(json.dumps({"pairs": pairs, "growth": status("VmHWM") - before}))
 def test_estimate_brackets_the_measured_peak(dtype, kernels):
     """Shipped model, 2048 atoms (86k pairs): the measured peak growth per pair is 0.5-1.2x
     the estimate (measured: 0.98x in float64, 0.99x in float32; Facet-S: 0.72-0.75x; with
-    facet.ops' fused kernels, which keep 9x less: 1.06x); an estimate that forgot the dtype,
+    facet.ops' fused kernels, which keep 9x less: 0.74-0.94x); an estimate that forgot the dtype,
     or counted the tensors saved for weight gradients, falls outside."""
     import facet.ops
 
