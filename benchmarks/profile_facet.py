@@ -41,7 +41,7 @@ from bench_worker import make_cu, proc_status_mb, reset_peak_rss  # noqa: E402
 facet = None  # imported in main(), after --facet-commit has chosen the source
 build_graph = None
 
-PREFIX = "facet::"
+PREFIX = "facet-range::"  # not "facet::": the fused kernels are operators of that namespace
 
 
 # ------------------------------------------------------------------------------ part names
@@ -196,6 +196,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--top", type=int, default=20)
     ap.add_argument("--trace", action="store_true", help="also write a Chrome trace")
+    ap.add_argument("--no-fused", action="store_true",
+                    help="torch code instead of facet.ops' fused CPU kernels (the default, as in "
+                         "FacetCalculator)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--facet-commit", default=None, metavar="REV",
                     help="profile facet/ as of this git revision instead of the working tree")
@@ -211,6 +214,7 @@ def main() -> None:
         atexit.register(shutil.rmtree, src, True)
         source = f"git {commit}"
     import facet as _facet
+    import facet.ops  # noqa: F401
     from facet.graph import build_graph as _build_graph
 
     facet, build_graph = _facet, _build_graph
@@ -218,13 +222,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
     model = make_model(dtype, args.seed)
+    fused = facet.ops.wanted(False if args.no_fused else None)
+    facet.ops.use_fused(model, fused)
     atoms = make_cu(args.size, args.seed)
     lines = []
     p = lines.append
     p(f"command: python benchmarks/profile_facet.py {' '.join(sys.argv[1:])}")
     p(f"Facet code: {source}")
     p(f"Facet-S ({facet.count_parameters(model)} params), {len(atoms)} atoms fcc Cu, "
-      f"{args.dtype}, {torch.get_num_threads()} thread(s), torch {torch.__version__}")
+      f"{args.dtype}, {torch.get_num_threads()} thread(s), torch {torch.__version__}, "
+      f"{'fused kernels' if fused else 'torch code (no fused kernels)'}")
 
     # 1. phases (no profiler, no hooks)
     evaluate(model, make_cu(32, args.seed), dtype)  # warm-up: code generation etc.

@@ -11,6 +11,7 @@ from e3nn import o3
 from torch import nn
 
 from facet.config import FacetConfig
+from facet.linear import IrrepsLinear
 from facet.radial import RadialWeights
 from facet.s2 import GridMLP, S2Mixing
 from facet.tensor_product import UVUTensorProduct, neighbour_slots, pad_rows
@@ -63,8 +64,8 @@ class Interaction(nn.Module):
         self.radial = RadialWeights(
             r_max, num_radial, self.tp.weight_numel, basis=radial_basis, p=envelope_p
         )
-        self.linear_out = o3.Linear(irreps_mid, irreps_out)
-        self.resid = o3.Linear(irreps_in, irreps_out)
+        self.linear_out = IrrepsLinear(irreps_mid, irreps_out)
+        self.resid = IrrepsLinear(irreps_in, irreps_out)
         self.inv_norm = float(avg_num_neighbors) ** (-float(radial_power))
 
     def forward(
@@ -95,10 +96,15 @@ class Interaction(nn.Module):
         """``forward`` for the ``n_out = slots.shape[0]`` nodes from ``row_start`` on, from the
         neighbour-slot map ``slots`` (``facet.tensor_product.neighbour_slots``) and the per-slot
         neighbour rows ``nbr_pad`` and harmonics ``y_pad``; ``r`` per edge."""
+        n = slots.shape[0]
         basis_pad = pad_rows(self.radial.enveloped_basis(r))[slots]
-        agg = self.tp.forward_slots(h, nbr_pad, y_pad, basis_pad, self.radial.coefficients)
-        rows = h[row_start : row_start + slots.shape[0]]
-        return self.linear_out(agg * self.inv_norm) + self.resid(rows)
+        agg = self.tp.forward_blocks(h, nbr_pad, y_pad, basis_pad, self.radial.coefficients)
+        rows = h if row_start == 0 and n == h.shape[0] else h[row_start : row_start + n]
+        # per irrep block (no slicing of a concatenated tensor: see facet.linear)
+        out = self.linear_out.forward_blocks(agg)
+        res = self.resid.forward_blocks(self.resid.split(rows))
+        return torch.cat([(out[i] * self.inv_norm + res[i]).reshape(n, -1)
+                          for i in range(len(out))], dim=1)
 
 
 class E3LayerNorm(nn.Module):
@@ -135,11 +141,11 @@ class E3LayerNorm(nn.Module):
         return x / (torch.sqrt(x.pow(2).mean(dim=1, keepdim=True) + self.eps) + self.eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = x[:, : self.num_scalars]
-        s = s - s.mean(dim=1, keepdim=True)
         if self.num_scalars == self.dim:
-            return self._rms_normalised(s)
-        v = x[:, self.num_scalars :]
+            return self._rms_normalised(x - x.mean(dim=1, keepdim=True))
+        # split, not two slices: their gradients would be zero-filled full-size tensors
+        s, v = torch.split(x, [self.num_scalars, self.dim - self.num_scalars], dim=1)
+        s = s - s.mean(dim=1, keepdim=True)
         if self.joint:
             return self._rms_normalised(torch.cat([s, v], dim=1))
         return torch.cat([self._rms_normalised(s), self._rms_normalised(v)], dim=1)

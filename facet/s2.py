@@ -34,6 +34,8 @@ import torch
 from e3nn import o3
 from torch import nn
 
+from facet.linear import IrrepsLinear
+
 S2_GRIDS = ("soft", "gauss", "lebedev")
 
 
@@ -219,7 +221,7 @@ class S2Mixing(nn.Module):
         self.lmax = lmax
         grid_irreps = o3.Irreps.spherical_harmonics(lmax)
         self.irreps_up = o3.Irreps([(self.channels, ir) for _, ir in grid_irreps])
-        self.proj_up = o3.Linear(irreps_in, self.irreps_up)
+        self.proj_up = IrrepsLinear(irreps_in, self.irreps_up)
         g, f = s2_grid_matrices(lmax, res, kind=grid)
         self.register_buffer("to_grid", g, persistent=False)
         self.register_buffer("from_grid", f, persistent=False)
@@ -227,8 +229,14 @@ class S2Mixing(nn.Module):
         self.identity = identity
         self.mlp = GridMLP([head_dim, *mlp_hidden, head_dim])
         self.num_scalars_in = sum(mul for mul, ir in irreps_in if ir.l == 0)
+        if any(ir.l == 0 for _, ir in irreps_in[len(self._leading_scalars(irreps_in)):]):
+            raise ValueError(f"S2Mixing expects the scalars of {irreps_in} first")
         self.irreps_cat = (o3.Irreps(f"{self.num_scalars_in}x0e") + self.irreps_up).simplify()
-        self.proj_down = o3.Linear(self.irreps_cat, irreps_out)
+        self.proj_down = IrrepsLinear(self.irreps_cat, irreps_out)
+        # input blocks of the scalars passed by the grid; proj_down's blocks: the merged
+        # scalars (input scalars + the grid's l = 0 output), then the grid's l > 0 blocks
+        self.num_scalar_blocks = len(self._leading_scalars(irreps_in))
+        self.cat_scalars = self.num_scalars_in > 0
         # slices of the l-blocks in the irreps layout (mul-major inside each block)
         self.block_dims = [2 * ir.l + 1 for _, ir in grid_irreps]
         # "S2 fold": the MLP's first layer is linear up to its SiLU and so is the grid
@@ -244,27 +252,34 @@ class S2Mixing(nn.Module):
         self.fusable = (not identity) and len(mlp_hidden) == 1
         self.fused = False
 
+    @staticmethod
+    def _leading_scalars(irreps: o3.Irreps) -> list[int]:
+        """Indices of the scalar blocks at the start of ``irreps``."""
+        out = []
+        for i, (_, ir) in enumerate(irreps):
+            if ir.l != 0:
+                break
+            out.append(i)
+        return out
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
-        u = self.channels
-        up = self.proj_up(x)
-        # irreps layout [u*1 | u*3 | u*5 ...] -> coefficients [n, u, (lmax+1)^2]
-        blocks = []
-        start = 0
-        for d in self.block_dims:
-            blocks.append(up[:, start : start + u * d].reshape(n, u, d))
-            start += u * d
-        coeffs = torch.cat(blocks, dim=-1)  # [n, u, dim]
+        # per irrep block throughout (views and concatenations, no slicing: see facet.linear)
+        x_blocks = self.proj_up.split(x)
+        up = self.proj_up.forward_blocks(x_blocks)  # [n, u, 2l+1] per l
+        coeffs = torch.cat(up, dim=-1)  # [n, u, (lmax+1)^2]
         if self.fused and x.device.type == "cpu":
             back = self._grid_fused(coeffs)
         else:
             back = self._grid(coeffs)
-        parts = [x[:, : self.num_scalars_in]]
-        start = 0
-        for d in self.block_dims:
-            parts.append(back[:, start : start + d, :].transpose(1, 2).reshape(n, u * d))
-            start += d
-        return self.proj_down(torch.cat(parts, dim=-1))
+        back_blocks = [b.transpose(1, 2) for b in torch.split(back, self.block_dims, dim=1)]
+        if self.cat_scalars:
+            scalars = x_blocks[: self.num_scalar_blocks] + back_blocks[:1]
+            down_in = [torch.cat(scalars, dim=1)] + back_blocks[1:]
+        else:
+            down_in = back_blocks
+        out = self.proj_down.forward_blocks(down_in)
+        return torch.cat([o.reshape(n, -1) for o in out], dim=1)
 
     def _grid(self, coeffs: torch.Tensor) -> torch.Tensor:
         """Coefficients ``[n, u, dim]`` -> grid -> MLP -> coefficients ``[n, dim, u]``."""

@@ -94,23 +94,18 @@ class UVUTensorProduct(nn.Module):
             self.weight_numel += len(paths) * mul
         if sorted(by_out) != list(range(len(self.irreps_out))):
             raise ValueError("every output block needs exactly one path")
-        # permutation from the natural layout (blocks of [mul, K], concatenated) to e3nn's
-        # (output blocks of [mul, d3] in irreps_out order): one gather instead of many slices
-        block_starts = []
-        pos = 0
-        for _, mul, _, k_total, _, _, _, _ in self.blocks:
-            block_starts.append((pos, mul, k_total))
-            pos += mul * k_total
-        perm = []
-        for i_out in range(len(by_out)):
-            blk, k0, d3 = by_out[i_out]
-            start, mul, k_total = block_starts[blk]
-            for u in range(mul):
-                perm.extend(start + u * k_total + k0 + m for m in range(d3))
+        # output block i_out = slice k0 : k0 + d3 of its input block's [mul, K] result: per input
+        # block, the sizes along K and the output block of each piece (K order)
+        self.num_out = len(self.irreps_out)
+        k_splits: list[list[int]] = [[] for _ in self.blocks]
+        k_targets: list[list[int]] = [[] for _ in self.blocks]
+        for i_out, (blk, _, d3) in sorted(by_out.items(), key=lambda kv: kv[1][:2]):
+            k_splits[blk].append(d3)
+            k_targets[blk].append(i_out)
+        self.k_splits, self.k_targets = k_splits, k_targets
         self.d2 = d2
         # evaluate with the fused CPU kernels of facet.ops (inference only; see use_fused)
         self.fused = False
-        self.register_buffer("out_perm", torch.tensor(perm, dtype=torch.long), persistent=False)
         self.register_buffer("couplings", torch.cat(couplings).to(dtype), persistent=False)
         self.register_buffer("paths_of_k", torch.cat(paths_of_k), persistent=False)
 
@@ -139,10 +134,25 @@ class UVUTensorProduct(nn.Module):
         basis_pad: torch.Tensor,
         coefficients: torch.Tensor,
     ) -> torch.Tensor:
-        """Aggregated messages ``[n_out, irreps_out.dim]`` from per-slot edge data: for every
-        output node n and neighbour slot s (``slots [n_out, M]``, see ``neighbour_slots``)
-        ``nbr_pad [n_out, M]`` (row of ``h`` of the neighbour; any valid row on padding),
-        ``y_pad [n_out, M, d2]`` and ``basis_pad [n_out, M, nb]`` (zero on padding).
+        """Aggregated messages ``[n_out, irreps_out.dim]`` (e3nn layout) from per-slot edge data:
+        ``forward_blocks`` concatenated."""
+        blocks = self.forward_blocks(h, nbr_pad, y_pad, basis_pad, coefficients)
+        return torch.cat([b.reshape(b.shape[0], -1) for b in blocks], dim=1)
+
+    def forward_blocks(
+        self,
+        h: torch.Tensor,
+        nbr_pad: torch.Tensor,
+        y_pad: torch.Tensor,
+        basis_pad: torch.Tensor,
+        coefficients: torch.Tensor,
+    ) -> list[torch.Tensor]:
+        """Aggregated messages as one ``[n_out, mul, d3]`` block per output irrep (views of the
+        per-input-block results; no per-irrep slicing, whose gradients would be zero-filled
+        full-size tensors), from per-slot edge data: for every output node n and neighbour slot
+        s (``slots [n_out, M]``, see ``neighbour_slots``) ``nbr_pad [n_out, M]`` (row of ``h``
+        of the neighbour; any valid row on padding), ``y_pad [n_out, M, d2]`` and
+        ``basis_pad [n_out, M, nb]`` (zero on padding).
 
         Node-level formulation: with ``w_e = basis_e @ C`` linear in the radial basis,
         ``agg_n[k, u] = sum_b C[b, p(k), u] S_n[b, k, u]`` where
@@ -150,49 +160,39 @@ class UVUTensorProduct(nn.Module):
         ``T_e = Y_e @ coupling``. S is one batched matmul per node over its neighbour slots,
         so no per-edge message tensor is ever formed: the slot-sized tensors kept for the
         backward pass are ``basis (x) T`` and the gathered neighbour features. Every shape is a
-        function of the input shapes (no data-dependent sizes: exportable).
+        function of the input shapes (no data-dependent sizes: exportable). With ``fused`` on
+        the CPU each input block is one call of ``torch.ops.facet.uvu_tp_block``
+        (``facet.ops``): edge by edge in cache, ~4x fewer multiplications than the padded bmm,
+        nothing slot-sized kept for the backward pass (it recomputes). Inference only.
         """
-        if self.fused and h.device.type == "cpu":
-            return self._forward_fused(h, nbr_pad, y_pad, basis_pad, coefficients)
         n_out, m = nbr_pad.shape[0], nbr_pad.shape[1]
         nb = basis_pad.shape[2]
+        fused = self.fused and h.device.type == "cpu"
         y_flat = y_pad.reshape(n_out * m, self.d2)
+        if fused:
+            basis_pad = basis_pad.contiguous()
         basis_e = basis_pad.reshape(n_out * m, 1, nb, 1)
-        sums: list[torch.Tensor] = []
-        for blk in self.blocks:
+        out: list[torch.Tensor] = [h] * self.num_out
+        for b, blk in enumerate(self.blocks):
             _, mul, d1, k_total, _, _, _, ko = blk
             t, x, c = self._block_operands(blk, h, y_flat, coefficients)
-            a_pad = (t.reshape(-1, d1, 1, k_total) * basis_e).reshape(n_out, m * d1, nb * k_total)
-            x_pad = x[nbr_pad].reshape(n_out, m * d1, mul)
-            s = torch.bmm(a_pad.transpose(1, 2), x_pad).reshape(n_out, nb, k_total, mul)
-            c = c[:, self.paths_of_k[ko : ko + k_total], :]  # [nb, K, mul]
-            agg = (s * c).sum(1)  # [n_out, K, mul]
-            sums.append(agg.transpose(1, 2).reshape(n_out, mul * k_total))
-        return torch.cat(sums, dim=1).index_select(1, self.out_perm)
-
-    def _forward_fused(
-        self,
-        h: torch.Tensor,
-        nbr_pad: torch.Tensor,
-        y_pad: torch.Tensor,
-        basis_pad: torch.Tensor,
-        coefficients: torch.Tensor,
-    ) -> torch.Tensor:
-        """``forward_slots`` through ``torch.ops.facet.uvu_tp_block`` (``facet.ops``): edge by
-        edge in cache, ~4x fewer multiplications than the padded bmm, nothing slot-sized kept
-        for the backward pass (it recomputes). Inference only."""
-        n_out, m = nbr_pad.shape[0], nbr_pad.shape[1]
-        y_flat = y_pad.reshape(n_out * m, self.d2)
-        basis_pad = basis_pad.contiguous()
-        sums: list[torch.Tensor] = []
-        for blk in self.blocks:
-            _, mul, d1, k_total, _, _, _, ko = blk
-            t, x, c = self._block_operands(blk, h, y_flat, coefficients)
-            agg = torch.ops.facet.uvu_tp_block(x.contiguous(), nbr_pad,
-                                               t.reshape(n_out, m, d1, k_total), basis_pad,
-                                               c.contiguous(), self.paths_of_k[ko : ko + k_total])
-            sums.append(agg.reshape(n_out, mul * k_total))
-        return torch.cat(sums, dim=1).index_select(1, self.out_perm)
+            if fused:
+                agg = torch.ops.facet.uvu_tp_block(x.contiguous(), nbr_pad,
+                                                   t.reshape(n_out, m, d1, k_total), basis_pad,
+                                                   c.contiguous(),
+                                                   self.paths_of_k[ko : ko + k_total])
+            else:
+                a_pad = (t.reshape(-1, d1, 1, k_total) * basis_e).reshape(n_out, m * d1,
+                                                                         nb * k_total)
+                x_pad = x[nbr_pad].reshape(n_out, m * d1, mul)
+                s = torch.bmm(a_pad.transpose(1, 2), x_pad).reshape(n_out, nb, k_total, mul)
+                c = c[:, self.paths_of_k[ko : ko + k_total], :]  # [nb, K, mul]
+                agg = (s * c).sum(1).transpose(1, 2)  # [n_out, mul, K]
+            pieces = torch.split(agg, self.k_splits[b], dim=2)
+            targets = self.k_targets[b]
+            for i in range(len(targets)):
+                out[targets[i]] = pieces[i]
+        return out
 
     def _block_operands(
         self,

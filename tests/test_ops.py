@@ -63,6 +63,11 @@ def value_and_grads(tp, inputs, fused: bool):
     ("16x0e", "8x0e+4x1o+2x2e"),                 # a first layer: scalars in
     ("8x0e+4x1o+2x2e", "8x0e+4x1o+2x2e"),        # a hidden layer
     ("8x0e+4x1o+2x2e", "8x0e"),                  # the scalar-only last layer
+    # multiplicities of whole vectors (16 float32 / 8 float64 lanes with AVX-512): the
+    # register-blocked kernels; 2x3e: an irrep dimension without one (the generic kernel)
+    ("32x0e", "32x0e+32x1o+32x2e"),
+    ("32x0e+16x1o+16x2e", "32x0e+16x1o+16x2e"),
+    ("32x0e+16x1o+16x2e+16x3o", "32x0e"),
 ])
 def test_fused_equals_batched_matmul(irreps_in, target):
     tp, inputs = tp_and_inputs(irreps_in, target)
@@ -73,8 +78,9 @@ def test_fused_equals_batched_matmul(irreps_in, target):
         assert torch.allclose(a, b, atol=1e-12 * a.abs().max(), rtol=0), name
 
 
-def test_fused_float32_and_two_threads():
-    tp, inputs = tp_and_inputs("8x0e+4x1o+2x2e", "8x0e+4x1o+2x2e", dtype=torch.float32)
+@pytest.mark.parametrize("irreps", ["8x0e+4x1o+2x2e", "32x0e+16x1o+16x2e"])
+def test_fused_float32_and_two_threads(irreps):
+    tp, inputs = tp_and_inputs(irreps, irreps, dtype=torch.float32)
     ref = value_and_grads(tp, inputs, fused=False)
     threads = torch.get_num_threads()
     try:
@@ -86,9 +92,10 @@ def test_fused_float32_and_two_threads():
         assert torch.allclose(a, b, atol=2e-5 * a.abs().max(), rtol=0)
 
 
-def test_backward_matches_finite_differences():
+@pytest.mark.parametrize("irreps", ["4x0e+2x1o+2x2e", "8x0e+8x1o+8x2e"])  # generic, registers
+def test_backward_matches_finite_differences(irreps):
     """The backward kernel against central differences of the forward kernel (float64)."""
-    tp, (h, nbr, y, basis, coeff) = tp_and_inputs("4x0e+2x1o+2x2e", "4x0e+2x1o+2x2e")
+    tp, (h, nbr, y, basis, coeff) = tp_and_inputs(irreps, irreps)
     tp.fused = True
 
     def f(h, y, basis):

@@ -63,33 +63,96 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* a, int64_t
   at::mm_out(C, ta ? A.t() : A, tb ? B.t() : B);
 }
 
+#if defined(CPU_CAPABILITY_AVX512)
+// exp(x) for |x| <= 87 (float) / 708 (double), inlined: 2^n exp(r) with n = round(x log2 e),
+// r = x - n ln 2 (Cody-Waite, |r| <= ln2 / 2) and the Taylor polynomial of exp(r) to degree 7
+// (float, truncation 5e-9 relative) / 13 (double, 4e-18), scaled by vscalef. About 2x faster
+// than Sleef's call here, within 1-2 ulp of it.
+inline __m512 exp_bounded(__m512 x) {
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.f / 5040);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 720));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 120));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 24));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  return _mm512_scalef_ps(p, n);
+}
+
+inline __m512d exp_bounded(__m512d x) {
+  const __m512d n = _mm512_roundscale_pd(_mm512_mul_pd(x, _mm512_set1_pd(1.4426950408889634074)),
+                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512d r = _mm512_fnmadd_pd(n, _mm512_set1_pd(6.93145751953125e-1), x);
+  r = _mm512_fnmadd_pd(n, _mm512_set1_pd(1.42860682030941723212e-6), r);
+  double f = 1;
+  for (int k = 2; k <= 13; ++k) f *= k;  // 13!
+  __m512d p = _mm512_set1_pd(1.0 / f);
+  for (int k = 13; k >= 2; --k) {
+    f /= k;  // (k-1)!
+    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(1.0 / f));
+  }
+  return _mm512_scalef_pd(_mm512_fmadd_pd(p, r, _mm512_set1_pd(1.0)), n);
+}
+#endif
+
+// 1 / (1 + exp(-x)) for a vector. With AVX-512: -x clamped to +-87 (float) / +-708 (double),
+// where the sigmoid is 1 or below 1e-37 / 1e-307 (exp(-x) stays finite), the exp above and
+// the reciprocal from rcp14 refined by Newton steps (float: one, double: two; ~1 ulp), about
+// 3x cheaper than a vector division. Otherwise at::vec's exp and a division.
+template <typename T>
+inline at::vec::Vectorized<T> sigmoid_vec(const at::vec::Vectorized<T>& v) {
+  using Vec = at::vec::Vectorized<T>;
+  const Vec one(T(1));
+#if defined(CPU_CAPABILITY_AVX512)
+  constexpr T bound = std::is_same_v<T, float> ? T(87) : T(708);
+  const Vec nx = at::vec::clamp(v.neg(), Vec(-bound), Vec(bound));
+  const Vec d = one + Vec(exp_bounded(nx));
+  Vec r;
+  if constexpr (std::is_same_v<T, float>) r = Vec(_mm512_rcp14_ps(d));
+  else r = Vec(_mm512_rcp14_pd(d));
+  r = at::vec::fmadd(r, at::vec::fnmadd(d, r, one), r);
+  if constexpr (std::is_same_v<T, double>) r = at::vec::fmadd(r, at::vec::fnmadd(d, r, one), r);
+  return r;
+#else
+  return one / (one + v.neg().exp());
+#endif
+}
+
+template <typename T>
+inline T sigmoid_scalar(T x) {
+  return T(1) / (T(1) + std::exp(-x));
+}
+
 // x <- silu(x)
 template <typename T>
 void silu_inplace(T* x, int64_t n) {
   using Vec = at::vec::Vectorized<T>;
-  const Vec one(T(1));
   int64_t i = 0;
   for (; i + Vec::size() <= n; i += Vec::size()) {
     const Vec v = Vec::loadu(x + i);
-    (v / (one + v.neg().exp())).store(x + i);
+    (v * sigmoid_vec(v)).store(x + i);
   }
-  for (; i < n; ++i) x[i] = x[i] / (T(1) + std::exp(-x[i]));
+  for (; i < n; ++i) x[i] = x[i] * sigmoid_scalar(x[i]);
 }
 
 // s <- sigmoid(x); y <- x s (silu), x kept
 template <typename T>
 void sigmoid_silu(const T* x, T* s, T* y, int64_t n) {
   using Vec = at::vec::Vectorized<T>;
-  const Vec one(T(1));
   int64_t i = 0;
   for (; i + Vec::size() <= n; i += Vec::size()) {
     const Vec v = Vec::loadu(x + i);
-    const Vec sv = one / (one + v.neg().exp());
+    const Vec sv = sigmoid_vec(v);
     sv.store(s + i);
     if (y) (v * sv).store(y + i);
   }
   for (; i < n; ++i) {
-    s[i] = T(1) / (T(1) + std::exp(-x[i]));
+    s[i] = sigmoid_scalar(x[i]);
     if (y) y[i] = x[i] * s[i];
   }
 }

@@ -21,6 +21,7 @@
 // call the ops run in both.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
 #include <torch/autograd.h>
 #include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
@@ -93,8 +94,9 @@ inline void edge_product(const T* __restrict te, const T* __restrict xj, T* __re
   }
 }
 
+// Generic kernels: any multiplicity and irrep dimension (scalar loops the compiler vectorises)
 template <typename T>
-void forward_kernel(const BlockShape& s, const T* x, const int64_t* nbr, const T* t,
+void forward_generic(const BlockShape& s, const T* x, const int64_t* nbr, const T* t,
                     const T* basis, const T* c, const int64_t* pk, T* out) {
   const int64_t pm = s.P * s.mul, km = s.K * s.mul;
   at::parallel_for(0, s.n, 16, [&](int64_t begin, int64_t end) {
@@ -125,7 +127,7 @@ void forward_kernel(const BlockShape& s, const T* x, const int64_t* nbr, const T
 }
 
 template <typename T>
-void backward_kernel(const BlockShape& s, const T* grad, const T* x, const int64_t* nbr,
+void backward_generic(const BlockShape& s, const T* grad, const T* x, const int64_t* nbr,
                      const T* t, const T* basis, const T* c, const int64_t* pk, T* gx, T* gt,
                      T* gb) {
   const int64_t pm = s.P * s.mul, km = s.K * s.mul, xrow = s.d1 * s.mul;
@@ -195,6 +197,208 @@ void backward_kernel(const BlockShape& s, const T* grad, const T* x, const int64
     if (buf.empty()) continue;
     for (int64_t q = 0; q < s.N * xrow; ++q) gx[q] += buf[q];
   }
+}
+
+// Register-blocked kernels for a multiplicity that is a multiple of the vector width and an
+// irrep dimension D1 known at compile time: the channels u go in vector lanes, one chunk of
+// lanes at a time; the neighbour's D1 feature vectors, the edge's radial weight of a path and
+// the neighbour-gradient partials stay in registers, only the [K, mul] accumulators of the node
+// live in L1. Paths are walked as runs of consecutive k with the same path (p(k) is a step
+// function for the blocks UVUTensorProduct builds; any p(k) works).
+struct PathRun {
+  int64_t p, k0, k1;
+};
+
+std::vector<PathRun> path_runs(const int64_t* pk, int64_t K) {
+  std::vector<PathRun> runs;
+  for (int64_t k = 0; k < K; ++k) {
+    if (runs.empty() || runs.back().p != pk[k]) runs.push_back({pk[k], k, k});
+    runs.back().k1 = k + 1;
+  }
+  return runs;
+}
+
+template <typename T>
+inline T lane_sum(const at::vec::Vectorized<T>& v) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<T, float>) return _mm512_reduce_add_ps(v);
+  else return _mm512_reduce_add_pd(v);
+#else
+  constexpr int64_t VW = at::vec::Vectorized<T>::size();
+  alignas(64) T buf[VW];
+  v.store(buf);
+  T sum = 0;
+  for (int64_t l = 0; l < VW; ++l) sum += buf[l];
+  return sum;
+#endif
+}
+
+// the nonzero entries of one edge's radial basis: returns their number
+template <typename T>
+inline int64_t nonzero_basis(const T* bas, int64_t nb, int64_t* idx, T* val) {
+  int64_t nnz = 0;
+  for (int64_t b = 0; b < nb; ++b) {
+    if (bas[b] != T(0)) {
+      idx[nnz] = b;
+      val[nnz++] = bas[b];
+    }
+  }
+  return nnz;
+}
+
+// the radial weights W[p, u0 : u0 + W] of an edge from its nonzero basis entries
+template <typename T>
+inline at::vec::Vectorized<T> radial_chunk(const T* c, int64_t pm, int64_t off, int64_t nnz,
+                                           const int64_t* idx, const T* val) {
+  using Vec = at::vec::Vectorized<T>;
+  Vec w(T(0));
+  for (int64_t q = 0; q < nnz; ++q) w = at::vec::fmadd(Vec(val[q]), Vec::loadu(c + idx[q] * pm + off), w);
+  return w;
+}
+
+template <typename T, int D1>
+void forward_vec(const BlockShape& s, const T* x, const int64_t* nbr, const T* t, const T* basis,
+                 const T* c, const int64_t* pk, T* out) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int64_t VW = Vec::size();
+  const int64_t mul = s.mul, K = s.K, pm = s.P * mul, km = K * mul;
+  const auto runs = path_runs(pk, K);
+  at::parallel_for(0, s.n, 16, [&](int64_t begin, int64_t end) {
+    std::vector<T> acc(km), val(s.nb);
+    std::vector<int64_t> idx(s.nb);
+    for (int64_t a = begin; a < end; ++a) {
+      std::fill(acc.begin(), acc.end(), T(0));
+      for (int64_t sl = 0; sl < s.m; ++sl) {
+        const int64_t e = a * s.m + sl;
+        const int64_t nnz = nonzero_basis(basis + e * s.nb, s.nb, idx.data(), val.data());
+        if (nnz == 0) continue;
+        const T* xj = x + nbr[e] * D1 * mul;
+        const T* te = t + e * D1 * K;
+        for (int64_t u0 = 0; u0 < mul; u0 += VW) {
+          Vec xv[D1];
+          for (int i = 0; i < D1; ++i) xv[i] = Vec::loadu(xj + i * mul + u0);
+          for (const PathRun& r : runs) {
+            const Vec w = radial_chunk(c, pm, r.p * mul + u0, nnz, idx.data(), val.data());
+            for (int64_t k = r.k0; k < r.k1; ++k) {
+              Vec prod = xv[0] * Vec(te[k]);
+              for (int i = 1; i < D1; ++i) prod = at::vec::fmadd(xv[i], Vec(te[i * K + k]), prod);
+              T* ak = acc.data() + k * mul + u0;
+              at::vec::fmadd(w, prod, Vec::loadu(ak)).store(ak);
+            }
+          }
+        }
+      }
+      T* o = out + a * km;  // [mul, K]
+      for (int64_t k = 0; k < K; ++k)
+        for (int64_t u = 0; u < mul; ++u) o[u * K + k] = acc[k * mul + u];
+    }
+  });
+}
+
+template <typename T, int D1>
+void backward_vec(const BlockShape& s, const T* grad, const T* x, const int64_t* nbr, const T* t,
+                  const T* basis, const T* c, const int64_t* pk, T* gx, T* gt, T* gb) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int64_t VW = Vec::size();
+  const int64_t mul = s.mul, K = s.K, nb = s.nb, pm = s.P * mul, km = K * mul, xrow = D1 * mul;
+  const auto runs = path_runs(pk, K);
+  const int threads = at::get_num_threads();
+  std::vector<std::vector<T>> gx_thread(threads > 1 ? threads : 0);
+  at::parallel_for(0, s.n, 16, [&](int64_t begin, int64_t end) {
+    T* gxt = gx;
+    if (threads > 1) {
+      auto& buf = gx_thread[at::get_thread_num()];
+      if (buf.empty()) buf.assign(s.N * xrow, T(0));
+      gxt = buf.data();
+    }
+    std::vector<T> g(km), val(nb);
+    std::vector<int64_t> idx(nb);
+    std::vector<Vec> gt_part(D1 * K), gb_part(nb);
+    for (int64_t a = begin; a < end; ++a) {
+      const T* ga = grad + a * km;  // [mul, K] -> g [K, mul]
+      for (int64_t u = 0; u < mul; ++u)
+        for (int64_t k = 0; k < K; ++k) g[k * mul + u] = ga[u * K + k];
+      for (int64_t sl = 0; sl < s.m; ++sl) {
+        const int64_t e = a * s.m + sl;
+        const int64_t nnz = nonzero_basis(basis + e * nb, nb, idx.data(), val.data());
+        const int64_t j = nbr[e];
+        const T* xj = x + j * xrow;
+        T* gxj = gxt + j * xrow;
+        const T* te = t + e * D1 * K;
+        std::fill(gt_part.begin(), gt_part.end(), Vec(T(0)));
+        std::fill(gb_part.begin(), gb_part.end(), Vec(T(0)));
+        for (int64_t u0 = 0; u0 < mul; u0 += VW) {
+          Vec xv[D1], gxv[D1];
+          for (int i = 0; i < D1; ++i) {
+            xv[i] = Vec::loadu(xj + i * mul + u0);
+            gxv[i] = Vec(T(0));
+          }
+          for (const PathRun& r : runs) {
+            const int64_t off = r.p * mul + u0;
+            const Vec w = radial_chunk(c, pm, off, nnz, idx.data(), val.data());
+            Vec gw(T(0));
+            for (int64_t k = r.k0; k < r.k1; ++k) {
+              Vec prod = xv[0] * Vec(te[k]);
+              for (int i = 1; i < D1; ++i) prod = at::vec::fmadd(xv[i], Vec(te[i * K + k]), prod);
+              const Vec gk = Vec::loadu(g.data() + k * mul + u0);
+              gw = at::vec::fmadd(gk, prod, gw);
+              const Vec gp = gk * w;
+              for (int i = 0; i < D1; ++i) {
+                gxv[i] = at::vec::fmadd(Vec(te[i * K + k]), gp, gxv[i]);
+                gt_part[i * K + k] = at::vec::fmadd(xv[i], gp, gt_part[i * K + k]);
+              }
+            }
+            for (int64_t b = 0; b < nb; ++b)
+              gb_part[b] = at::vec::fmadd(Vec::loadu(c + b * pm + off), gw, gb_part[b]);
+          }
+          for (int i = 0; i < D1; ++i) {
+            T* gxi = gxj + i * mul + u0;
+            (Vec::loadu(gxi) + gxv[i]).store(gxi);
+          }
+        }
+        T* gte = gt + e * D1 * K;
+        for (int64_t q = 0; q < D1 * K; ++q) gte[q] = lane_sum<T>(gt_part[q]);
+        T* gbe = gb + e * nb;
+        for (int64_t b = 0; b < nb; ++b) gbe[b] = lane_sum<T>(gb_part[b]);
+      }
+    }
+  });
+  for (auto& buf : gx_thread) {
+    if (buf.empty()) continue;
+    for (int64_t q = 0; q < s.N * xrow; ++q) gx[q] += buf[q];
+  }
+}
+
+// the register-blocked kernel for this shape, or the generic one
+template <typename T>
+void forward_kernel(const BlockShape& s, const T* x, const int64_t* nbr, const T* t,
+                    const T* basis, const T* c, const int64_t* pk, T* out) {
+  if (s.mul % at::vec::Vectorized<T>::size() == 0) {
+    switch (s.d1) {
+      case 1: return forward_vec<T, 1>(s, x, nbr, t, basis, c, pk, out);
+      case 3: return forward_vec<T, 3>(s, x, nbr, t, basis, c, pk, out);
+      case 5: return forward_vec<T, 5>(s, x, nbr, t, basis, c, pk, out);
+      case 7: return forward_vec<T, 7>(s, x, nbr, t, basis, c, pk, out);
+      default: break;
+    }
+  }
+  forward_generic(s, x, nbr, t, basis, c, pk, out);
+}
+
+template <typename T>
+void backward_kernel(const BlockShape& s, const T* grad, const T* x, const int64_t* nbr,
+                     const T* t, const T* basis, const T* c, const int64_t* pk, T* gx, T* gt,
+                     T* gb) {
+  if (s.mul % at::vec::Vectorized<T>::size() == 0) {
+    switch (s.d1) {
+      case 1: return backward_vec<T, 1>(s, grad, x, nbr, t, basis, c, pk, gx, gt, gb);
+      case 3: return backward_vec<T, 3>(s, grad, x, nbr, t, basis, c, pk, gx, gt, gb);
+      case 5: return backward_vec<T, 5>(s, grad, x, nbr, t, basis, c, pk, gx, gt, gb);
+      case 7: return backward_vec<T, 7>(s, grad, x, nbr, t, basis, c, pk, gx, gt, gb);
+      default: break;
+    }
+  }
+  backward_generic(s, grad, x, nbr, t, basis, c, pk, gx, gt, gb);
 }
 
 at::Tensor uvu_tp_block(const at::Tensor& x_in, const at::Tensor& nbr_in, const at::Tensor& t_in,

@@ -1,0 +1,89 @@
+"""An equivariant linear map (e3nn's ``o3.Linear``) evaluated per irrep block without slicing.
+
+e3nn's generated code takes each input irrep with ``narrow``, and the gradient of every slice is
+a zero-filled tensor of the whole input that autograd then adds up: for a layer's 11-irrep
+tensor-product output that is 11 full-size fills and additions per evaluation (about a tenth
+of Facet-S's CPU time). ``IrrepsLinear`` holds the same parameters and computes the same
+function from the blocks as separate tensors (``forward_blocks``), or splits its input once
+(``torch.split``, whose gradient is one concatenation).
+"""
+
+from __future__ import annotations
+
+import torch
+from e3nn import o3
+
+
+class IrrepsLinear(o3.Linear):
+    """``o3.Linear(irreps_in, irreps_out)`` (internal, shared weights, no biases): same
+    parameters (``weight``, the state-dict key), same initialisation, same function.
+
+    Args:
+        irreps_in: input irreps.
+        irreps_out: output irreps.
+
+    Examples:
+        >>> lin = IrrepsLinear("4x0e+2x1o", "3x0e+1x1o")
+        >>> x = torch.randn(5, 10)
+        >>> torch.allclose(lin(x), o3.Linear.forward(lin, x))
+        True
+    """
+
+    def __init__(self, irreps_in: o3.Irreps | str, irreps_out: o3.Irreps | str) -> None:
+        super().__init__(irreps_in, irreps_out)
+        if self.bias_numel or not self.internal_weights or not self.shared_weights:
+            raise ValueError("IrrepsLinear supports internal shared weights without biases only")
+        self.in_sizes = [mul * ir.dim for mul, ir in self.irreps_in]
+        self.in_shapes = [(mul, ir.dim) for mul, ir in self.irreps_in]
+        self.out_shapes = [(mul, ir.dim) for mul, ir in self.irreps_out]
+        # per path: input block, output block, offset of its [mul_in, mul_out] weight in
+        # ``weight``, mul_in, mul_out, normalisation (e3nn's path_weight)
+        paths: list[tuple[int, int, int, int, int, float]] = []
+        start = 0
+        for ins in self.instructions:
+            mul_in, mul_out = ins.path_shape
+            if mul_in * mul_out == 0:
+                continue
+            paths.append((ins.i_in, ins.i_out, start, mul_in, mul_out, float(ins.path_weight)))
+            start += mul_in * mul_out
+        self.paths = paths
+
+    def forward(self, features: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """``[n, irreps_in.dim]`` -> ``[n, irreps_out.dim]`` (e3nn layouts)."""
+        n = features.shape[0]
+        outs = self.forward_blocks(self.split(features))
+        return torch.cat([o.reshape(n, -1) for o in outs], dim=1)
+
+    def split(self, features: torch.Tensor) -> list[torch.Tensor]:
+        """``[n, irreps_in.dim]`` -> one ``[n, mul, dim]`` view per input irrep."""
+        n = features.shape[0]
+        parts = torch.split(features, self.in_sizes, dim=1)
+        return [parts[i].reshape(n, self.in_shapes[i][0], self.in_shapes[i][1])
+                for i in range(len(parts))]
+
+    def forward_blocks(self, blocks: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The map on irrep blocks: ``blocks[i]`` ``[n, mul_i, dim_i]`` for every input irrep
+        (any strides) -> one ``[n, mul_o, dim_o]`` per output irrep."""
+        n = blocks[0].shape[0]
+        outs: list[torch.Tensor] = []
+        for i_out, (mul_out, d) in enumerate(self.out_shapes):
+            acc = torch.zeros(0)
+            first = True
+            for i_in, o, start, mul_in, mul_o, path_weight in self.paths:
+                if o != i_out:
+                    continue
+                w = self.weight[start : start + mul_in * mul_o].reshape(mul_in, mul_o) * path_weight
+                x = blocks[i_in]
+                if d == 1:
+                    y = x.reshape(n, mul_in) @ w  # [n, mul_out]
+                else:
+                    y = x.transpose(1, 2).reshape(n * d, mul_in) @ w  # [n * d, mul_out]
+                acc = y if first else acc + y
+                first = False
+            if first:
+                outs.append(blocks[0].new_zeros((n, mul_out, d)))
+            elif d == 1:
+                outs.append(acc.reshape(n, mul_out, 1))
+            else:
+                outs.append(acc.reshape(n, d, mul_out).transpose(1, 2))
+        return outs
