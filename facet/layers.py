@@ -135,6 +135,11 @@ class E3LayerNorm(nn.Module):
         self.dim = irreps.dim
         self.eps = eps
         self.joint = mode == "joint"
+        # the scalars' mean as a matrix-vector product, their centring as a masked subtraction:
+        # no slices, whose gradients would be zero-filled full-size tensors
+        mask = (torch.arange(self.dim) < self.num_scalars).to(torch.get_default_dtype())
+        self.register_buffer("scalar_mask", mask, persistent=False)
+        self.register_buffer("scalar_mean", mask / max(self.num_scalars, 1), persistent=False)
 
     def _rms_normalised(self, x: torch.Tensor) -> torch.Tensor:
         """``x / (sqrt(mean(x^2) + eps) + eps)``, the mean over each row."""
@@ -143,11 +148,11 @@ class E3LayerNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.num_scalars == self.dim:
             return self._rms_normalised(x - x.mean(dim=1, keepdim=True))
-        # split, not two slices: their gradients would be zero-filled full-size tensors
+        if self.joint:
+            centred = x - (x @ self.scalar_mean).unsqueeze(1) * self.scalar_mask
+            return self._rms_normalised(centred)
         s, v = torch.split(x, [self.num_scalars, self.dim - self.num_scalars], dim=1)
         s = s - s.mean(dim=1, keepdim=True)
-        if self.joint:
-            return self._rms_normalised(torch.cat([s, v], dim=1))
         return torch.cat([self._rms_normalised(s), self._rms_normalised(v)], dim=1)
 
 

@@ -47,6 +47,20 @@ class IrrepsLinear(o3.Linear):
             paths.append((ins.i_in, ins.i_out, start, mul_in, mul_out, float(ins.path_weight)))
             start += mul_in * mul_out
         self.paths = paths
+        # per output irrep whose paths' weights lie consecutively in ``weight`` with one
+        # normalisation (e3nn's layout and default normalisation): one matmul of the inputs
+        # side by side with the stacked weights; others sum their paths one by one
+        groups: list[tuple[int, int, int, int, float, list[int]]] = []
+        for i_out in range(len(self.out_shapes)):
+            mine = [p for p in paths if p[1] == i_out]
+            if not mine:
+                continue
+            contiguous = all(b[2] == a[2] + a[3] * a[4] for a, b in zip(mine, mine[1:]))
+            if contiguous and len({p[5] for p in mine}) == 1:
+                end = mine[-1][2] + mine[-1][3] * mine[-1][4]
+                groups.append((i_out, mine[0][2], end, sum(p[3] for p in mine), mine[0][5],
+                               [p[0] for p in mine]))
+        self.groups = groups
 
     def forward(self, features: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         """``[n, irreps_in.dim]`` -> ``[n, irreps_out.dim]`` (e3nn layouts)."""
@@ -63,27 +77,28 @@ class IrrepsLinear(o3.Linear):
 
     def forward_blocks(self, blocks: list[torch.Tensor]) -> list[torch.Tensor]:
         """The map on irrep blocks: ``blocks[i]`` ``[n, mul_i, dim_i]`` for every input irrep
-        (any strides) -> one ``[n, mul_o, dim_o]`` per output irrep."""
+        (any strides) -> one ``[n, mul_o, dim_o]`` per output irrep (views of ``[n, dim_o,
+        mul_o]`` results for dim_o > 1)."""
         n = blocks[0].shape[0]
-        outs: list[torch.Tensor] = []
+        outs: list[torch.Tensor] = [blocks[0]] * len(self.out_shapes)
+        done: list[bool] = [False] * len(self.out_shapes)
+        for i_out, start, end, mul_in, path_weight, inputs in self.groups:
+            mul_out, d = self.out_shapes[i_out]
+            w = self.weight[start:end].reshape(mul_in, mul_out) * path_weight
+            xs = [blocks[i].transpose(1, 2) for i in inputs]  # [n, d, mul_i]
+            x = xs[0] if len(xs) == 1 else torch.cat(xs, dim=2)
+            y = x.reshape(n * d, mul_in) @ w
+            outs[i_out] = y.reshape(n, mul_out, 1) if d == 1 else \
+                y.reshape(n, d, mul_out).transpose(1, 2)
+            done[i_out] = True
         for i_out, (mul_out, d) in enumerate(self.out_shapes):
-            acc = torch.zeros(0)
-            first = True
+            if done[i_out]:
+                continue
+            acc = blocks[0].new_zeros((n * d, mul_out))
             for i_in, o, start, mul_in, mul_o, path_weight in self.paths:
-                if o != i_out:
-                    continue
-                w = self.weight[start : start + mul_in * mul_o].reshape(mul_in, mul_o) * path_weight
-                x = blocks[i_in]
-                if d == 1:
-                    y = x.reshape(n, mul_in) @ w  # [n, mul_out]
-                else:
-                    y = x.transpose(1, 2).reshape(n * d, mul_in) @ w  # [n * d, mul_out]
-                acc = y if first else acc + y
-                first = False
-            if first:
-                outs.append(blocks[0].new_zeros((n, mul_out, d)))
-            elif d == 1:
-                outs.append(acc.reshape(n, mul_out, 1))
-            else:
-                outs.append(acc.reshape(n, d, mul_out).transpose(1, 2))
+                if o == i_out:
+                    w = self.weight[start : start + mul_in * mul_o].reshape(mul_in, mul_o)
+                    x = blocks[i_in].transpose(1, 2).reshape(n * d, mul_in)
+                    acc = acc + x @ (w * path_weight)
+            outs[i_out] = acc.reshape(n, d, mul_out).transpose(1, 2)
         return outs

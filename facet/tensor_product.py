@@ -97,6 +97,10 @@ class UVUTensorProduct(nn.Module):
         # output block i_out = slice k0 : k0 + d3 of its input block's [mul, K] result: per input
         # block, the sizes along K and the output block of each piece (K order)
         self.num_out = len(self.irreps_out)
+        # h split once into its irreps (one gradient concatenation instead of a zero-filled
+        # full-size gradient per sliced block); the irrep of each block
+        self.in1_sizes = [mul * ir.dim for mul, ir in self.irreps_in1]
+        self.block_irrep = [in1_offsets.index(b[0]) for b in self.blocks]
         k_splits: list[list[int]] = [[] for _ in self.blocks]
         k_targets: list[list[int]] = [[] for _ in self.blocks]
         for i_out, (blk, _, d3) in sorted(by_out.items(), key=lambda kv: kv[1][:2]):
@@ -173,9 +177,11 @@ class UVUTensorProduct(nn.Module):
             basis_pad = basis_pad.contiguous()
         basis_e = basis_pad.reshape(n_out * m, 1, nb, 1)
         out: list[torch.Tensor] = [h] * self.num_out
+        h_parts = torch.split(h, self.in1_sizes, dim=1)
         for b, blk in enumerate(self.blocks):
+            h_b = h_parts[self.block_irrep[b]]
             _, mul, d1, k_total, _, _, _, ko = blk
-            t, x, c = self._block_operands(blk, h, y_flat, coefficients)
+            t, x, c = self._block_operands(blk, h_b, y_flat, coefficients)
             if fused:
                 agg = torch.ops.facet.uvu_tp_block(x.contiguous(), nbr_pad,
                                                    t.reshape(n_out, m, d1, k_total), basis_pad,
@@ -197,19 +203,31 @@ class UVUTensorProduct(nn.Module):
     def _block_operands(
         self,
         blk: tuple[int, int, int, int, int, int, int, int],
-        h: torch.Tensor,
+        h_b: torch.Tensor,
         y_flat: torch.Tensor,
         coefficients: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One block's operands: ``t = Y @ coupling`` ``[slots, d1 * K]``, the input features
-        ``[n_in, d1, mul]`` (a transposed view of ``h``) and the radial coefficients
-        ``[nb, paths, mul]``."""
-        start, mul, d1, k_total, c_off, w0, n_paths, _ = blk
+        ``[n_in, d1, mul]`` (a transposed view of ``h_b``, the block's columns of the node
+        features) and the radial coefficients ``[nb, paths, mul]``."""
+        _, _, d1, k_total, c_off, _, _, _ = blk
         coupling = self.couplings[c_off : c_off + self.d2 * d1 * k_total]
         t = y_flat @ coupling.reshape(self.d2, d1 * k_total)
-        x = h[:, start : start + mul * d1].reshape(-1, mul, d1).transpose(1, 2)
-        c = coefficients[:, w0 : w0 + n_paths * mul].reshape(coefficients.shape[0], n_paths, mul)
+        x, c = self._block_features(blk, h_b, coefficients)
         return t, x, c
+
+    def _block_features(
+        self,
+        blk: tuple[int, int, int, int, int, int, int, int],
+        h_b: torch.Tensor,
+        coefficients: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One block's input features ``[n_in, d1, mul]`` (a transposed view of ``h_b``, the
+        block's columns of the node features) and radial coefficients ``[nb, paths, mul]``."""
+        _, mul, d1, _, _, w0, n_paths, _ = blk
+        x = h_b.reshape(-1, mul, d1).transpose(1, 2)
+        c = coefficients[:, w0 : w0 + n_paths * mul].reshape(coefficients.shape[0], n_paths, mul)
+        return x, c
 
 
 def neighbour_slots(centre: torch.Tensor, n_out: int, n_edges: int) -> torch.Tensor:

@@ -325,6 +325,14 @@ void backward_vec(const BlockShape& s, const T* grad, const T* x, const int64_t*
         const T* xj = x + j * xrow;
         T* gxj = gxt + j * xrow;
         const T* te = t + e * D1 * K;
+        T* gte = gt + e * D1 * K;
+        T* gbe = gb + e * nb;
+        if (nnz == 0 && std::all_of(te, te + D1 * K, [](T v) { return v == T(0); })) {
+          // no radial weight and no harmonics (a padding slot): every gradient is zero
+          std::fill(gte, gte + D1 * K, T(0));
+          std::fill(gbe, gbe + nb, T(0));
+          continue;
+        }
         std::fill(gt_part.begin(), gt_part.end(), Vec(T(0)));
         std::fill(gb_part.begin(), gb_part.end(), Vec(T(0)));
         for (int64_t u0 = 0; u0 < mul; u0 += VW) {
@@ -356,9 +364,7 @@ void backward_vec(const BlockShape& s, const T* grad, const T* x, const int64_t*
             (Vec::loadu(gxi) + gxv[i]).store(gxi);
           }
         }
-        T* gte = gt + e * D1 * K;
         for (int64_t q = 0; q < D1 * K; ++q) gte[q] = lane_sum<T>(gt_part[q]);
-        T* gbe = gb + e * nb;
         for (int64_t b = 0; b < nb; ++b) gbe[b] = lane_sum<T>(gb_part[b]);
       }
     }
