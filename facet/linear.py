@@ -10,6 +10,8 @@ function from the blocks as separate tensors (``forward_blocks``), or splits its
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from e3nn import o3
 
@@ -55,7 +57,7 @@ class IrrepsLinear(o3.Linear):
             mine = [p for p in paths if p[1] == i_out]
             if not mine:
                 continue
-            contiguous = all(b[2] == a[2] + a[3] * a[4] for a, b in zip(mine, mine[1:]))
+            contiguous = all(b[2] == a[2] + a[3] * a[4] for a, b in itertools.pairwise(mine))
             if contiguous and len({p[5] for p in mine}) == 1:
                 end = mine[-1][2] + mine[-1][3] * mine[-1][4]
                 groups.append((i_out, mine[0][2], end, sum(p[3] for p in mine), mine[0][5],
