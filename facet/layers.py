@@ -103,8 +103,8 @@ class Interaction(nn.Module):
         # per irrep block (no slicing of a concatenated tensor: see facet.linear)
         out = self.linear_out.forward_blocks(agg)
         res = self.resid.forward_blocks(self.resid.split(rows))
-        return torch.cat([(out[i] * self.inv_norm + res[i]).reshape(n, -1)
-                          for i in range(len(out))], dim=1)
+        sums = [out[i] * self.inv_norm + res[i] for i in range(len(out))]
+        return torch.cat([b.reshape(n, b.shape[1] * b.shape[2]) for b in sums], dim=1)
 
 
 class E3LayerNorm(nn.Module):

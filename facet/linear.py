@@ -68,7 +68,7 @@ class IrrepsLinear(o3.Linear):
         """``[n, irreps_in.dim]`` -> ``[n, irreps_out.dim]`` (e3nn layouts)."""
         n = features.shape[0]
         outs = self.forward_blocks(self.split(features))
-        return torch.cat([o.reshape(n, -1) for o in outs], dim=1)
+        return torch.cat([o.reshape(n, o.shape[1] * o.shape[2]) for o in outs], dim=1)
 
     def split(self, features: torch.Tensor) -> list[torch.Tensor]:
         """``[n, irreps_in.dim]`` -> one ``[n, mul, dim]`` view per input irrep."""

@@ -279,7 +279,7 @@ class S2Mixing(nn.Module):
         else:
             down_in = back_blocks
         out = self.proj_down.forward_blocks(down_in)
-        return torch.cat([o.reshape(n, -1) for o in out], dim=1)
+        return torch.cat([o.reshape(n, o.shape[1] * o.shape[2]) for o in out], dim=1)
 
     def _grid(self, coeffs: torch.Tensor) -> torch.Tensor:
         """Coefficients ``[n, u, dim]`` -> grid -> MLP -> coefficients ``[n, dim, u]``."""

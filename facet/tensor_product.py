@@ -141,7 +141,7 @@ class UVUTensorProduct(nn.Module):
         """Aggregated messages ``[n_out, irreps_out.dim]`` (e3nn layout) from per-slot edge data:
         ``forward_blocks`` concatenated."""
         blocks = self.forward_blocks(h, nbr_pad, y_pad, basis_pad, coefficients)
-        return torch.cat([b.reshape(b.shape[0], -1) for b in blocks], dim=1)
+        return torch.cat([b.reshape(b.shape[0], b.shape[1] * b.shape[2]) for b in blocks], dim=1)
 
     def forward_blocks(
         self,

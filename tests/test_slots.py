@@ -40,7 +40,25 @@ def reference_tp(tp, h, neighbour, centre, n_out, y, basis, coefficients):
         c = coefficients[:, w0 : w0 + n_paths * mul].reshape(nb, n_paths, mul)
         c = c[:, tp.paths_of_k[ko : ko + k_total], :]
         sums.append((s * c).sum(1).transpose(1, 2).reshape(n_out, mul * k_total))
-    return torch.cat(sums, dim=1).index_select(1, tp.out_perm)
+    return torch.cat(sums, dim=1).index_select(1, natural_to_e3nn(tp))
+
+
+def natural_to_e3nn(tp) -> torch.Tensor:
+    """Column permutation from the blocks' natural layout ([mul, K] per input block, side by
+    side) to e3nn's (output irreps in order, each [mul, d3])."""
+    where = {}  # output irrep -> (column of its block's start, mul, K, k0, d3)
+    start = 0
+    for b, (_, mul, _, k_total, _, _, _, _) in enumerate(tp.blocks):
+        k0 = 0
+        for d3, i_out in zip(tp.k_splits[b], tp.k_targets[b], strict=True):
+            where[i_out] = (start, mul, k_total, k0, d3)
+            k0 += d3
+        start += mul * k_total
+    perm = []
+    for i_out in range(len(where)):
+        start, mul, k_total, k0, d3 = where[i_out]
+        perm += [start + u * k_total + k0 + m for u in range(mul) for m in range(d3)]
+    return torch.tensor(perm)
 
 
 def reference_energies(model, species, centre, neighbour, rij):
