@@ -92,6 +92,29 @@ def test_fused_float32_and_two_threads(irreps):
         assert torch.allclose(a, b, atol=2e-5 * a.abs().max(), rtol=0)
 
 
+def test_out_of_range_indices_are_refused():
+    """A neighbour row or path index outside its tensor is an error, not a wild read."""
+    x = torch.randn(5, 1, 16, dtype=torch.float64)
+    nbr = torch.randint(0, 5, (3, 4))
+    t = torch.randn(3, 4, 1, 2, dtype=torch.float64)
+    basis = torch.randn(3, 4, 6, dtype=torch.float64)
+    c = torch.randn(6, 2, 16, dtype=torch.float64)
+    pk = torch.tensor([0, 1])
+    torch.ops.facet.uvu_tp_block(x, nbr, t, basis, c, pk)  # valid
+    for bad_nbr, bad_pk, what in [(5, None, "neighbour"), (-1, None, "neighbour"),
+                                  (None, 2, "path")]:
+        n_, p_ = nbr.clone(), pk.clone()
+        if bad_nbr is not None:
+            n_[2, 3] = bad_nbr
+        if bad_pk is not None:
+            p_[1] = bad_pk
+        with pytest.raises(RuntimeError, match=f"{what} index out of range"):
+            torch.ops.facet.uvu_tp_block(x, n_, t, basis, c, p_)
+        grad = torch.randn(3, 16, 2, dtype=torch.float64)
+        with pytest.raises(RuntimeError, match=f"{what} index out of range"):
+            torch.ops.facet.uvu_tp_block_backward(grad, x, n_, t, basis, c, p_)
+
+
 @pytest.mark.parametrize("irreps", ["4x0e+2x1o+2x2e", "8x0e+8x1o+8x2e"])  # generic, registers
 def test_backward_matches_finite_differences(irreps):
     """The backward kernel against central differences of the forward kernel (float64)."""

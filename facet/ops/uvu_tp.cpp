@@ -54,15 +54,22 @@ BlockShape check_inputs(const at::Tensor& x, const at::Tensor& nbr, const at::Te
   TORCH_CHECK(t.scalar_type() == x.scalar_type() && basis.scalar_type() == x.scalar_type() &&
                   c.scalar_type() == x.scalar_type(),
               "facet::uvu_tp_block: x, t, basis and c must have one dtype");
-  if (nbr.numel() > 0) {
-    TORCH_CHECK(nbr.min().item<int64_t>() >= 0 && nbr.max().item<int64_t>() < s.N,
-                "facet::uvu_tp_block: neighbour index out of range");
-  }
-  if (path_of_k.numel() > 0) {
-    TORCH_CHECK(path_of_k.min().item<int64_t>() >= 0 && path_of_k.max().item<int64_t>() < s.P,
-                "facet::uvu_tp_block: path index out of range");
-  }
   return s;
+}
+
+// every index in [0, bound): one pass over the raw values (no reduction ops, no sync: the
+// kernels run several times per evaluation and small systems felt the per-call overhead)
+bool in_range(const at::Tensor& index, int64_t bound) {
+  const int64_t* v = index.data_ptr<int64_t>();
+  const int64_t n = index.numel();
+  bool ok = true;
+  for (int64_t q = 0; q < n; ++q) ok &= (v[q] >= 0) & (v[q] < bound);
+  return ok;
+}
+
+void check_indices(const BlockShape& s, const at::Tensor& nbr, const at::Tensor& pk) {
+  TORCH_CHECK(in_range(nbr, s.N), "facet::uvu_tp_block: neighbour index out of range");
+  TORCH_CHECK(in_range(pk, s.P), "facet::uvu_tp_block: path index out of range");
 }
 
 // w[p*mul + u] = sum_b bas[b] * c[b, p, u]
@@ -489,6 +496,7 @@ at::Tensor uvu_tp_block(const at::Tensor& x_in, const at::Tensor& nbr_in, const 
   const BlockShape s = check_inputs(x_in, nbr_in, t_in, basis_in, c_in, pk_in);
   auto x = x_in.contiguous(), nbr = nbr_in.contiguous(), t = t_in.contiguous();
   auto basis = basis_in.contiguous(), c = c_in.contiguous(), pk = pk_in.contiguous();
+  check_indices(s, nbr, pk);
   auto out = at::empty({s.n, s.mul, s.K}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "uvu_tp_block", [&] {
     forward_kernel<scalar_t>(s, x.data_ptr<scalar_t>(), nbr.data_ptr<int64_t>(),
@@ -510,6 +518,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> uvu_tp_block_backward(
   auto grad = grad_in.contiguous(), x = x_in.contiguous(), nbr = nbr_in.contiguous();
   auto t = t_in.contiguous(), basis = basis_in.contiguous(), c = c_in.contiguous();
   auto pk = pk_in.contiguous();
+  check_indices(s, nbr, pk);
   auto gx = at::zeros_like(x), gt = at::empty_like(t), gb = at::empty_like(basis);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "uvu_tp_block_backward", [&] {
     backward_kernel<scalar_t>(s, grad.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
