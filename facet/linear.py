@@ -11,6 +11,7 @@ function from the blocks as separate tensors (``forward_blocks``), or splits its
 from __future__ import annotations
 
 import itertools
+from typing import Optional
 
 import torch
 from e3nn import o3
@@ -103,4 +104,37 @@ class IrrepsLinear(o3.Linear):
                     x = blocks[i_in].transpose(1, 2).reshape(n * d, mul_in)
                     acc = acc + x @ (w * path_weight)
             outs[i_out] = acc.reshape(n, d, mul_out).transpose(1, 2)
+        return outs
+
+    def forward_dmajor(self, blocks: list[torch.Tensor],
+                       right: Optional[torch.Tensor] = None) -> list[torch.Tensor]:  # noqa: UP045
+        """``forward_blocks`` with the results ``[n, dim_o, mul_o]`` (component-major, contiguous
+        rows) and, with ``right`` ``[mul_o, m]``, a channel map applied after: ``[n, dim_o, m]``
+        from one matmul per output irrep (the weights times ``right`` first; a linear map
+        that follows, such as an MLP's first layer, then costs no pass over the features)."""
+        n = blocks[0].shape[0]
+        outs: list[torch.Tensor] = [blocks[0]] * len(self.out_shapes)
+        done: list[bool] = [False] * len(self.out_shapes)
+        for i_out, start, end, mul_in, path_weight, inputs in self.groups:
+            mul_out, d = self.out_shapes[i_out]
+            w = self.weight[start:end].reshape(mul_in, mul_out) * path_weight
+            if right is not None:
+                w = w @ right
+            xs = [blocks[i].transpose(1, 2) for i in inputs]  # [n, d, mul_i]
+            x = xs[0] if len(xs) == 1 else torch.cat(xs, dim=2)
+            outs[i_out] = (x.reshape(n * d, mul_in) @ w).reshape(n, d, w.shape[1])
+            done[i_out] = True
+        for i_out, (mul_out, d) in enumerate(self.out_shapes):
+            if done[i_out]:
+                continue
+            cols = mul_out if right is None else right.shape[1]
+            acc = blocks[0].new_zeros((n * d, cols))
+            for i_in, o, start, mul_in, mul_o, path_weight in self.paths:
+                if o == i_out:
+                    w = self.weight[start : start + mul_in * mul_o].reshape(mul_in, mul_o)
+                    w = w * path_weight
+                    if right is not None:
+                        w = w @ right
+                    acc = acc + blocks[i_in].transpose(1, 2).reshape(n * d, mul_in) @ w
+            outs[i_out] = acc.reshape(n, d, cols)
         return outs

@@ -266,12 +266,17 @@ class S2Mixing(nn.Module):
         n = x.shape[0]
         # per irrep block throughout (views and concatenations, no slicing: see facet.linear)
         x_blocks = self.proj_up.split(x)
-        up = self.proj_up.forward_blocks(x_blocks)  # [n, u, 2l+1] per l
-        coeffs = torch.cat(up, dim=-1)  # [n, u, (lmax+1)^2]
         if self.fused and x.device.type == "cpu":
-            back = self._grid_fused(coeffs)
+            # the MLP's first layer (per head: block-diagonal) folded into proj_up's weights:
+            # the fold's z [n, (lmax+1)^2, heads * hidden] from one matmul per l
+            w1 = self.mlp.weight(0)
+            w1_heads = torch.kron(torch.eye(self.heads, dtype=w1.dtype, device=w1.device), w1)
+            z = torch.cat(self.proj_up.forward_dmajor(x_blocks, w1_heads), dim=1)
+            back = torch.ops.facet.s2_mlp(z, self.to_grid, self.mlp.weight(1), self.from_grid,
+                                          self.heads)
         else:
-            back = self._grid(coeffs)
+            up = self.proj_up.forward_blocks(x_blocks)  # [n, u, 2l+1] per l
+            back = self._grid(torch.cat(up, dim=-1))  # coefficients [n, u, (lmax+1)^2]
         back_blocks = [b.transpose(1, 2) for b in torch.split(back, self.block_dims, dim=1)]
         if self.cat_scalars:
             scalars = x_blocks[: self.num_scalar_blocks] + back_blocks[:1]
@@ -297,12 +302,6 @@ class S2Mixing(nn.Module):
                 g = self.mlp(grid.reshape(n, n_grid, self.heads, u // self.heads))
                 grid = g.reshape(n, n_grid, u)
         return torch.matmul(self.from_grid.t(), grid)  # [n, dim, u]
-
-    def _grid_fused(self, coeffs: torch.Tensor) -> torch.Tensor:
-        """``_grid`` through ``torch.ops.facet.s2_mlp`` (``facet.ops``): from the first
-        layer's pre-activation coefficients (the fold's ``z``), one atom at a time in cache."""
-        return torch.ops.facet.s2_mlp(self._first_layer(coeffs).contiguous(), self.to_grid,
-                                      self.mlp.weight(1), self.from_grid, self.heads)
 
     def _first_layer(self, coeffs: torch.Tensor) -> torch.Tensor:
         """The MLP's first layer applied to the coefficients ``[n, u, dim]`` (the fold), per
