@@ -109,9 +109,10 @@ class IrrepsLinear(o3.Linear):
     def forward_dmajor(self, blocks: list[torch.Tensor],
                        right: Optional[torch.Tensor] = None) -> list[torch.Tensor]:  # noqa: UP045
         """``forward_blocks`` with the results ``[n, dim_o, mul_o]`` (component-major, contiguous
-        rows) and, with ``right`` ``[mul_o, m]``, a channel map applied after: ``[n, dim_o, m]``
-        from one matmul per output irrep (the weights times ``right`` first; a linear map
-        that follows, such as an MLP's first layer, then costs no pass over the features)."""
+        rows) and, with ``right`` ``[mul_o, m]`` (every output irrep of one multiplicity
+        ``mul_o``), a channel map applied after: ``[n, dim_o, m]`` from one matmul per output
+        irrep (the weights times ``right`` first; a linear map that follows, such as an MLP's
+        first layer, then costs no pass over the features)."""
         n = blocks[0].shape[0]
         outs: list[torch.Tensor] = [blocks[0]] * len(self.out_shapes)
         done: list[bool] = [False] * len(self.out_shapes)
