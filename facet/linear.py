@@ -80,39 +80,17 @@ class IrrepsLinear(o3.Linear):
 
     def forward_blocks(self, blocks: list[torch.Tensor]) -> list[torch.Tensor]:
         """The map on irrep blocks: ``blocks[i]`` ``[n, mul_i, dim_i]`` for every input irrep
-        (any strides) -> one ``[n, mul_o, dim_o]`` per output irrep (views of ``[n, dim_o,
-        mul_o]`` results for dim_o > 1)."""
-        n = blocks[0].shape[0]
-        outs: list[torch.Tensor] = [blocks[0]] * len(self.out_shapes)
-        done: list[bool] = [False] * len(self.out_shapes)
-        for i_out, start, end, mul_in, path_weight, inputs in self.groups:
-            mul_out, d = self.out_shapes[i_out]
-            w = self.weight[start:end].reshape(mul_in, mul_out) * path_weight
-            xs = [blocks[i].transpose(1, 2) for i in inputs]  # [n, d, mul_i]
-            x = xs[0] if len(xs) == 1 else torch.cat(xs, dim=2)
-            y = x.reshape(n * d, mul_in) @ w
-            outs[i_out] = y.reshape(n, mul_out, 1) if d == 1 else \
-                y.reshape(n, d, mul_out).transpose(1, 2)
-            done[i_out] = True
-        for i_out, (mul_out, d) in enumerate(self.out_shapes):
-            if done[i_out]:
-                continue
-            acc = blocks[0].new_zeros((n * d, mul_out))
-            for i_in, o, start, mul_in, mul_o, path_weight in self.paths:
-                if o == i_out:
-                    w = self.weight[start : start + mul_in * mul_o].reshape(mul_in, mul_o)
-                    x = blocks[i_in].transpose(1, 2).reshape(n * d, mul_in)
-                    acc = acc + x @ (w * path_weight)
-            outs[i_out] = acc.reshape(n, d, mul_out).transpose(1, 2)
-        return outs
+        (any strides) -> one ``[n, mul_o, dim_o]`` per output irrep (transposed views of
+        ``forward_dmajor``'s results)."""
+        return [o.transpose(1, 2) for o in self.forward_dmajor(blocks)]
 
     def forward_dmajor(self, blocks: list[torch.Tensor],
                        right: Optional[torch.Tensor] = None) -> list[torch.Tensor]:  # noqa: UP045
-        """``forward_blocks`` with the results ``[n, dim_o, mul_o]`` (component-major, contiguous
-        rows) and, with ``right`` ``[mul_o, m]`` (every output irrep of one multiplicity
-        ``mul_o``), a channel map applied after: ``[n, dim_o, m]`` from one matmul per output
-        irrep (the weights times ``right`` first; a linear map that follows, such as an MLP's
-        first layer, then costs no pass over the features)."""
+        """The map on irrep blocks (``forward_blocks``), results ``[n, dim_o, mul_o]``
+        (component-major, contiguous rows); with ``right`` ``[mul_o, m]`` (every output irrep
+        of one multiplicity ``mul_o``), a channel map applied after: ``[n, dim_o, m]`` from one
+        matmul per output irrep (the weights times ``right`` first; a linear map that follows,
+        such as an MLP's first layer, then costs no pass over the features)."""
         n = blocks[0].shape[0]
         outs: list[torch.Tensor] = [blocks[0]] * len(self.out_shapes)
         done: list[bool] = [False] * len(self.out_shapes)

@@ -229,14 +229,12 @@ class S2Mixing(nn.Module):
         self.identity = identity
         self.mlp = GridMLP([head_dim, *mlp_hidden, head_dim])
         self.num_scalars_in = sum(mul for mul, ir in irreps_in if ir.l == 0)
-        if any(ir.l == 0 for _, ir in irreps_in[len(self._leading_scalars(irreps_in)):]):
+        # input blocks of the scalars passed by the grid
+        self.num_scalar_blocks = len(self._leading_scalars(irreps_in))
+        if any(ir.l == 0 for _, ir in irreps_in[self.num_scalar_blocks:]):
             raise ValueError(f"S2Mixing expects the scalars of {irreps_in} first")
         self.irreps_cat = (o3.Irreps(f"{self.num_scalars_in}x0e") + self.irreps_up).simplify()
         self.proj_down = IrrepsLinear(self.irreps_cat, irreps_out)
-        # input blocks of the scalars passed by the grid; proj_down's blocks: the merged
-        # scalars (input scalars + the grid's l = 0 output), then the grid's l > 0 blocks
-        self.num_scalar_blocks = len(self._leading_scalars(irreps_in))
-        self.cat_scalars = self.num_scalars_in > 0
         # slices of the l-blocks in the irreps layout (mul-major inside each block)
         self.block_dims = [2 * ir.l + 1 for _, ir in grid_irreps]
         # "S2 fold": the MLP's first layer is linear up to its SiLU and so is the grid
@@ -278,7 +276,9 @@ class S2Mixing(nn.Module):
             up = self.proj_up.forward_blocks(x_blocks)  # [n, u, 2l+1] per l
             back = self._grid(torch.cat(up, dim=-1))  # coefficients [n, u, (lmax+1)^2]
         back_blocks = [b.transpose(1, 2) for b in torch.split(back, self.block_dims, dim=1)]
-        if self.cat_scalars:
+        # proj_down's blocks: the merged scalars (input scalars + the grid's l = 0 output),
+        # then the grid's l > 0 blocks
+        if self.num_scalar_blocks > 0:
             scalars = x_blocks[: self.num_scalar_blocks] + back_blocks[:1]
             down_in = [torch.cat(scalars, dim=1)] + back_blocks[1:]
         else:

@@ -101,6 +101,46 @@ inline void edge_product(const T* __restrict te, const T* __restrict xj, T* __re
   }
 }
 
+// A node's neighbours are shared between nodes: with several threads each accumulates the
+// neighbour gradient in a buffer of its own (the first thread's call allocates it), added into
+// gx after the parallel loop.
+template <typename T>
+class NeighbourGradient {
+ public:
+  NeighbourGradient(T* gx, int64_t size)
+      : gx_(gx), size_(size), threads_(at::get_num_threads()),
+        buffers_(threads_ > 1 ? threads_ : 0) {}
+
+  // where the calling thread accumulates
+  T* for_this_thread() {
+    if (threads_ <= 1) return gx_;
+    auto& buf = buffers_[at::get_thread_num()];
+    if (buf.empty()) buf.assign(size_, T(0));
+    return buf.data();
+  }
+
+  void reduce() {
+    for (auto& buf : buffers_) {
+      if (buf.empty()) continue;
+      for (int64_t q = 0; q < size_; ++q) gx_[q] += buf[q];
+    }
+  }
+
+ private:
+  T* gx_;
+  int64_t size_;
+  int threads_;
+  std::vector<std::vector<T>> buffers_;
+};
+
+// [rows, cols] -> [cols, rows]: a node's block between the operators' [mul, K] layout and the
+// kernels' [K, mul]
+template <typename T>
+inline void transpose_block(const T* in, int64_t rows, int64_t cols, T* out) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t q = 0; q < cols; ++q) out[q * rows + r] = in[r * cols + q];
+}
+
 // Generic kernels: any multiplicity and irrep dimension (scalar loops the compiler vectorises)
 template <typename T>
 void forward_generic(const BlockShape& s, const T* x, const int64_t* nbr, const T* t,
@@ -126,9 +166,7 @@ void forward_generic(const BlockShape& s, const T* x, const int64_t* nbr, const 
           for (int64_t u = 0; u < s.mul; ++u) ak[u] += wp[u] * pr[u];
         }
       }
-      T* o = out + a * km;  // [mul, K]
-      for (int64_t k = 0; k < s.K; ++k)
-        for (int64_t u = 0; u < s.mul; ++u) o[u * s.K + k] = acc[k * s.mul + u];
+      transpose_block(acc.data(), s.K, s.mul, out + a * km);  // [K, mul] -> [mul, K]
     }
   });
 }
@@ -138,21 +176,12 @@ void backward_generic(const BlockShape& s, const T* grad, const T* x, const int6
                      const T* t, const T* basis, const T* c, const int64_t* pk, T* gx, T* gt,
                      T* gb) {
   const int64_t pm = s.P * s.mul, km = s.K * s.mul, xrow = s.d1 * s.mul;
-  const int threads = at::get_num_threads();
-  // per-thread accumulators for the neighbour gradient (a node's neighbours are shared)
-  std::vector<std::vector<T>> gx_thread(threads > 1 ? threads : 0);
+  NeighbourGradient<T> neighbour_grad(gx, s.N * xrow);
   at::parallel_for(0, s.n, 16, [&](int64_t begin, int64_t end) {
-    T* gxt = gx;
-    if (threads > 1) {
-      auto& buf = gx_thread[at::get_thread_num()];
-      if (buf.empty()) buf.assign(s.N * xrow, T(0));
-      gxt = buf.data();
-    }
+    T* gxt = neighbour_grad.for_this_thread();
     std::vector<T> w(pm), gw(pm), g(km), prod(s.mul), gp(s.mul);
     for (int64_t a = begin; a < end; ++a) {
-      const T* ga = grad + a * km;  // [mul, K] -> g [K, mul]
-      for (int64_t u = 0; u < s.mul; ++u)
-        for (int64_t k = 0; k < s.K; ++k) g[k * s.mul + u] = ga[u * s.K + k];
+      transpose_block(grad + a * km, s.mul, s.K, g.data());  // [mul, K] -> [K, mul]
       for (int64_t sl = 0; sl < s.m; ++sl) {
         const int64_t e = a * s.m + sl;
         const T* bas = basis + e * s.nb;
@@ -200,10 +229,7 @@ void backward_generic(const BlockShape& s, const T* grad, const T* x, const int6
       }
     }
   });
-  for (auto& buf : gx_thread) {
-    if (buf.empty()) continue;
-    for (int64_t q = 0; q < s.N * xrow; ++q) gx[q] += buf[q];
-  }
+  neighbour_grad.reduce();
 }
 
 // Register-blocked kernels for a multiplicity that is a multiple of the vector width and an
@@ -366,9 +392,7 @@ void forward_vec(const BlockShape& s, const T* x, const int64_t* nbr, const T* t
           }
         }
       }
-      T* o = out + a * km;  // [mul, K]
-      for (int64_t k = 0; k < K; ++k)
-        for (int64_t u = 0; u < mul; ++u) o[u * K + k] = acc[k * mul + u];
+      transpose_block(acc.data(), K, mul, out + a * km);  // [K, mul] -> [mul, K]
     }
   });
 }
@@ -384,24 +408,16 @@ void backward_vec(const BlockShape& s, const T* grad, const T* x, const int64_t*
   std::vector<bool> used(s.P, false);
   for (const PathRun& r : runs) used[r.p] = true;
   const bool every_path_used = std::all_of(used.begin(), used.end(), [](bool u) { return u; });
-  const int threads = at::get_num_threads();
-  std::vector<std::vector<T>> gx_thread(threads > 1 ? threads : 0);
+  NeighbourGradient<T> neighbour_grad(gx, s.N * xrow);
   at::parallel_for(0, s.n, 16, [&](int64_t begin, int64_t end) {
-    T* gxt = gx;
-    if (threads > 1) {
-      auto& buf = gx_thread[at::get_thread_num()];
-      if (buf.empty()) buf.assign(s.N * xrow, T(0));
-      gxt = buf.data();
-    }
+    T* gxt = neighbour_grad.for_this_thread();
     std::vector<T> g(km), val(nb);
     std::vector<int64_t> idx(nb);
     std::vector<Vec> gt_part(D1 * K);
     // the slot's dE/dW [P, mul] (one vector per path and chunk), contracted with c at the end
     std::vector<T> gw_slot(pm);
     for (int64_t a = begin; a < end; ++a) {
-      const T* ga = grad + a * km;  // [mul, K] -> g [K, mul]
-      for (int64_t u = 0; u < mul; ++u)
-        for (int64_t k = 0; k < K; ++k) g[k * mul + u] = ga[u * K + k];
+      transpose_block(grad + a * km, mul, K, g.data());  // [mul, K] -> [K, mul]
       for (int64_t sl = 0; sl < s.m; ++sl) {
         const int64_t e = a * s.m + sl;
         const int64_t nnz = nonzero_basis(basis + e * nb, nb, idx.data(), val.data());
@@ -452,10 +468,7 @@ void backward_vec(const BlockShape& s, const T* grad, const T* x, const int64_t*
       }
     }
   });
-  for (auto& buf : gx_thread) {
-    if (buf.empty()) continue;
-    for (int64_t q = 0; q < s.N * xrow; ++q) gx[q] += buf[q];
-  }
+  neighbour_grad.reduce();
 }
 
 // the register-blocked kernel for this shape, or the generic one
