@@ -104,7 +104,9 @@ def worker(args) -> None:
     with torch.no_grad():
         z = torch.randn(n, dim, heads * w1.shape[1], generator=g, dtype=dtype)
         grad = torch.randn(n, dim, heads * w2.shape[1], generator=g, dtype=dtype)
-        args_s2 = (z, s2.to_grid, w2.detach(), s2.from_grid, heads)
+        # the matrices the model hands the kernel (antipodal layout where the version has it)
+        args_s2 = (z, getattr(s2, "to_grid_fused", s2.to_grid), w2.detach(),
+                   getattr(s2, "from_grid_fused", s2.from_grid), heads)
         rows["S2 grid MLP: forward"] = best_ms(torch.ops.facet.s2_mlp, args.repeats, *args_s2)
         rows["S2 grid MLP: backward"] = best_ms(torch.ops.facet.s2_mlp_backward, args.repeats,
                                                 grad, *args_s2)

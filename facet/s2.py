@@ -151,6 +151,56 @@ def s2_grid_matrices(
     return g.contiguous().to(dtype), f.contiguous().to(dtype)
 
 
+def antipodal_layout(
+    to_grid: torch.Tensor, from_grid: torch.Tensor, lmax: int
+) -> tuple[torch.Tensor, torch.Tensor, list[int]] | None:
+    """The grid matrices in the antipodal layout of ``facet::s2_mlp``, or None if the grid is not
+    centrally symmetric with equal weights at antipodes (SOFT and Gauss grids with an odd number
+    of alpha points).
+
+    Layout: grid points ``G/2 + p`` are the antipodes of points ``p < G/2`` (the quadrature's
+    points reordered; the block's function does not depend on the order of its grid points)
+    and the ``(lmax+1)^2`` coefficient rows are grouped by parity, even l first. Since
+    ``Y_lm(-x) = (-1)^l Y_lm(x)``, the second half of the columns is, exactly, the first half
+    times ``(-1)^l``; the fused kernel then evaluates both transforms on half the grid.
+
+    Returns ``(to_grid [dim, G], from_grid [G, dim], order)``, ``order`` the l of the row
+    blocks (e.g. ``[0, 2, 1]``).
+    """
+    dim, n_grid = to_grid.shape
+    if n_grid % 2:
+        return None
+    order = [l for l in range(lmax + 1) if l % 2 == 0] + [l for l in range(lmax + 1) if l % 2]
+    rows = torch.cat([torch.arange(l * l, (l + 1) * (l + 1)) for l in order])
+    sign = torch.cat([torch.full((2 * l + 1,), float((-1) ** l)) for l in order])
+    g = to_grid.detach().to(torch.float64)[rows]  # [dim, G]
+    f = from_grid.detach().to(torch.float64)[:, rows]  # [G, dim]
+    # antipode of every point: the column equal to its own times the parity signs
+    dist = torch.cdist((g * sign[:, None]).t(), g.t(),
+                       compute_mode="donot_use_mm_for_euclid_dist")  # [G, G]
+    partner = dist.argmin(dim=1)
+    scale = float(g.abs().max())
+    tol = 1e-6 * scale if to_grid.dtype == torch.float32 else 1e-10 * scale
+    points = torch.arange(n_grid)
+    if bool((dist[points, partner] > tol).any()) or bool((partner == points).any()):
+        return None
+    if not bool((partner[partner] == points).all()):
+        return None
+    # equal weights at antipodes, to the matrices' precision (SOFT's e3nn weights are accurate
+    # to ~1e-7 only: its float64 matrices keep the plain layout, the same function)
+    ftol = 1e-6 if to_grid.dtype == torch.float32 else 1e-12
+    if bool(((f[partner] - f * sign[None, :]).abs() > ftol * float(f.abs().max())).any()):
+        return None
+    first = points[points < partner]
+    # the second half from the first, in the matrices' own dtype (exact: sign flips)
+    g_half = to_grid.detach()[rows][:, first]
+    f_half = from_grid.detach()[first][:, rows]
+    sign_t = sign.to(to_grid.dtype)
+    g_anti = torch.cat([g_half, g_half * sign_t[:, None]], dim=1).contiguous()
+    f_anti = torch.cat([f_half, f_half * sign_t[None, :]], dim=0).contiguous()
+    return g_anti, f_anti, order
+
+
 class GridMLP(nn.Module):
     """Bias-free MLP applied to the last axis, SiLU after every layer (the final one included)."""
 
@@ -225,6 +275,15 @@ class S2Mixing(nn.Module):
         g, f = s2_grid_matrices(lmax, res, kind=grid)
         self.register_buffer("to_grid", g, persistent=False)
         self.register_buffer("from_grid", f, persistent=False)
+        # the fused kernel's copies: antipodal layout where the grid allows (half the
+        # transform work), else the same matrices; l of its row blocks in ``fused_order``
+        anti = antipodal_layout(g, f, lmax)
+        if anti is None:
+            anti = (g, f, list(range(lmax + 1)))
+        self.register_buffer("to_grid_fused", anti[0], persistent=False)
+        self.register_buffer("from_grid_fused", anti[1], persistent=False)
+        self.fused_order: list[int] = anti[2]
+        self.fused_unorder: list[int] = [anti[2].index(l) for l in range(lmax + 1)]
         head_dim = self.channels // heads
         self.identity = identity
         self.mlp = GridMLP([head_dim, *mlp_hidden, head_dim])
@@ -269,13 +328,16 @@ class S2Mixing(nn.Module):
             # the fold's z [n, (lmax+1)^2, heads * hidden] from one matmul per l
             w1 = self.mlp.weight(0)
             w1_heads = torch.kron(torch.eye(self.heads, dtype=w1.dtype, device=w1.device), w1)
-            z = torch.cat(self.proj_up.forward_dmajor(x_blocks, w1_heads), dim=1)
-            back = torch.ops.facet.s2_mlp(z, self.to_grid, self.mlp.weight(1), self.from_grid,
-                                          self.heads)
+            zl = self.proj_up.forward_dmajor(x_blocks, w1_heads)  # [n, 2l+1, H] per l
+            z = torch.cat([zl[l] for l in self.fused_order], dim=1)
+            back = torch.ops.facet.s2_mlp(z, self.to_grid_fused, self.mlp.weight(1),
+                                          self.from_grid_fused, self.heads)
+            parts = torch.split(back, [self.block_dims[l] for l in self.fused_order], dim=1)
+            back_blocks = [parts[i].transpose(1, 2) for i in self.fused_unorder]
         else:
             up = self.proj_up.forward_blocks(x_blocks)  # [n, u, 2l+1] per l
             back = self._grid(torch.cat(up, dim=-1))  # coefficients [n, u, (lmax+1)^2]
-        back_blocks = [b.transpose(1, 2) for b in torch.split(back, self.block_dims, dim=1)]
+            back_blocks = [b.transpose(1, 2) for b in torch.split(back, self.block_dims, dim=1)]
         # proj_down's blocks: the merged scalars (input scalars + the grid's l = 0 output),
         # then the grid's l > 0 blocks
         if self.num_scalar_blocks > 0:

@@ -136,10 +136,10 @@ def test_training_through_the_fused_kernel_is_refused():
         tp.forward_slots(h, nbr, y, basis, coeff.requires_grad_(True))
 
 
-def s2_block(dtype=torch.float64, **kw):
+def s2_block(dtype=torch.float64, irreps="8x0e+4x1o+4x2e", **kw):
     from facet.s2 import S2Mixing
 
-    irreps = o3.Irreps("8x0e+4x1o+4x2e")
+    irreps = o3.Irreps(irreps)
     args = dict(lmax=2, res=(17,), mlp_hidden=[6], heads=2, grid="lebedev")
     args.update(kw)
     with default_dtype(dtype):
@@ -171,6 +171,63 @@ def test_fused_s2_grid_mlp_equals_the_torch_one(dtype, hidden):
     for a, b in zip(ref, got, strict=True):
         assert a.abs().max() > 0
         assert torch.allclose(a, b, atol=tol * a.abs().max(), rtol=0)
+
+
+# Shapes of the kernel's code paths: register-blocked pair rows (hidden and uh whole vectors:
+# float 16 lanes, double 8 under AVX-512; 1 / 2 / 4 vectors), an odd number of pair rows (one
+# head on the 110-point grid: 55), the pass-by-pass antipodal code (widths not whole vectors)
+# and a grid without antipodes (SOFT with an odd alpha count: the plain transforms)
+S2_KERNEL_CASES = {
+    "blocked 16x16": dict(irreps="8x0e+32x1o+32x2e", mlp_hidden=[16], heads=2),
+    "blocked 16x32": dict(irreps="8x0e+64x1o+32x2e", mlp_hidden=[16], heads=2),
+    "blocked odd rows": dict(irreps="8x0e+32x1o+32x2e", mlp_hidden=[32], heads=1),
+    "lmax 3 blocked": dict(irreps="8x0e+32x1o+32x2e+32x3o", mlp_hidden=[16], heads=2, lmax=3,
+                           res=(23,)),
+    "passes": dict(mlp_hidden=[6]),
+    "plain grid": dict(mlp_hidden=[6], grid="soft", res=(8, 7)),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("case", sorted(S2_KERNEL_CASES))
+def test_fused_s2_kernel_paths_equal_the_torch_one(dtype, case):
+    kw = dict(S2_KERNEL_CASES[case])
+    mix, x = s2_block(dtype, **kw)
+    antipodal = mix.fused_order != list(range(mix.lmax + 1))
+    assert antipodal == (case != "plain grid")
+    facet.ops.use_fused(mix)
+    ref, got = s2_value_and_grad(mix, x, False), s2_value_and_grad(mix, x, True)
+    tol = 1e-13 if dtype == torch.float64 else 2e-6
+    for a, b in zip(ref, got, strict=True):
+        assert a.abs().max() > 0
+        assert torch.allclose(a, b, atol=tol * a.abs().max(), rtol=0)
+
+
+@pytest.mark.parametrize("kind,res,paired", [("lebedev", (35,), True), ("gauss", (12, 24), True),
+                                             ("gauss", (12, 23), False),
+                                             ("soft", (18, 17), False)])
+def test_antipodal_layout_pairs_every_point_with_its_antipode(kind, res, paired):
+    from facet.s2 import antipodal_layout, s2_grid_matrices
+
+    g, f = s2_grid_matrices(2, res, torch.float64, kind=kind)
+    layout = antipodal_layout(g, f, 2)
+    assert (layout is not None) == paired
+    if not paired:
+        return
+    g_a, f_a, order = layout
+    assert order == [0, 2, 1]
+    half = g.shape[1] // 2
+    sign = torch.tensor([1.0] * 6 + [-1.0] * 3, dtype=torch.float64)
+    assert torch.equal(g_a[:, half:], g_a[:, :half] * sign[:, None])
+    assert torch.equal(f_a[half:], f_a[:half] * sign[None, :])
+    # the same quadrature: every column of the original matrices appears once (rows by parity)
+    rows = [0, 4, 5, 6, 7, 8, 1, 2, 3]
+    orig = g[rows].t()
+    dist = torch.cdist(g_a.t(), orig, compute_mode="donot_use_mm_for_euclid_dist")
+    assert dist.min(dim=1).values.max() < 1e-12
+    assert sorted(dist.argmin(dim=1).tolist()) == list(range(g.shape[1]))
+    weights = f_a[:, 0] / g_a[0]  # from_grid = Y w / (4 pi), to_grid = sqrt(4 pi) Y
+    assert torch.allclose(weights.sum(), torch.tensor(1.0, dtype=torch.float64), atol=1e-12)
 
 
 def test_fused_s2_backward_matches_finite_differences():
