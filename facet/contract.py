@@ -87,8 +87,7 @@ class FacetPotential(nn.Module):
         sp, pi, pj, used, n_out = self.hop_pruning(species, pair_i, pair_j, nlocal)
         # one neighbour-slot map; layer k takes the rows of its n_out[k] output atoms (a prefix)
         slots = neighbour_slots(pi, n_out[0], pi.shape[0])
-        layer_slots = [slots[: n_out[k]] for k in range(self.num_layers)]
-        return self.model.forward_slots(sp, pj, rij[used], layer_slots)
+        return self.model.forward_prefix(sp, pj, rij[used], slots, n_out)
 
     def recomputing(
         self,

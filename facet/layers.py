@@ -6,6 +6,8 @@ from j to i and are summed at i. Node features are e3nn irreps arrays ``[n_nodes
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from e3nn import o3
 from torch import nn
@@ -92,12 +94,16 @@ class Interaction(nn.Module):
         r: torch.Tensor,
         slots: torch.Tensor,
         row_start: int = 0,
+        basis_pad: Optional[torch.Tensor] = None,  # noqa: UP045 (TorchScript)
     ) -> torch.Tensor:
         """``forward`` for the ``n_out = slots.shape[0]`` nodes from ``row_start`` on, from the
         neighbour-slot map ``slots`` (``facet.tensor_product.neighbour_slots``) and the per-slot
-        neighbour rows ``nbr_pad`` and harmonics ``y_pad``; ``r`` per edge."""
+        neighbour rows ``nbr_pad`` and harmonics ``y_pad``; ``r`` per edge. ``basis_pad``: the
+        enveloped radial basis per slot (``[n_out, M, num_radial]``, zero on padding) when the
+        caller shares one among layers (``Facet.shared_radial_basis``), else computed here."""
         n = slots.shape[0]
-        basis_pad = pad_rows(self.radial.enveloped_basis(r))[slots]
+        if basis_pad is None:
+            basis_pad = pad_rows(self.radial.enveloped_basis(r))[slots]
         agg = self.tp.forward_blocks(h, nbr_pad, y_pad, basis_pad, self.radial.coefficients)
         rows = h if row_start == 0 and n == h.shape[0] else h[row_start : row_start + n]
         # per irrep block (no slicing of a concatenated tensor: see facet.linear)
@@ -263,10 +269,12 @@ class FacetLayer(nn.Module):
         r: torch.Tensor,
         slots: torch.Tensor,
         row_start: int = 0,
+        basis_pad: Optional[torch.Tensor] = None,  # noqa: UP045 (TorchScript)
     ) -> torch.Tensor:
         """``forward`` from the neighbour-slot map (see ``Interaction.forward_slots``): new
         features of the ``slots.shape[0]`` nodes from ``row_start`` on."""
         n = slots.shape[0]
-        x = self.mix(self.interaction.forward_slots(h, nbr_pad, y_pad, r, slots, row_start))
+        x = self.mix(self.interaction.forward_slots(h, nbr_pad, y_pad, r, slots, row_start,
+                                                    basis_pad))
         resid = h[row_start : row_start + n, self.pad_src] * self.pad_mask
         return self.norm(x) * self.gain[self.gain_index] + resid

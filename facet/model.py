@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Mapping
+from typing import Optional
 
 import torch
 from e3nn import o3
@@ -22,7 +23,7 @@ from torch import nn
 from facet.chunks import row_chunks
 from facet.config import FacetConfig
 from facet.layers import FacetLayer
-from facet.tensor_product import neighbour_slots, pad_rows
+from facet.tensor_product import gather_slots, neighbour_slots, pad_rows
 
 
 class Facet(nn.Module):
@@ -66,6 +67,9 @@ class Facet(nn.Module):
             ]
         )
         self.feature_dims = [irreps.dim for irreps in chain]
+        # every layer's radial basis is the same parameter-free function of r (cubic
+        # B-splines, one cutoff and envelope): forward_prefix evaluates it once for all layers
+        self.shared_radial_basis = config.radial_basis == "bspline"
         self.readout_weight = nn.Parameter(
             torch.randn(config.final_scalars, 1) / math.sqrt(config.final_scalars)
         )
@@ -198,11 +202,43 @@ class Facet(nn.Module):
         neighbour: torch.Tensor,
         rij: torch.Tensor,
     ) -> torch.Tensor:
-        slots = neighbour_slots(centre, species.shape[0], rij.shape[0])
-        layer_slots: list[torch.Tensor] = []
+        n = species.shape[0]
+        slots = neighbour_slots(centre, n, rij.shape[0])
+        n_out: list[int] = []
         for _ in range(len(self.layers)):
-            layer_slots.append(slots)
-        return self.forward_slots(species, neighbour, rij, layer_slots)
+            n_out.append(n)
+        return self.forward_prefix(species, neighbour, rij, slots, n_out)
+
+    def forward_prefix(
+        self,
+        species: torch.Tensor,
+        neighbour: torch.Tensor,
+        rij: torch.Tensor,
+        slots: torch.Tensor,
+        n_out: list[int],
+    ) -> torch.Tensor:
+        """``forward_slots`` where layer k's slot map is the first ``n_out[k]`` rows of one
+        map ``slots`` ``[n_out[0], M]`` (non-increasing ``n_out``; what hop pruning and a
+        whole structure give): the per-slot edge data (neighbour rows, harmonics and, with
+        ``shared_radial_basis``, the radial basis) are gathered once for all layers instead of
+        once per layer. Same numbers as ``forward_slots``."""
+        sh, r = self.edge_features(rij)
+        nbr = gather_slots(neighbour, slots)
+        y = gather_slots(sh, slots)
+        basis: Optional[torch.Tensor] = None  # noqa: UP045 (TorchScript)
+        if self.shared_radial_basis:
+            basis = gather_slots(self.layers[0].interaction.radial.enveloped_basis(r), slots)
+        h = self.embed(species)
+        for k, layer in enumerate(self.layers):
+            m = n_out[k]
+            if m == slots.shape[0]:  # whole tensors: no slice (a slice's gradient is a fill)
+                h = layer.forward_slots(h, nbr, y, r, slots, 0, basis)
+            else:
+                b_k: Optional[torch.Tensor] = None  # noqa: UP045 (TorchScript)
+                if basis is not None:
+                    b_k = basis[:m]
+                h = layer.forward_slots(h, nbr[:m], y[:m], r, slots[:m], 0, b_k)
+        return self.readout(h, species[: h.shape[0]])
 
     def forward_slots(
         self,

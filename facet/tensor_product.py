@@ -254,3 +254,11 @@ def pad_rows(x: torch.Tensor) -> torch.Tensor:
     shape = list(x.shape)
     shape[0] = 1
     return torch.cat([x, x.new_zeros(shape)])
+
+
+def gather_slots(x: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """Per-edge rows ``x`` ``[n_edges, ...]`` laid out by a neighbour-slot map ``slots``
+    ``[n, M]``: ``pad_rows(x)[slots]`` (zero rows on padding), ``[n, M, ...]``, as one
+    ``index_select`` (whose gradient, an ``index_add``, is cheaper than advanced indexing's)."""
+    shape = list(slots.shape) + list(x.shape[1:])
+    return pad_rows(x).index_select(0, slots.reshape(-1)).reshape(shape)
