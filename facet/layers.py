@@ -12,6 +12,7 @@ import torch
 from e3nn import o3
 from torch import nn
 
+from facet.blocks import from_dmajor, irrep_shapes, to_dmajor
 from facet.config import FacetConfig
 from facet.linear import IrrepsLinear
 from facet.radial import RadialWeights
@@ -69,6 +70,7 @@ class Interaction(nn.Module):
         self.linear_out = IrrepsLinear(irreps_mid, irreps_out)
         self.resid = IrrepsLinear(irreps_in, irreps_out)
         self.inv_norm = float(avg_num_neighbors) ** (-float(radial_power))
+        self.in_shapes = irrep_shapes(irreps_in)
 
     def forward(
         self,
@@ -101,16 +103,33 @@ class Interaction(nn.Module):
         neighbour rows ``nbr_pad`` and harmonics ``y_pad``; ``r`` per edge. ``basis_pad``: the
         enveloped radial basis per slot (``[n_out, M, num_radial]``, zero on padding) when the
         caller shares one among layers (``Facet.shared_radial_basis``), else computed here."""
+        return from_dmajor(self.forward_dmajor(to_dmajor(h, self.in_shapes), nbr_pad, y_pad, r,
+                                               slots, row_start, basis_pad))
+
+    def forward_dmajor(
+        self,
+        hs: list[torch.Tensor],
+        nbr_pad: torch.Tensor,
+        y_pad: torch.Tensor,
+        r: torch.Tensor,
+        slots: torch.Tensor,
+        row_start: int = 0,
+        basis_pad: Optional[torch.Tensor] = None,  # noqa: UP045 (TorchScript)
+    ) -> list[torch.Tensor]:
+        """``forward_slots`` on component-major blocks: node features ``hs`` (one
+        ``[n_in, d, mul]`` per irrep of ``irreps_in``) -> messages, one ``[n_out, d, mul]`` per
+        irrep of ``irreps_out`` (contiguous: the next linear maps read them without a copy)."""
         n = slots.shape[0]
         if basis_pad is None:
             basis_pad = pad_rows(self.radial.enveloped_basis(r))[slots]
-        agg = self.tp.forward_blocks(h, nbr_pad, y_pad, basis_pad, self.radial.coefficients)
-        rows = h if row_start == 0 and n == h.shape[0] else h[row_start : row_start + n]
+        agg = self.tp.forward_dmajor_in(hs, nbr_pad, y_pad, basis_pad, self.radial.coefficients)
+        rows = hs
+        if row_start != 0 or n != hs[0].shape[0]:
+            rows = [x[row_start : row_start + n] for x in hs]
         # per irrep block (no slicing of a concatenated tensor: see facet.linear)
-        out = self.linear_out.forward_blocks(agg)
-        res = self.resid.forward_blocks(self.resid.split(rows))
-        sums = [out[i] * self.inv_norm + res[i] for i in range(len(out))]
-        return torch.cat([b.reshape(n, b.shape[1] * b.shape[2]) for b in sums], dim=1)
+        out = self.linear_out.forward_dmajor(agg)
+        res = self.resid.forward_dmajor(rows, None, True)
+        return [out[i] * self.inv_norm + res[i] for i in range(len(out))]
 
 
 class E3LayerNorm(nn.Module):
@@ -146,6 +165,12 @@ class E3LayerNorm(nn.Module):
         mask = (torch.arange(self.dim) < self.num_scalars).to(torch.get_default_dtype())
         self.register_buffer("scalar_mask", mask, persistent=False)
         self.register_buffer("scalar_mean", mask / max(self.num_scalars, 1), persistent=False)
+        # leading scalar blocks, for forward_dmajor
+        self.num_scalar_blocks = 0
+        for _, ir in irreps:
+            if ir.l != 0:
+                break
+            self.num_scalar_blocks += 1
 
     def _rms_normalised(self, x: torch.Tensor) -> torch.Tensor:
         """``x / (sqrt(mean(x^2) + eps) + eps)``, the mean over each row."""
@@ -160,6 +185,31 @@ class E3LayerNorm(nn.Module):
         s, v = torch.split(x, [self.num_scalars, self.dim - self.num_scalars], dim=1)
         s = s - s.mean(dim=1, keepdim=True)
         return torch.cat([self._rms_normalised(s), self._rms_normalised(v)], dim=1)
+
+    def forward_dmajor(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``forward`` on component-major blocks (one ``[n, d, mul]`` per irrep)."""
+        n = xs[0].shape[0]
+        ns = self.num_scalar_blocks
+        if ns > 0:
+            total = xs[0].sum(dim=(1, 2))
+            for i in range(1, ns):
+                total = total + xs[i].sum(dim=(1, 2))
+            mean = (total / self.num_scalars).reshape(n, 1, 1)
+            xs = [xs[i] - mean if i < ns else xs[i] for i in range(len(xs))]
+        if self.joint or ns == 0 or ns == len(xs):
+            return self._rms_normalised_blocks(xs, self.dim)
+        return (self._rms_normalised_blocks(xs[:ns], self.num_scalars)
+                + self._rms_normalised_blocks(xs[ns:], self.dim - self.num_scalars))
+
+    def _rms_normalised_blocks(self, xs: list[torch.Tensor], dim: int) -> list[torch.Tensor]:
+        """``_rms_normalised`` over the components of all blocks ``xs`` together (``dim``
+        of them per row)."""
+        n = xs[0].shape[0]
+        squares = xs[0].pow(2).sum(dim=(1, 2))
+        for i in range(1, len(xs)):
+            squares = squares + xs[i].pow(2).sum(dim=(1, 2))
+        denom = (torch.sqrt(squares / dim + self.eps) + self.eps).reshape(n, 1, 1)
+        return [x / denom for x in xs]
 
 
 def channel_gain_index(irreps: o3.Irreps) -> torch.Tensor:
@@ -242,6 +292,19 @@ class FacetLayer(nn.Module):
         self.register_buffer(
             "pad_mask", (pidx >= 0).to(torch.get_default_dtype()), persistent=False
         )
+        # the same per block (forward_dmajor): input features ``[n, d, mul]`` per irrep; for
+        # every output irrep the gain's channel offset and the padded residual's source block
+        # (the first input block of that irrep, -1 for none) and its multiplicity
+        self.in_shapes = irrep_shapes(irreps_in)
+        self.out_shapes = irrep_shapes(irreps_out)
+        self.gain_offsets: list[int] = []
+        self.pad_blocks: list[tuple[int, int]] = []
+        channel = 0
+        for mul, ir in irreps_out:
+            self.gain_offsets.append(channel)
+            channel += mul
+            source = [j for j, (_, ir_in) in enumerate(irreps_in) if ir_in == ir]
+            self.pad_blocks.append((source[0], irreps_in[source[0]].mul) if source else (-1, 0))
 
     def forward(
         self,
@@ -273,8 +336,40 @@ class FacetLayer(nn.Module):
     ) -> torch.Tensor:
         """``forward`` from the neighbour-slot map (see ``Interaction.forward_slots``): new
         features of the ``slots.shape[0]`` nodes from ``row_start`` on."""
+        return from_dmajor(self.forward_dmajor(to_dmajor(h, self.in_shapes), nbr_pad, y_pad, r,
+                                               slots, row_start, basis_pad))
+
+    def forward_dmajor(
+        self,
+        hs: list[torch.Tensor],
+        nbr_pad: torch.Tensor,
+        y_pad: torch.Tensor,
+        r: torch.Tensor,
+        slots: torch.Tensor,
+        row_start: int = 0,
+        basis_pad: Optional[torch.Tensor] = None,  # noqa: UP045 (TorchScript)
+    ) -> list[torch.Tensor]:
+        """``forward_slots`` on component-major blocks: node features ``hs`` (one
+        ``[n_in, d, mul]`` per irrep of ``irreps_in``) -> new features, one ``[n_out, d, mul]``
+        per irrep of ``irreps_out``. What ``Facet`` runs between layers: no conversion to the
+        e3nn layout and back."""
         n = slots.shape[0]
-        x = self.mix(self.interaction.forward_slots(h, nbr_pad, y_pad, r, slots, row_start,
-                                                    basis_pad))
-        resid = h[row_start : row_start + n, self.pad_src] * self.pad_mask
-        return self.norm(x) * self.gain[self.gain_index] + resid
+        x = self.interaction.forward_dmajor(hs, nbr_pad, y_pad, r, slots, row_start, basis_pad)
+        x = self.mix.forward_dmajor(x)
+        out = self.norm.forward_dmajor(x)
+        for i in range(len(out)):
+            mul = self.out_shapes[i][0]
+            start = self.gain_offsets[i]
+            y = out[i] * self.gain[start : start + mul]
+            src, mul_in = self.pad_blocks[i]
+            if src >= 0:
+                res = hs[src]
+                if row_start != 0 or n != res.shape[0]:
+                    res = res[row_start : row_start + n]
+                if mul_in > mul:
+                    res = res[:, :, :mul]
+                elif mul_in < mul:
+                    res = torch.nn.functional.pad(res, [0, mul - mul_in])
+                y = y + res
+            out[i] = y
+        return out

@@ -71,6 +71,10 @@ class IrrepsLinear(o3.Linear):
         outs = self.forward_blocks(self.split(features))
         return torch.cat([o.reshape(n, o.shape[1] * o.shape[2]) for o in outs], dim=1)
 
+    def forward_dmajor_blocks(self, blocks: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Component-major blocks ``[n, dim_i, mul_i]`` -> ``[n, dim_o, mul_o]``."""
+        return self.forward_dmajor(blocks, None, True)
+
     def split(self, features: torch.Tensor) -> list[torch.Tensor]:
         """``[n, irreps_in.dim]`` -> one ``[n, mul, dim]`` view per input irrep."""
         n = features.shape[0]
@@ -85,13 +89,18 @@ class IrrepsLinear(o3.Linear):
         return [o.transpose(1, 2) for o in self.forward_dmajor(blocks)]
 
     def forward_dmajor(self, blocks: list[torch.Tensor],
-                       right: Optional[torch.Tensor] = None) -> list[torch.Tensor]:  # noqa: UP045
+                       right: Optional[torch.Tensor] = None,  # noqa: UP045
+                       dmajor_in: bool = False) -> list[torch.Tensor]:
         """The map on irrep blocks (``forward_blocks``), results ``[n, dim_o, mul_o]``
         (component-major, contiguous rows); with ``right`` ``[mul_o, m]`` (every output irrep
         of one multiplicity ``mul_o``), a channel map applied after: ``[n, dim_o, m]`` from one
         matmul per output irrep (the weights times ``right`` first; a linear map that follows,
-        such as an MLP's first layer, then costs no pass over the features)."""
+        such as an MLP's first layer, then costs no pass over the features). ``dmajor_in``:
+        the input blocks are component-major too (``[n, dim_i, mul_i]``; contiguous ones then
+        enter the matmuls without a copy)."""
         n = blocks[0].shape[0]
+        if not dmajor_in:
+            blocks = [b.transpose(1, 2) for b in blocks]
         outs: list[torch.Tensor] = [blocks[0]] * len(self.out_shapes)
         done: list[bool] = [False] * len(self.out_shapes)
         for i_out, start, end, mul_in, path_weight, inputs in self.groups:
@@ -99,7 +108,7 @@ class IrrepsLinear(o3.Linear):
             w = self.weight[start:end].reshape(mul_in, mul_out) * path_weight
             if right is not None:
                 w = w @ right
-            xs = [blocks[i].transpose(1, 2) for i in inputs]  # [n, d, mul_i]
+            xs = [blocks[i] for i in inputs]  # [n, d, mul_i]
             x = xs[0] if len(xs) == 1 else torch.cat(xs, dim=2)
             outs[i_out] = (x.reshape(n * d, mul_in) @ w).reshape(n, d, w.shape[1])
             done[i_out] = True
@@ -114,6 +123,6 @@ class IrrepsLinear(o3.Linear):
                     w = w * path_weight
                     if right is not None:
                         w = w @ right
-                    acc = acc + blocks[i_in].transpose(1, 2).reshape(n * d, mul_in) @ w
+                    acc = acc + blocks[i_in].reshape(n * d, mul_in) @ w
             outs[i_out] = acc.reshape(n, d, cols)
         return outs

@@ -20,6 +20,7 @@ import torch
 from e3nn import o3
 from torch import nn
 
+from facet.blocks import from_dmajor
 from facet.chunks import row_chunks
 from facet.config import FacetConfig
 from facet.layers import FacetLayer
@@ -228,16 +229,19 @@ class Facet(nn.Module):
         basis: Optional[torch.Tensor] = None  # noqa: UP045 (TorchScript)
         if self.shared_radial_basis:
             basis = gather_slots(self.layers[0].interaction.radial.enveloped_basis(r), slots)
-        h = self.embed(species)
+        # node features as component-major blocks [n, d, mul] per irrep between the layers
+        # (FacetLayer.forward_dmajor): the embedding is one scalar block
+        hs = [self.embed(species).unsqueeze(1)]
         for k, layer in enumerate(self.layers):
             m = n_out[k]
             if m == slots.shape[0]:  # whole tensors: no slice (a slice's gradient is a fill)
-                h = layer.forward_slots(h, nbr, y, r, slots, 0, basis)
+                hs = layer.forward_dmajor(hs, nbr, y, r, slots, 0, basis)
             else:
                 b_k: Optional[torch.Tensor] = None  # noqa: UP045 (TorchScript)
                 if basis is not None:
                     b_k = basis[:m]
-                h = layer.forward_slots(h, nbr[:m], y[:m], r, slots[:m], 0, b_k)
+                hs = layer.forward_dmajor(hs, nbr[:m], y[:m], r, slots[:m], 0, b_k)
+        h = from_dmajor(hs)
         return self.readout(h, species[: h.shape[0]])
 
     def forward_slots(

@@ -34,6 +34,7 @@ import torch
 from e3nn import o3
 from torch import nn
 
+from facet.blocks import from_dmajor
 from facet.linear import IrrepsLinear
 
 S2_GRIDS = ("soft", "gauss", "lebedev")
@@ -218,6 +219,11 @@ class GridMLP(nn.Module):
             x = torch.nn.functional.silu(x @ w)
         return x
 
+    def forward_dmajor(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The MLP on scalar features as component-major blocks (``[n, 1, mul]`` each): one
+        ``[n, 1, dims[-1]]`` block."""
+        return [self(from_dmajor(xs)).unsqueeze(1)]
+
     def weight(self, index: int) -> torch.Tensor:
         """Layer ``index``'s weight ``[dims[index], dims[index + 1]]`` (empty if there is no
         such layer)."""
@@ -320,37 +326,43 @@ class S2Mixing(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[n, irreps_in.dim]`` -> ``[n, irreps_out.dim]`` (e3nn layouts)."""
         n = x.shape[0]
-        # per irrep block throughout (views and concatenations, no slicing: see facet.linear)
-        x_blocks = self.proj_up.split(x)
-        if self.fused and x.device.type == "cpu":
+        blocks = [b.transpose(1, 2) for b in self.proj_up.split(x)]  # [n, d, mul] views
+        out = self.forward_dmajor(blocks)
+        return torch.cat([o.transpose(1, 2).reshape(n, o.shape[1] * o.shape[2]) for o in out],
+                         dim=1)
+
+    def forward_dmajor(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The block on component-major features: one ``[n, d, mul]`` per irrep of
+        ``irreps_in`` -> one ``[n, d, mul]`` per irrep of ``irreps_out``."""
+        if self.fused and xs[0].device.type == "cpu":
             # the MLP's first layer (per head: block-diagonal) folded into proj_up's weights:
             # the fold's z [n, (lmax+1)^2, heads * hidden] from one matmul per l
             w1 = self.mlp.weight(0)
             w1_heads = torch.kron(torch.eye(self.heads, dtype=w1.dtype, device=w1.device), w1)
-            zl = self.proj_up.forward_dmajor(x_blocks, w1_heads)  # [n, 2l+1, H] per l
+            zl = self.proj_up.forward_dmajor(xs, w1_heads, True)  # [n, 2l+1, H] per l
             z = torch.cat([zl[l] for l in self.fused_order], dim=1)
             back = torch.ops.facet.s2_mlp(z, self.to_grid_fused, self.mlp.weight(1),
                                           self.from_grid_fused, self.heads)
             parts = torch.split(back, [self.block_dims[l] for l in self.fused_order], dim=1)
-            back_blocks = [parts[i].transpose(1, 2) for i in self.fused_unorder]
+            back_blocks = [parts[i] for i in self.fused_unorder]
         else:
-            up = self.proj_up.forward_blocks(x_blocks)  # [n, u, 2l+1] per l
-            back = self._grid(torch.cat(up, dim=-1))  # coefficients [n, u, (lmax+1)^2]
-            back_blocks = [b.transpose(1, 2) for b in torch.split(back, self.block_dims, dim=1)]
+            up = self.proj_up.forward_dmajor(xs, None, True)  # [n, 2l+1, u] per l
+            back = self._grid(torch.cat(up, dim=1))  # coefficients [n, (lmax+1)^2, u]
+            back_blocks = list(torch.split(back, self.block_dims, dim=1))
         # proj_down's blocks: the merged scalars (input scalars + the grid's l = 0 output),
         # then the grid's l > 0 blocks
         if self.num_scalar_blocks > 0:
-            scalars = x_blocks[: self.num_scalar_blocks] + back_blocks[:1]
-            down_in = [torch.cat(scalars, dim=1)] + back_blocks[1:]
+            scalars = xs[: self.num_scalar_blocks] + back_blocks[:1]
+            down_in = [torch.cat(scalars, dim=2)] + back_blocks[1:]
         else:
             down_in = back_blocks
-        out = self.proj_down.forward_blocks(down_in)
-        return torch.cat([o.reshape(n, o.shape[1] * o.shape[2]) for o in out], dim=1)
+        return self.proj_down.forward_dmajor(down_in, None, True)
 
     def _grid(self, coeffs: torch.Tensor) -> torch.Tensor:
-        """Coefficients ``[n, u, dim]`` -> grid -> MLP -> coefficients ``[n, dim, u]``."""
-        n, u = coeffs.shape[0], coeffs.shape[1]
+        """Coefficients ``[n, dim, u]`` -> grid -> MLP -> coefficients ``[n, dim, u]``."""
+        n, u = coeffs.shape[0], coeffs.shape[2]
         n_grid = self.to_grid.shape[1]
         if self.fold:
             pre = torch.matmul(self.to_grid.t(), self._first_layer(coeffs))  # [n, n_grid, H]
@@ -359,16 +371,16 @@ class S2Mixing(nn.Module):
         else:
             # grid values with the channel axis last ([n, n_grid, u]): the per-point MLP then
             # acts on contiguous rows and no grid-sized tensor is ever transposed
-            grid = torch.matmul(self.to_grid.t(), coeffs.transpose(1, 2))
+            grid = torch.matmul(self.to_grid.t(), coeffs)
             if not self.identity:
                 g = self.mlp(grid.reshape(n, n_grid, self.heads, u // self.heads))
                 grid = g.reshape(n, n_grid, u)
         return torch.matmul(self.from_grid.t(), grid)  # [n, dim, u]
 
     def _first_layer(self, coeffs: torch.Tensor) -> torch.Tensor:
-        """The MLP's first layer applied to the coefficients ``[n, u, dim]`` (the fold), per
+        """The MLP's first layer applied to the coefficients ``[n, dim, u]`` (the fold), per
         head: ``[n, dim, heads, u/heads] @ W1`` -> ``[n, dim, heads * hidden]``."""
-        n, u, dim = coeffs.shape[0], coeffs.shape[1], coeffs.shape[2]
+        n, dim, u = coeffs.shape[0], coeffs.shape[1], coeffs.shape[2]
         w1 = self.mlp.weight(0)  # [u / heads, hidden]
-        ch = coeffs.reshape(n, self.heads, u // self.heads, dim).permute(0, 3, 1, 2)
+        ch = coeffs.reshape(n, dim, self.heads, u // self.heads)
         return torch.matmul(ch, w1).reshape(n, dim, self.heads * w1.shape[1])

@@ -100,6 +100,7 @@ class UVUTensorProduct(nn.Module):
         # h split once into its irreps (one gradient concatenation instead of a zero-filled
         # full-size gradient per sliced block); the irrep of each block
         self.in1_sizes = [mul * ir.dim for mul, ir in self.irreps_in1]
+        self.in1_shapes = [(mul, ir.dim) for mul, ir in self.irreps_in1]
         self.block_irrep = [in1_offsets.index(b[0]) for b in self.blocks]
         k_splits: list[list[int]] = [[] for _ in self.blocks]
         k_targets: list[list[int]] = [[] for _ in self.blocks]
@@ -151,9 +152,27 @@ class UVUTensorProduct(nn.Module):
         basis_pad: torch.Tensor,
         coefficients: torch.Tensor,
     ) -> list[torch.Tensor]:
+        """``forward_dmajor_in`` from node features ``h`` ``[n_in, irreps_in1.dim]`` (e3nn
+        layout)."""
+        parts = torch.split(h, self.in1_sizes, dim=1)
+        xs = [parts[i].reshape(h.shape[0], self.in1_shapes[i][0], self.in1_shapes[i][1])
+              .transpose(1, 2) for i in range(len(parts))]
+        return self.forward_dmajor_in(xs, nbr_pad, y_pad, basis_pad, coefficients)
+
+    def forward_dmajor_in(
+        self,
+        xs: list[torch.Tensor],
+        nbr_pad: torch.Tensor,
+        y_pad: torch.Tensor,
+        basis_pad: torch.Tensor,
+        coefficients: torch.Tensor,
+    ) -> list[torch.Tensor]:
         """Aggregated messages as one ``[n_out, mul, d3]`` block per output irrep (views of the
         per-input-block results; no per-irrep slicing, whose gradients would be zero-filled
-        full-size tensors), from per-slot edge data: for every output node n and neighbour slot
+        full-size tensors), from the node features as one component-major block
+        ``[n_in, d1, mul]`` per irrep of ``irreps_in1`` (any strides; contiguous ones reach
+        the fused kernel without a copy) and per-slot edge data: for every output node n and
+        neighbour slot
         s (``slots [n_out, M]``, see ``neighbour_slots``) ``nbr_pad [n_out, M]`` (row of ``h``
         of the neighbour; any valid row on padding), ``y_pad [n_out, M, d2]`` and
         ``basis_pad [n_out, M, nb]`` (zero on padding).
@@ -171,17 +190,16 @@ class UVUTensorProduct(nn.Module):
         """
         n_out, m = nbr_pad.shape[0], nbr_pad.shape[1]
         nb = basis_pad.shape[2]
-        fused = self.fused and h.device.type == "cpu"
+        fused = self.fused and y_pad.device.type == "cpu"
         y_flat = y_pad.reshape(n_out * m, self.d2)
         if fused:
             basis_pad = basis_pad.contiguous()
         basis_e = basis_pad.reshape(n_out * m, 1, nb, 1)
-        out: list[torch.Tensor] = [h] * self.num_out
-        h_parts = torch.split(h, self.in1_sizes, dim=1)
+        out: list[torch.Tensor] = [y_pad] * self.num_out
         for b, blk in enumerate(self.blocks):
-            h_b = h_parts[self.block_irrep[b]]
+            x = xs[self.block_irrep[b]]
             _, mul, d1, k_total, _, _, _, ko = blk
-            t, x, c = self._block_operands(blk, h_b, y_flat, coefficients)
+            t, c = self._block_operands(blk, y_flat, coefficients)
             if fused:
                 agg = torch.ops.facet.uvu_tp_block(x.contiguous(), nbr_pad,
                                                    t.reshape(n_out, m, d1, k_total), basis_pad,
@@ -203,31 +221,16 @@ class UVUTensorProduct(nn.Module):
     def _block_operands(
         self,
         blk: tuple[int, int, int, int, int, int, int, int],
-        h_b: torch.Tensor,
         y_flat: torch.Tensor,
         coefficients: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One block's operands: ``t = Y @ coupling`` ``[slots, d1 * K]``, the input features
-        ``[n_in, d1, mul]`` (a transposed view of ``h_b``, the block's columns of the node
-        features) and the radial coefficients ``[nb, paths, mul]``."""
-        _, _, d1, k_total, c_off, _, _, _ = blk
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One block's operands: ``t = Y @ coupling`` ``[slots, d1 * K]`` and the radial
+        coefficients ``[nb, paths, mul]``."""
+        _, mul, d1, k_total, c_off, w0, n_paths, _ = blk
         coupling = self.couplings[c_off : c_off + self.d2 * d1 * k_total]
         t = y_flat @ coupling.reshape(self.d2, d1 * k_total)
-        x, c = self._block_features(blk, h_b, coefficients)
-        return t, x, c
-
-    def _block_features(
-        self,
-        blk: tuple[int, int, int, int, int, int, int, int],
-        h_b: torch.Tensor,
-        coefficients: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One block's input features ``[n_in, d1, mul]`` (a transposed view of ``h_b``, the
-        block's columns of the node features) and radial coefficients ``[nb, paths, mul]``."""
-        _, mul, d1, _, _, w0, n_paths, _ = blk
-        x = h_b.reshape(-1, mul, d1).transpose(1, 2)
         c = coefficients[:, w0 : w0 + n_paths * mul].reshape(coefficients.shape[0], n_paths, mul)
-        return x, c
+        return t, c
 
 
 def neighbour_slots(centre: torch.Tensor, n_out: int, n_edges: int) -> torch.Tensor:
