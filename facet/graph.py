@@ -7,6 +7,7 @@ S (integers) such that ``r_ij = x_j - x_i + S @ cell`` (Å).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from ase import Atoms
@@ -36,8 +37,9 @@ class Graph:
     cell: np.ndarray
     pbc: np.ndarray
 
-    @property
+    @cached_property
     def rij(self) -> np.ndarray:
+        """``[n_edges, 3]`` float64 edge vectors ``x_j - x_i + S @ cell`` (Å), computed once."""
         return self.positions[self.neighbour] - self.positions[self.centre] + self.shifts
 
     @property
