@@ -21,7 +21,7 @@ paths run back to back (their order alternates between rounds) so that they see 
         # `plain@optimised`: with FACET_JIT_OPTIMIZE=1 (TorchScript's optimising executor);
         # any path as `<path>@bmm`: files deployed with --no-fused-kernels (the torch
         # formulations instead of facet.ops' fused kernels, the default); `<path>@sp16k`:
-        # with --single-pass-edges 16384
+        # with --single-pass-edges 16384; `<path>@f32`: files deployed with --dtype float32
 
 Models: `shipped` = examples/models/facet-emt-small.pt (2 layers); `facet-s` = Facet-S for Cu
 (3 layers, 236k parameters) with every parameter perturbed by 0.1 randn (seed 0), as in
@@ -51,7 +51,8 @@ VARIANTS = {"untuned": "malloc_tuning no", "recompute": "single_pass_edges 0",
 ENV_VARIANTS = {"optimised": {"FACET_JIT_OPTIMIZE": "1"}}
 # any path as <path>@<variant>: files deployed with these facet-deploy options
 FILE_VARIANTS = {"bmm": ["--no-fused-kernels"],  # torch formulations, not facet.ops' kernels
-                 "sp16k": ["--single-pass-edges", "16384"]}  # the single pass to 16384 pairs
+                 "sp16k": ["--single-pass-edges", "16384"],  # the single pass to 16384 pairs
+                 "f32": ["--dtype", "float32"]}  # a float32 file (float64 otherwise)
 
 
 def lammps_prefix() -> Path:

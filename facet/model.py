@@ -20,7 +20,7 @@ import torch
 from e3nn import o3
 from torch import nn
 
-from facet.blocks import from_dmajor
+from facet.blocks import from_dmajor, join_component_major, split_component_major
 from facet.chunks import row_chunks
 from facet.config import FacetConfig
 from facet.layers import FacetLayer
@@ -111,6 +111,53 @@ class Facet(nn.Module):
         for i, layer in enumerate(self.layers):
             if i == index:
                 return layer(h, sh, r, centre, neighbour, n_out, row_start)
+        raise IndexError("layer index out of range")
+
+    @torch.jit.export
+    def edge_slots(
+        self,
+        sh: torch.Tensor,
+        r: torch.Tensor,
+        centre: torch.Tensor,
+        neighbour: torch.Tensor,
+        n_out: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:  # noqa: UP045
+        """The per-slot edge data that every layer of a graph shares, computed once for
+        ``layer_padded`` (instead of once per ``layer`` call): edges centred on nodes
+        ``0..n_out-1``, ``sh`` and ``r`` from ``edge_features``. Returns ``(slots [n_out, M],
+        neighbour rows [n_out, M], harmonics [n_out, M, d], radial basis [n_out, M, nb])``, the
+        basis None unless ``shared_radial_basis``."""
+        slots = neighbour_slots(centre, n_out, r.shape[0])
+        return (slots, gather_slots(neighbour, slots), gather_slots(sh, slots),
+                self.slot_basis(r, slots))
+
+    def slot_basis(self, r: torch.Tensor, slots: torch.Tensor) -> Optional[torch.Tensor]:  # noqa: UP045
+        """The radial basis all layers share, per slot (None unless ``shared_radial_basis``)."""
+        if self.shared_radial_basis:
+            return gather_slots(self.layers[0].interaction.radial.enveloped_basis(r), slots)
+        return None
+
+    @torch.jit.export
+    def layer_padded(
+        self,
+        index: int,
+        h: torch.Tensor,
+        nbr_pad: torch.Tensor,
+        y_pad: torch.Tensor,
+        r: torch.Tensor,
+        slots: torch.Tensor,
+        basis_pad: Optional[torch.Tensor],  # noqa: UP045
+    ) -> torch.Tensor:
+        """``layer(index, h, ...)`` for the nodes ``0..slots.shape[0]-1`` from ``edge_slots``'
+        data (``r``: per edge, used where the basis is not shared), with the node features
+        ``h`` and the result as rows in the component-major layout (``facet.blocks``; e3nn's
+        for the scalar embedding and the last layer's scalars): what a runtime that exchanges
+        rows between layers calls, embed -> layer_padded 0, 1, ... -> readout."""
+        for i, layer in enumerate(self.layers):
+            if i == index:
+                hs = split_component_major(h, layer.in_shapes)
+                return join_component_major(layer.forward_dmajor(hs, nbr_pad, y_pad, r, slots,
+                                                                 0, basis_pad))
         raise IndexError("layer index out of range")
 
     @torch.jit.export
@@ -226,9 +273,7 @@ class Facet(nn.Module):
         sh, r = self.edge_features(rij)
         nbr = gather_slots(neighbour, slots)
         y = gather_slots(sh, slots)
-        basis: Optional[torch.Tensor] = None  # noqa: UP045 (TorchScript)
-        if self.shared_radial_basis:
-            basis = gather_slots(self.layers[0].interaction.radial.enveloped_basis(r), slots)
+        basis = self.slot_basis(r, slots)
         # node features as component-major blocks [n, d, mul] per irrep between the layers
         # (FacetLayer.forward_dmajor): the embedding is one scalar block
         hs = [self.embed(species).unsqueeze(1)]

@@ -201,7 +201,7 @@ class UVUTensorProduct(nn.Module):
             _, mul, d1, k_total, _, _, _, ko = blk
             t, c = self._block_operands(blk, y_flat, coefficients)
             if fused:
-                agg = torch.ops.facet.uvu_tp_block(x.contiguous(), nbr_pad,
+                agg = torch.ops.facet.uvu_tp_block(x, nbr_pad,
                                                    t.reshape(n_out, m, d1, k_total), basis_pad,
                                                    c.contiguous(),
                                                    self.paths_of_k[ko : ko + k_total])

@@ -365,12 +365,14 @@ void PairFacet::load_model()
   else
     error->all(FLERR, "pair_style facet: {} has unsupported dtype {}", model_path, dtype_name);
   wire_size = dtype == torch::kFloat32 ? sizeof(float) : sizeof(double);
-  if (!is_package)
+  if (!is_package) {
     for (const char *name : {"embed", "edge_features", "layer", "layer_forward_chunked",
                              "layer_backward_chunked", "readout"})
       if (!module.find_method(name))
         error->all(FLERR, "pair_style facet: {} lacks the method {}; write it with `{}`",
                    model_path, name, kRedeploy);
+    padded_layers = module.find_method("edge_slots") && module.find_method("layer_padded");
+  }
   select_device(device_request.empty() ? device_name : device_request);
   // chunking for the device type the model runs on (the file may be written for another)
   auto by_type = chunking_by_device.find(device.is_cuda() ? "cuda" : "cpu");
@@ -739,14 +741,35 @@ PairFacet::single_pass(const torch::Tensor &species, const torch::Tensor &pi,
   // each layer gets its own graph: edge features and input features enter as leaves
   auto sh_leaf = sh.detach().requires_grad_(true);
   auto r_leaf = r.detach().requires_grad_(true);
-  auto layer = module.get_method("layer");
+  // with padded_layers, the per-slot edge data all layers share (slots, neighbour rows,
+  // harmonics, radial basis) computed once from the leaves; its float tensors enter every
+  // layer's graph as leaves in turn, and their gradients go back to sh and r once at the end
+  torch::Tensor slots, nbr_pad, y_pad, y_leaf, basis_pad, basis_leaf;
+  if (padded_layers) {
+    auto es = module.get_method("edge_slots")({sh_leaf, r_leaf, pi, pj, nlocal}).toTuple();
+    slots = es->elements()[0].toTensor();
+    nbr_pad = es->elements()[1].toTensor();
+    y_pad = es->elements()[2].toTensor();
+    y_leaf = y_pad.detach().requires_grad_(true);
+    if (!es->elements()[3].isNone()) {
+      basis_pad = es->elements()[3].toTensor();
+      basis_leaf = basis_pad.detach().requires_grad_(true);
+    }
+  }
+  auto layer = module.get_method(padded_layers ? "layer_padded" : "layer");
 
   std::vector<torch::Tensor> ins, outs;
   auto h = module.get_method("embed")({species}).toTensor().detach();
   for (int k = 0; k < num_layers; k++) {
     torch::Tensor h_in = h;
     if (k > 0) h_in = halo_forward(outs.back(), nall).requires_grad_(true);
-    auto out = layer({k, h_in, sh_leaf, r_leaf, pi, pj, nlocal, 0}).toTensor();
+    torch::Tensor out;
+    if (padded_layers)
+      out = layer({k, h_in, nbr_pad, y_leaf, r_leaf, slots,
+                   basis_leaf.defined() ? c10::IValue(basis_leaf) : c10::IValue()})
+                .toTensor();
+    else
+      out = layer({k, h_in, sh_leaf, r_leaf, pi, pj, nlocal, 0}).toTensor();
     ins.push_back(h_in);
     outs.push_back(out);
   }
@@ -760,15 +783,21 @@ PairFacet::single_pass(const torch::Tensor &species, const torch::Tensor &pi,
   }
   auto g_sh = torch::zeros_like(sh_leaf);
   auto g_r = torch::zeros_like(r_leaf);
+  // the edge leaves of every layer's graph: sh (or the per-slot harmonics), r, and the
+  // per-slot basis when the file shares one
+  std::vector<torch::Tensor> edge_leaves{padded_layers ? y_leaf : sh_leaf, r_leaf};
+  if (basis_leaf.defined()) edge_leaves.push_back(basis_leaf);
+  std::vector<torch::Tensor> g_edge;
+  for (const auto &leaf : edge_leaves) g_edge.push_back(torch::zeros_like(leaf));
   for (int k = num_layers - 1; k >= 0; k--) {
     torch::Tensor g_h;
     if (outs[k].requires_grad() && nlocal > 0) {
-      std::vector<torch::Tensor> inputs{sh_leaf, r_leaf};
+      std::vector<torch::Tensor> inputs = edge_leaves;
       if (k > 0) inputs.push_back(ins[k]);
       auto grads = torch::autograd::grad({outs[k]}, inputs, {g}, false, false, true);
-      if (grads[0].defined()) g_sh += grads[0];
-      if (grads[1].defined()) g_r += grads[1];
-      if (k > 0) g_h = grads[2];
+      for (size_t i = 0; i < edge_leaves.size(); i++)
+        if (grads[i].defined()) g_edge[i] += grads[i];
+      if (k > 0) g_h = grads[edge_leaves.size()];
     }
     outs[k] = torch::Tensor();
     if (k > 0) {
@@ -776,6 +805,23 @@ PairFacet::single_pass(const torch::Tensor &species, const torch::Tensor &pi,
       ins[k] = torch::Tensor();
       g = halo_reverse(g_h, nlocal, nall);    // every rank, every layer
     }
+  }
+  if (padded_layers) {
+    // the per-slot edge data's gradients back to sh and r (its gathers and basis, once)
+    g_r += g_edge[1];
+    std::vector<torch::Tensor> shared{y_pad}, g_shared{g_edge[0]};
+    if (basis_leaf.defined()) {
+      shared.push_back(basis_pad);
+      g_shared.push_back(g_edge[2]);
+    }
+    if (npairs > 0) {
+      auto ge = torch::autograd::grad(shared, {sh_leaf, r_leaf}, g_shared, false, false, true);
+      if (ge[0].defined()) g_sh += ge[0];
+      if (ge[1].defined()) g_r += ge[1];
+    }
+  } else {
+    g_sh += g_edge[0];
+    g_r += g_edge[1];
   }
   torch::Tensor g_rij = torch::zeros_like(rij);
   if (npairs > 0) {

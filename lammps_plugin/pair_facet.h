@@ -84,6 +84,9 @@ class PairFacet : public Pair {
   std::unique_ptr<FacetPlugin::AOTIModel> aoti;    // set: the file is an AOTInductor package
   std::string cpu_isa;                             // AOTI: the CPU ISA it was compiled for
   int fused_kernels = 0;    // AOTI: version of the facet:: operators its programs call (0: none)
+  // the file has edge_slots/layer_padded (per-slot edge data shared by all layers; files
+  // written before them call `layer`, which recomputes it per layer)
+  bool padded_layers = false;
   bool loaded = false;
   torch::Device device = torch::Device(torch::kCPU);
   torch::Dtype dtype = torch::kFloat64;

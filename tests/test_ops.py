@@ -92,6 +92,31 @@ def test_fused_float32_and_two_threads(irreps):
         assert torch.allclose(a, b, atol=2e-5 * a.abs().max(), rtol=0)
 
 
+@pytest.mark.parametrize("d1", [1, 3, 5])
+def test_kernel_reads_row_strided_features_in_place(d1):
+    """x as a block of columns of wider rows (the component-major node features) gives the
+    same values and gradients as a contiguous copy (register-blocked and generic shapes)."""
+    facet.ops.load()
+    g = torch.Generator().manual_seed(0)
+    for mul in (16, 6):
+        n_in, n, m, k_total, nb = 9, 5, 4, 4, 3
+        wide = torch.randn(n_in, 7 + d1 * mul + 2, generator=g, dtype=torch.float64)
+        x = wide[:, 7 : 7 + d1 * mul].reshape(n_in, d1, mul)
+        assert not x.is_contiguous() and x.stride(2) == 1
+        nbr = torch.randint(0, n_in, (n, m), generator=g)
+        t = torch.randn(n, m, d1, k_total, generator=g, dtype=torch.float64)
+        basis = torch.rand(n, m, nb, generator=g, dtype=torch.float64)
+        c = torch.randn(nb, 2, mul, generator=g, dtype=torch.float64)
+        pk = torch.tensor([0, 0, 1, 1])
+        grad = torch.randn(n, mul, k_total, generator=g, dtype=torch.float64)
+        for a, b in zip(torch.ops.facet.uvu_tp_block_backward(grad, x, nbr, t, basis, c, pk),
+                        torch.ops.facet.uvu_tp_block_backward(grad, x.contiguous(), nbr, t,
+                                                              basis, c, pk), strict=True):
+            assert torch.equal(a, b)
+        assert torch.equal(torch.ops.facet.uvu_tp_block(x, nbr, t, basis, c, pk),
+                           torch.ops.facet.uvu_tp_block(x.contiguous(), nbr, t, basis, c, pk))
+
+
 def test_out_of_range_indices_are_refused():
     """A neighbour row or path index outside its tensor is an error, not a wild read."""
     x = torch.randn(5, 1, 16, dtype=torch.float64)

@@ -464,8 +464,16 @@ class FacetMLIAP(MLIAPUnified):
         sh, r = m.edge_features(rij)
         h = m.embed(species)
         h_local = h[:nlocal]
+        # the edge data every layer shares, once (files deployed before edge_slots existed:
+        # per layer)
+        padded = hasattr(m, "edge_slots")
+        if padded:
+            slots, nbr_pad, y_pad, basis_pad = m.edge_slots(sh, r, pi, pj, nlocal)
         for k in range(self.num_layers):
-            h_local = m.layer(k, h, sh, r, pi, pj, nlocal) + anchor
+            if padded:
+                h_local = m.layer_padded(k, h, nbr_pad, y_pad, r, slots, basis_pad) + anchor
+            else:
+                h_local = m.layer(k, h, sh, r, pi, pj, nlocal) + anchor
             if k + 1 < self.num_layers:
                 h = HaloExchange.apply(h_local, ntotal, data, lmp_dev)
         e_local = m.readout(h_local, species[:nlocal])

@@ -12,7 +12,8 @@
 // backward kernel recomputes W and the per-edge products instead of storing them and returns
 // the gradients for x, t and basis; there is none for c (frozen weights: inference only).
 //
-// Layouts (contiguous): x [N, d1, mul]; nbr [n, m] int64 (rows of x; padding slots point at
+// Layouts (contiguous): x [N, d1, mul] (each row's values dense, any row stride: x may be a
+// block of columns of wider rows); nbr [n, m] int64 (rows of x; padding slots point at
 // any valid row and have basis 0); t [n, m, d1, K]; basis [n, m, nb]; c [nb, P, mul];
 // path_of_k [K] int64 in [0, P); agg and its gradient [n, mul, K].
 //
@@ -34,7 +35,17 @@ namespace {
 
 struct BlockShape {
   int64_t n, m, d1, mul, K, nb, P, N;
+  int64_t xs = 0;  // x's row stride (elements): its rows may be columns of a wider array
 };
+
+// x [N, d1, mul] with each row's d1 x mul values dense (any row stride: a block of columns of
+// the component-major node features, facet/blocks.py), or a contiguous copy
+at::Tensor dense_rows(const at::Tensor& x) {
+  const bool dense = (x.size(2) == 1 || x.stride(2) == 1) &&
+                     (x.size(1) == 1 || x.stride(1) == x.size(2)) &&
+                     x.stride(0) >= x.size(1) * x.size(2);
+  return dense ? x : x.contiguous();
+}
 
 BlockShape check_inputs(const at::Tensor& x, const at::Tensor& nbr, const at::Tensor& t,
                         const at::Tensor& basis, const at::Tensor& c, const at::Tensor& path_of_k) {
@@ -155,7 +166,7 @@ void forward_generic(const BlockShape& s, const T* x, const int64_t* nbr, const 
         const T* bas = basis + e * s.nb;
         if (std::all_of(bas, bas + s.nb, [](T v) { return v == T(0); })) continue;
         radial_weights(bas, c, w.data(), s.nb, pm);
-        const T* xj = x + nbr[e] * s.d1 * s.mul;
+        const T* xj = x + nbr[e] * s.xs;
         const T* te = t + e * s.d1 * s.K;
         for (int64_t k = 0; k < s.K; ++k) {
           edge_product(te, xj, prod.data(), k, s.K, s.d1, s.mul);
@@ -188,7 +199,7 @@ void backward_generic(const BlockShape& s, const T* grad, const T* x, const int6
         radial_weights(bas, c, w.data(), s.nb, pm);
         std::fill(gw.begin(), gw.end(), T(0));
         const int64_t j = nbr[e];
-        const T* xj = x + j * xrow;
+        const T* xj = x + j * s.xs;
         T* gxj = gxt + j * xrow;
         const T* te = t + e * s.d1 * s.K;
         T* gte = gt + e * s.d1 * s.K;
@@ -376,7 +387,7 @@ void forward_vec(const BlockShape& s, const T* x, const int64_t* nbr, const T* t
         const int64_t e = a * s.m + sl;
         const int64_t nnz = nonzero_basis(basis + e * s.nb, s.nb, idx.data(), val.data());
         if (nnz == 0) continue;
-        const T* xj = x + nbr[e] * D1 * mul;
+        const T* xj = x + nbr[e] * s.xs;
         const T* te = t + e * D1 * K;
         for (int64_t u0 = 0; u0 < mul; u0 += VW) {
           Vec xv[D1];
@@ -422,7 +433,7 @@ void backward_vec(const BlockShape& s, const T* grad, const T* x, const int64_t*
         const int64_t e = a * s.m + sl;
         const int64_t nnz = nonzero_basis(basis + e * nb, nb, idx.data(), val.data());
         const int64_t j = nbr[e];
-        const T* xj = x + j * xrow;
+        const T* xj = x + j * s.xs;
         T* gxj = gxt + j * xrow;
         const T* te = t + e * D1 * K;
         T* gte = gt + e * D1 * K;
@@ -506,9 +517,10 @@ void backward_kernel(const BlockShape& s, const T* grad, const T* x, const int64
 at::Tensor uvu_tp_block(const at::Tensor& x_in, const at::Tensor& nbr_in, const at::Tensor& t_in,
                         const at::Tensor& basis_in, const at::Tensor& c_in,
                         const at::Tensor& pk_in) {
-  const BlockShape s = check_inputs(x_in, nbr_in, t_in, basis_in, c_in, pk_in);
-  auto x = x_in.contiguous(), nbr = nbr_in.contiguous(), t = t_in.contiguous();
+  BlockShape s = check_inputs(x_in, nbr_in, t_in, basis_in, c_in, pk_in);
+  auto x = dense_rows(x_in), nbr = nbr_in.contiguous(), t = t_in.contiguous();
   auto basis = basis_in.contiguous(), c = c_in.contiguous(), pk = pk_in.contiguous();
+  s.xs = x.stride(0);
   check_indices(s, nbr, pk);
   auto out = at::empty({s.n, s.mul, s.K}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "uvu_tp_block", [&] {
@@ -524,15 +536,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> uvu_tp_block_backward(
     const at::Tensor& grad_in, const at::Tensor& x_in, const at::Tensor& nbr_in,
     const at::Tensor& t_in, const at::Tensor& basis_in, const at::Tensor& c_in,
     const at::Tensor& pk_in) {
-  const BlockShape s = check_inputs(x_in, nbr_in, t_in, basis_in, c_in, pk_in);
+  BlockShape s = check_inputs(x_in, nbr_in, t_in, basis_in, c_in, pk_in);
   TORCH_CHECK(grad_in.dim() == 3 && grad_in.size(0) == s.n && grad_in.size(1) == s.mul &&
                   grad_in.size(2) == s.K && grad_in.scalar_type() == x_in.scalar_type(),
               "facet::uvu_tp_block_backward: grad must be [n, mul, K] of x's dtype");
-  auto grad = grad_in.contiguous(), x = x_in.contiguous(), nbr = nbr_in.contiguous();
+  auto grad = grad_in.contiguous(), x = dense_rows(x_in), nbr = nbr_in.contiguous();
   auto t = t_in.contiguous(), basis = basis_in.contiguous(), c = c_in.contiguous();
   auto pk = pk_in.contiguous();
+  s.xs = x.stride(0);
   check_indices(s, nbr, pk);
-  auto gx = at::zeros_like(x), gt = at::empty_like(t), gb = at::empty_like(basis);
+  // x's gradient contiguous whatever x's row stride
+  auto gx = at::zeros({s.N, s.d1, s.mul}, x.options()), gt = at::empty_like(t),
+       gb = at::empty_like(basis);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "uvu_tp_block_backward", [&] {
     backward_kernel<scalar_t>(s, grad.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
                               nbr.data_ptr<int64_t>(), t.data_ptr<scalar_t>(),
