@@ -2,7 +2,9 @@
 
 The file is a TorchScript archive of the bare model with its layer-by-layer entry points
 (``embed``, ``edge_features``, ``layer``, ``layer_forward_chunked``, ``layer_backward_chunked``,
-``readout``), loaded by libtorch's ``torch::jit::load``: no Python and no pickled Python objects
+``readout``, and since git 77f3b9f ``edge_slots`` + ``layer_padded``, which the plugin's single
+pass prefers where a file has them), loaded by libtorch's ``torch::jit::load``: no Python and no
+pickled Python objects
 at run time. Its metadata travels inside the archive as the extra file ``facet_plugin.json``
 (format name and version, elements, r_max, layers, feature widths, dtype, device, chunking
 defaults, the single pass's working memory per pair, versions); the plugin
