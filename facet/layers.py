@@ -17,7 +17,7 @@ from facet.config import FacetConfig
 from facet.linear import IrrepsLinear
 from facet.radial import RadialWeights
 from facet.s2 import GridMLP, S2Mixing
-from facet.tensor_product import UVUTensorProduct, neighbour_slots, pad_rows
+from facet.tensor_product import UVUTensorProduct, gather_slots, neighbour_slots
 
 
 def uvu_instructions(
@@ -85,8 +85,8 @@ class Interaction(nn.Module):
         """Messages into the ``n_out`` nodes ``row_start, row_start + 1, ...``: ``centre`` counts
         from ``row_start`` (all centres must be < n_out), ``neighbour`` indexes rows of ``h``."""
         slots = neighbour_slots(centre, n_out, r.shape[0])
-        return self.forward_slots(h, pad_rows(neighbour)[slots], pad_rows(sh)[slots], r, slots,
-                                  row_start)
+        return self.forward_slots(h, gather_slots(neighbour, slots), gather_slots(sh, slots), r,
+                                  slots, row_start)
 
     def forward_slots(
         self,
@@ -121,7 +121,7 @@ class Interaction(nn.Module):
         irrep of ``irreps_out`` (contiguous: the next linear maps read them without a copy)."""
         n = slots.shape[0]
         if basis_pad is None:
-            basis_pad = pad_rows(self.radial.enveloped_basis(r))[slots]
+            basis_pad = gather_slots(self.radial.enveloped_basis(r), slots)
         agg = self.tp.forward_dmajor_in(hs, nbr_pad, y_pad, basis_pad, self.radial.coefficients)
         rows = hs
         if row_start != 0 or n != hs[0].shape[0]:
@@ -285,16 +285,11 @@ class FacetLayer(nn.Module):
                 grid=cfg.s2_grid,
             )
         self.norm = E3LayerNorm(irreps_out, mode=cfg.layer_norm)
-        self.register_buffer("gain_index", channel_gain_index(irreps_out), persistent=False)
         self.gain = nn.Parameter(torch.full((irreps_out.num_irreps,), float(cfg.resid_init)))
-        pidx = pad_index(irreps_in, irreps_out)
-        self.register_buffer("pad_src", pidx.clamp(min=0), persistent=False)
-        self.register_buffer(
-            "pad_mask", (pidx >= 0).to(torch.get_default_dtype()), persistent=False
-        )
-        # the same per block (forward_dmajor): input features ``[n, d, mul]`` per irrep; for
-        # every output irrep the gain's channel offset and the padded residual's source block
-        # (the first input block of that irrep, -1 for none) and its multiplicity
+        # per block (forward_dmajor): input features ``[n, d, mul]`` per irrep; for every
+        # output irrep the gain's channel offset and the padded residual's source block (the
+        # first input block of that irrep, -1 for none) and its multiplicity (per component in
+        # e3nn's layout: channel_gain_index, pad_index)
         self.in_shapes = irrep_shapes(irreps_in)
         self.out_shapes = irrep_shapes(irreps_out)
         self.gain_offsets: list[int] = []
@@ -321,8 +316,8 @@ class FacetLayer(nn.Module):
         neighbours may be any node of ``h``."""
         n = h.shape[0] - row_start if n_out < 0 else n_out
         slots = neighbour_slots(centre, n, r.shape[0])
-        return self.forward_slots(h, pad_rows(neighbour)[slots], pad_rows(sh)[slots], r, slots,
-                                  row_start)
+        return self.forward_slots(h, gather_slots(neighbour, slots), gather_slots(sh, slots), r,
+                                  slots, row_start)
 
     def forward_slots(
         self,

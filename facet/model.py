@@ -341,8 +341,8 @@ class Facet(nn.Module):
         reach); ``neighbour`` and ``rij`` per edge, ``slots`` indexes them (padding
         ``n_edges``). ``facet.aoti``'s ``layer{k}`` program."""
         sh, r = self.edge_features(rij)
-        return self.layers[index].forward_slots(h, pad_rows(neighbour)[slots],
-                                                pad_rows(sh)[slots], r, slots)
+        return self.layers[index].forward_slots(h, gather_slots(neighbour, slots),
+                                                gather_slots(sh, slots), r, slots)
 
     def layer_slots_vjp(
         self,

@@ -34,7 +34,7 @@ import torch
 from e3nn import o3
 from torch import nn
 
-from facet.blocks import from_dmajor
+from facet.blocks import from_dmajor, irrep_shapes, to_dmajor
 from facet.linear import IrrepsLinear
 
 S2_GRIDS = ("soft", "gauss", "lebedev")
@@ -271,6 +271,7 @@ class S2Mixing(nn.Module):
         super().__init__()
         irreps_in = o3.Irreps(irreps_in)
         self.channels = max(mul for mul, ir in irreps_in if ir.l > 0)
+        self.in_shapes = irrep_shapes(irreps_in)
         if self.channels % heads:
             raise ValueError(f"S2 channels {self.channels} not divisible by heads {heads}")
         self.heads = heads
@@ -327,11 +328,7 @@ class S2Mixing(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[n, irreps_in.dim]`` -> ``[n, irreps_out.dim]`` (e3nn layouts)."""
-        n = x.shape[0]
-        blocks = [b.transpose(1, 2) for b in self.proj_up.split(x)]  # [n, d, mul] views
-        out = self.forward_dmajor(blocks)
-        return torch.cat([o.transpose(1, 2).reshape(n, o.shape[1] * o.shape[2]) for o in out],
-                         dim=1)
+        return from_dmajor(self.forward_dmajor(to_dmajor(x, self.in_shapes)))
 
     def forward_dmajor(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
         """The block on component-major features: one ``[n, d, mul]`` per irrep of

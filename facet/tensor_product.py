@@ -19,6 +19,8 @@ import torch
 from e3nn import o3
 from torch import nn
 
+from facet.blocks import irrep_shapes, to_dmajor
+
 
 class UVUTensorProduct(nn.Module):
     """``x`` (irreps_in1) (x) ``y`` (irreps_in2, one copy each) -> irreps_out, weights per edge.
@@ -97,10 +99,9 @@ class UVUTensorProduct(nn.Module):
         # output block i_out = slice k0 : k0 + d3 of its input block's [mul, K] result: per input
         # block, the sizes along K and the output block of each piece (K order)
         self.num_out = len(self.irreps_out)
-        # h split once into its irreps (one gradient concatenation instead of a zero-filled
-        # full-size gradient per sliced block); the irrep of each block
-        self.in1_sizes = [mul * ir.dim for mul, ir in self.irreps_in1]
-        self.in1_shapes = [(mul, ir.dim) for mul, ir in self.irreps_in1]
+        # h split once into its irreps (facet.blocks.to_dmajor: one gradient concatenation
+        # instead of a zero-filled full-size gradient per sliced block); the irrep of each block
+        self.in1_shapes = irrep_shapes(self.irreps_in1)
         self.block_irrep = [in1_offsets.index(b[0]) for b in self.blocks]
         k_splits: list[list[int]] = [[] for _ in self.blocks]
         k_targets: list[list[int]] = [[] for _ in self.blocks]
@@ -128,8 +129,8 @@ class UVUTensorProduct(nn.Module):
         an edge list (edges centred on nodes ``0..n_out-1``). Builds the neighbour-slot map
         (``neighbour_slots``) and calls ``forward_slots``."""
         slots = neighbour_slots(centre, n_out, y.shape[0])
-        return self.forward_slots(h, pad_rows(neighbour)[slots], pad_rows(y)[slots],
-                                  pad_rows(basis)[slots], coefficients)
+        return self.forward_slots(h, gather_slots(neighbour, slots), gather_slots(y, slots),
+                                  gather_slots(basis, slots), coefficients)
 
     def forward_slots(
         self,
@@ -154,10 +155,8 @@ class UVUTensorProduct(nn.Module):
     ) -> list[torch.Tensor]:
         """``forward_dmajor_in`` from node features ``h`` ``[n_in, irreps_in1.dim]`` (e3nn
         layout)."""
-        parts = torch.split(h, self.in1_sizes, dim=1)
-        xs = [parts[i].reshape(h.shape[0], self.in1_shapes[i][0], self.in1_shapes[i][1])
-              .transpose(1, 2) for i in range(len(parts))]
-        return self.forward_dmajor_in(xs, nbr_pad, y_pad, basis_pad, coefficients)
+        return self.forward_dmajor_in(to_dmajor(h, self.in1_shapes), nbr_pad, y_pad, basis_pad,
+                                      coefficients)
 
     def forward_dmajor_in(
         self,

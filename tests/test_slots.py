@@ -11,6 +11,7 @@ from conftest import randomized_model, triclinic_alloy
 import facet
 from facet.contract import FacetPotential
 from facet.graph import build_graph
+from facet.layers import channel_gain_index, pad_index
 from facet.tensor_product import neighbour_slots, pad_rows
 
 
@@ -79,7 +80,11 @@ def reference_energies(model, species, centre, neighbour, rij):
         finally:
             if fold:
                 layer.mix.fold = True
-        h = layer.norm(x) * layer.gain[layer.gain_index] + h[:, layer.pad_src] * layer.pad_mask
+        # per-channel gain and padded residual in e3nn's layout, per component
+        gain_index = channel_gain_index(layer.irreps_out)
+        pidx = pad_index(layer.irreps_in, layer.irreps_out)
+        resid = h[:, pidx.clamp(min=0)] * (pidx >= 0).to(h.dtype)
+        h = layer.norm(x) * layer.gain[gain_index] + resid
     return model.readout(h, species)
 
 

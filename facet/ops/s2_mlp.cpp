@@ -508,7 +508,12 @@ void forward_kernel(const S2Shape& s, const T* z, const T* tg, const T* w2, cons
   const int64_t de = antipodal_even_rows(s, tg, fg);
   const PairRowKernels<T> rk = pair_row_kernels<T>(s.hidden, s.uh);
   at::parallel_for(0, s.n, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> a1(s.G * s.H), a2(s.G * s.u);
+    // grid-sized activations for the paths that keep them (none in the register-blocked one)
+    std::vector<T> a1, a2;
+    if (de < 0 || !rk.forward_block) {
+      a1.resize(s.G * s.H);
+      a2.resize(s.G * s.u);
+    }
     if (de < 0) {
       for (int64_t a = begin; a < end; ++a) {
         gemm<T>(true, false, s.G, s.H, s.dim, tg, s.G, z + a * s.dim * s.H, s.H, a1.data(),
@@ -561,9 +566,17 @@ void backward_kernel(const S2Shape& s, const T* grad, const T* z, const T* tg, c
   for (int64_t k = 0; k < s.hidden; ++k)
     for (int64_t j = 0; j < s.uh; ++j) w2t[j * s.hidden + k] = w2[k * s.uh + j];
   at::parallel_for(0, s.n, 1, [&](int64_t begin, int64_t end) {
-    // a1 holds silu(P) until Q is computed, then the gradient for A1
-    std::vector<T> p(s.G * s.H), sp(s.G * s.H), a1(s.G * s.H), q(s.G * s.u), sq(s.G * s.u),
-        g2(s.G * s.u);
+    // a1 holds silu(P) until Q is computed, then the gradient for A1; p serves every path
+    // (the register-blocked one keeps its pair sums and differences there), the grid-sized
+    // rest only the paths that use them
+    std::vector<T> p(s.G * s.H), sp, a1, q, sq, g2;
+    if (de < 0 || !rk.backward_block) {
+      sp.resize(s.G * s.H);
+      a1.resize(s.G * s.H);
+      q.resize(s.G * s.u);
+      sq.resize(s.G * s.u);
+      g2.resize(s.G * s.u);
+    }
     if (de < 0) {
       for (int64_t a = begin; a < end; ++a) {
         // recompute the activations, keeping the sigmoids for the SiLU derivatives
