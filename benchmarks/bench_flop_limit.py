@@ -11,6 +11,11 @@ Measures, in the same process and interleaved:
    ``FacetCalculator`` (eager; recomputing evaluation above 16384 pairs) and the AOTInductor
    backend (``FacetCalculator(package)``: single pass up to 16384 pairs, the per-layer programs
    in chunks above), rattled fcc Cu at 108 / 500 / 2048 / 8000 atoms, variants alternating;
+   variant ``lammps``: LAMMPS' time per MD step (``lmp``, 1 rank, 1 thread, NVE at 300 K from
+   the same atoms, neighbour skin 2 Å: LAMMPS' "Loop time" / steps after a warm-up run) with
+   the native plugin (``pair_style facet``) on a file of the same model deployed in the run's
+   dtype (``facet-deploy --format plugin``; needs ``./setup.sh``'s LAMMPS and
+   ``deploy/build_plugin.sh``); its energy is LAMMPS' step-0 potential energy;
 4. the ratio of each time to the FLOP limit ``MFLOP/atom / square-1024 rate``;
 5. with ``--threads 1,2``: the same timings with 2 threads (wall time; the packages are compiled
    with the caller's thread count, ``facet-deploy --threads 0``).
@@ -23,6 +28,7 @@ line.
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_flop_limit.py --dtype float64 \
         --sizes 108,500,2048,8000 --threads 1,2
     ... --model shipped     # the shipped model's config (random weights) instead of Facet-S
+    ... --variants default,lammps --sizes 108,500   # the calculator and LAMMPS, one limit
 """
 
 from __future__ import annotations
@@ -72,6 +78,72 @@ def make_atoms(n: int, seed: int = 1):
     atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(rep)
     atoms.rattle(stdev=0.02, seed=seed)
     return atoms
+
+
+class LammpsPlugin:
+    """Variant ``lammps``: MD steps in LAMMPS with the native plugin on a file of ``model``
+    deployed in ``dtype``. ``calculate`` runs one ``lmp`` process (warm-up run, then the timed
+    run) and sets ``step_seconds`` (LAMMPS' loop time per step) and ``results["energy"]``
+    (the potential energy at step 0, eV); forces are not compared (``results["forces"]`` NaN)."""
+
+    def __init__(self, model, dtype: str, work: str) -> None:
+        sys.path.insert(0, HERE)
+        import bench_plugin
+
+        from facet.cli.deploy import main as deploy_main
+        from facet.lammps.plugin import plugin_library
+
+        self.bp = bench_plugin
+        self.lib = plugin_library()
+        if self.lib is None:
+            raise SystemExit("variant lammps: no plugin built (bash deploy/build_plugin.sh)")
+        self.work = work
+        ckpt = facet.save_model(model, os.path.join(work, "model.pt"))
+        self.file = os.path.join(work, f"model-{dtype}-plugin.pt")
+        with open(os.devnull, "w") as null:
+            out, sys.stdout = sys.stdout, null
+            try:
+                assert deploy_main([str(ckpt), "--format", "plugin", "--dtype", dtype, "-o",
+                                    self.file]) == 0
+            finally:
+                sys.stdout = out
+        self.model = {"plugin": self.file, "mliap": self.file, "r_max": model.r_max,
+                      "layers": model.num_interactions}
+        self.results: dict = {}
+        self.step_seconds = float("nan")
+        self.potential = None
+
+    def calculate(self, atoms, properties=None) -> None:
+        import re
+        import subprocess
+        from pathlib import Path
+
+        from ase.io.lammpsdata import write_lammps_data
+
+        n = len(atoms)
+        data = Path(self.work) / f"atoms{n}.data"
+        if not data.exists():
+            write_lammps_data(data, atoms, specorder=["Cu"], masses=True, units="metal",
+                              atom_style="atomic")
+        steps = max(3, 3000 // n)
+        deck = self.bp.deck("plugin", self.model, data, 2, steps, self.lib)
+        deck = deck.replace("thermo 100", "thermo_style custom step pe\nthermo_modify "
+                            "format float %.10f\nthermo 100")
+        inp, log = Path(self.work) / f"in.{n}", Path(self.work) / f"log.{n}"
+        inp.write_text(deck)
+        lmp = self.bp.lammps_prefix() / "bin" / "lmp"
+        env = dict(os.environ, OMP_NUM_THREADS="1", OMP_PROC_BIND="false",
+                   PYTHONPATH=f"{ROOT}:{os.environ.get('PYTHONPATH', '')}")
+        proc = subprocess.run([str(lmp), "-in", inp.name, "-log", log.name, "-screen", "none"],
+                              cwd=self.work, env=env, capture_output=True, text=True)
+        text = log.read_text() if log.exists() else ""
+        if proc.returncode != 0:
+            raise RuntimeError(f"lmp failed:\n{proc.stderr[-2000:]}{text[-2000:]}")
+        t, k = re.findall(r"Loop time of (\S+) on \d+ procs for (\d+) steps", text)[-1]
+        self.step_seconds = float(t) / int(k)
+        pe = re.search(r"^\s*Step\s+PotEng\s*\n\s*0\s+(\S+)", text, re.M)
+        self.results = {"energy": float(pe.group(1)) if pe else float("nan"),
+                        "forces": np.full((n, 3), np.nan)}
 
 
 def model_flops(model, n: int = 108) -> tuple[float, dict[str, float]]:
@@ -153,7 +225,8 @@ def main() -> None:
     ap.add_argument("--sizes", default="108,500,2048,8000")
     ap.add_argument("--variants", default="default,aoti",
                     help="default (eager FacetCalculator), aoti, aoti-single (AOTI single pass "
-                         "at every size), default-single; a -bmm suffix (default-bmm, "
+                         "at every size), default-single, lammps (MD steps in LAMMPS with the "
+                         "native plugin; see above); a -bmm suffix (default-bmm, "
                          "aoti-bmm, aoti-single-bmm) evaluates the tensor products as batched "
                          "matmuls instead of facet.ops' fused kernels")
     ap.add_argument("--threads", default="1", help="comma-separated thread counts, e.g. 1,2")
@@ -205,6 +278,11 @@ def main() -> None:
             calcs[v] = FacetCalculator(paths[fused])
         elif base == "aoti-single":
             calcs[v] = FacetCalculator(paths[fused], chunk_edges=0)
+        elif v == "lammps":
+            import tempfile
+
+            work = tempfile.mkdtemp(prefix="facet-flop-lammps-")
+            calcs[v] = LammpsPlugin(model, a.dtype, work)
         else:
             raise SystemExit(f"unknown variant {v}")
     shapes = {"square 1024": (0, 1024, 1024, 1024), **model_shapes(model)}
@@ -214,7 +292,8 @@ def main() -> None:
         for nt in threads:
             torch.set_num_threads(nt)
             res = {}
-            for k, c in calcs.items():  # untimed first call
+            # untimed first call (LAMMPS first: see below)
+            for k, c in sorted(calcs.items(), key=lambda kc: not isinstance(kc[1], LammpsPlugin)):
                 c.calculate(atoms, ["energy", "forces"])
                 res[k] = (c.results["energy"], c.results["forces"].copy())
             torch.set_num_threads(1)
@@ -222,18 +301,26 @@ def main() -> None:
             torch.set_num_threads(nt)
             cpu: dict[str, list[float]] = {k: [] for k in calcs}
             wall: dict[str, list[float]] = {k: [] for k in calcs}
-            names = list(calcs)
+            # in-process variants alternating, then the LAMMPS runs (other processes slow this
+            # one down for several calls after them: measured up to 1.5x for ~5 calls)
+            names = [k for k in calcs if not isinstance(calcs[k], LammpsPlugin)]
             for rep in range(a.repeats):
                 for k in names if rep % 2 == 0 else names[::-1]:
                     t0, w0 = time.process_time(), time.perf_counter()
                     calcs[k].calculate(atoms, ["energy", "forces"])
                     cpu[k].append(time.process_time() - t0)
                     wall[k].append(time.perf_counter() - w0)
+            for k in calcs:
+                if isinstance(calcs[k], LammpsPlugin):  # a subprocess: LAMMPS' own clock
+                    for _ in range(a.repeats):
+                        calcs[k].calculate(atoms, ["energy", "forces"])
+                        cpu[k].append(calcs[k].step_seconds)
+                        wall[k].append(calcs[k].step_seconds)
             torch.set_num_threads(1)
             rates.append({name: matmul_rate(s, dt) for name, s in shapes.items()})
             rate = {name: float(np.median([r[name] for r in rates])) for name in shapes}
             limit = mflop / rate["square 1024"]  # ms per atom (MFLOP / GFLOP/s)
-            ref = res[names[0]]
+            ref = res[next(iter(calcs))]
             row = {"model": a.model, "dtype": a.dtype, "n": len(atoms), "threads": nt,
                    "mflop_per_atom": mflop, "gflops": rate, "limit_ms_per_atom": limit,
                    "cpu_ms_per_atom": {k: 1e3 * float(np.median(v)) / len(atoms)

@@ -12,7 +12,6 @@ import torch
 from ase import Atoms
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
-from torch.func import functional_call
 
 import facet.ops
 from facet.checkpoint import load_model
@@ -81,6 +80,7 @@ class FacetCalculator(Calculator):
     ) -> None:
         super().__init__(**kwargs)
         self.device = torch.device(device)
+        self._inference: facet.ops.InferenceState | None = None
         if isinstance(model, (bytes, bytearray)) or (
                 isinstance(model, (str, os.PathLike)) and str(model).endswith(".pt2")):
             package, model = model, None
@@ -126,6 +126,11 @@ class FacetCalculator(Calculator):
         # by memory once (facet.memory; as the native plugin does)
         self._size_single_pass = (self.fused and self.device.type == "cpu"
                                   and chunk_edges is None and single_pass_edges is None)
+        if isinstance(self.potential, FacetPotential):
+            # inference: the weights enter as constants, so autograd keeps only what dE/drij
+            # needs, not what weight gradients would (as the frozen module does); the module
+            # passed in gets its weights' gradient flags and kernels back after each call
+            self._inference = facet.ops.InferenceState(self.model, self.fused)
 
     def _single_pass_limit(self, n_pairs: int) -> None:
         """Extend the single pass to the pairs that fit the memory budget, the first time a
@@ -169,13 +174,9 @@ class FacetCalculator(Calculator):
         n = graph.num_atoms
         if self.model is not None:
             self._single_pass_limit(int(centre.shape[0]))
-        if isinstance(self.potential, FacetPotential):
-            # inference: the weights enter as constants (detached views), so autograd keeps only
-            # what dE/drij needs, not what weight gradients would (as the frozen module does)
-            weights = {k: v.detach() for k, v in self.potential.named_parameters()}
-            with facet.ops.fused(self.model, self.fused):
-                e_atoms, dE_drij = functional_call(self.potential, weights,
-                                                   (species, centre, neighbour, rij, n))
+        if self._inference is not None:
+            with self._inference:
+                e_atoms, dE_drij = self.potential(species, centre, neighbour, rij, n)
         else:
             e_atoms, dE_drij = self.potential(species, centre, neighbour, rij, n)
         e_atoms = e_atoms.detach().to(torch.float64)

@@ -555,14 +555,11 @@ double PairFacet::init_one(int, int)
 
 /* ----------------------------------------------------------------------
    halo exchange. A row holds `w` values in the model's precision (float32 rows travel as
-   float32: half the bytes), padded to whole doubles: `comm_width` doubles per atom, the unit
-   of LAMMPS' buffers. Rows are moved with memcpy; only the reverse sum reads values.
+   float32: half the bytes); in LAMMPS' buffers each row takes `comm_width` doubles (padded to
+   whole doubles). Rows are moved with memcpy; only the reverse sum reads values. The rows live
+   in the staging buffer `halo` (a model on a GPU) or, on the CPU, in the feature tensor itself
+   (halo_in_place: no staging copies).
 ------------------------------------------------------------------------- */
-
-char *PairFacet::row(int64_t i)
-{
-  return reinterpret_cast<char *>(halo.data()) + (size_t) i * comm_width * sizeof(double);
-}
 
 int PairFacet::row_doubles(int64_t w) const
 {
@@ -582,20 +579,32 @@ int PairFacet::pack_forward_comm(int n, int *list, double *buf, int /*pbc_flag*/
         error->one(FLERR, "pair_style facet: internal error: LAMMPS' send lists changed without "
                           "re-neighbouring; please report this with your input deck");
   }
-  for (int i = 0; i < n; i++)
-    std::memcpy(buf + (size_t) i * cw, row(list[i]), cw * sizeof(double));
+  const size_t bytes = (size_t) comm_values * wire_size;
+  for (int i = 0; i < n; i++) std::memcpy(buf + (size_t) i * cw, row(list[i]), bytes);
   packed_values += (double) n * comm_values;
   return n * cw;
 }
 
 void PairFacet::unpack_forward_comm(int n, int first, double *buf)
 {
-  std::memcpy(row(first), buf, (size_t) n * comm_width * sizeof(double));
+  const size_t slot = (size_t) comm_width * sizeof(double);
+  if (row_stride == slot) {
+    std::memcpy(row(first), buf, (size_t) n * slot);
+    return;
+  }
+  const size_t bytes = (size_t) comm_values * wire_size;
+  for (int i = 0; i < n; i++) std::memcpy(row(first + i), buf + (size_t) i * comm_width, bytes);
 }
 
 int PairFacet::pack_reverse_comm(int n, int first, double *buf)
 {
-  std::memcpy(buf, row(first), (size_t) n * comm_width * sizeof(double));
+  const size_t slot = (size_t) comm_width * sizeof(double);
+  if (row_stride == slot) {
+    std::memcpy(buf, row(first), (size_t) n * slot);
+  } else {
+    const size_t bytes = (size_t) comm_values * wire_size;
+    for (int i = 0; i < n; i++) std::memcpy(buf + (size_t) i * comm_width, row(first + i), bytes);
+  }
   packed_values += (double) n * comm_values;
   return n * comm_width;
 }
@@ -619,7 +628,7 @@ void PairFacet::unpack_reverse_comm(int n, int *list, double *buf)
   }
 }
 
-// the exchange buffer sized for nall rows of w values; sets comm_width/comm_values
+// the staging buffer sized for nall rows of w values; sets comm_width/comm_values and the rows
 void PairFacet::halo_setup(int nall, int w)
 {
   comm_values = w;
@@ -628,6 +637,36 @@ void PairFacet::halo_setup(int nall, int w)
     error->one(FLERR, "pair_style facet: internal error: exchange width {} > {}", comm_width,
                std::min(comm_forward, comm_reverse));
   halo.resize((size_t) nall * comm_width);
+  rows_base = reinterpret_cast<char *>(halo.data());
+  row_stride = (size_t) comm_width * sizeof(double);
+}
+
+// the exchange works in `rows` ([nall, w], contiguous, on the host, in the model's dtype)
+void PairFacet::halo_in_place(const torch::Tensor &rows)
+{
+  comm_values = (int) rows.size(1);
+  comm_width = row_doubles(comm_values);
+  if (comm_width > comm_forward || comm_width > comm_reverse)
+    error->one(FLERR, "pair_style facet: internal error: exchange width {} > {}", comm_width,
+               std::min(comm_forward, comm_reverse));
+  rows_base = static_cast<char *>(rows.data_ptr());
+  row_stride = (size_t) comm_values * wire_size;
+}
+
+// a forward exchange that records which local rows LAMMPS packs (its send lists were rebuilt)
+void PairFacet::record_border_rows(int nlocal)
+{
+  is_border.assign(nlocal, 0);
+  recording = true;
+  comm->forward_comm(this, comm_width);
+  recording = false;
+  border_rows.clear();
+  for (int i = 0; i < nlocal; i++)
+    if (is_border[i]) border_rows.push_back(i);
+  border_index =
+      torch::from_blob(border_rows.data(), {(int64_t) border_rows.size()}, torch::kInt64)
+          .to(device, false, true);
+  border_valid = true;
 }
 
 // rows[k] of the buffer <- src[k] (a [rows.size(), w] tensor in the wire dtype, on the host)
@@ -652,7 +691,7 @@ void PairFacet::stage_rows(const torch::Tensor &src, int first_row)
 // buffer rows first.. first+count-1 as a [count, w] tensor on the model's device
 torch::Tensor PairFacet::rows_tensor(int64_t first, int64_t count)
 {
-  const int64_t stride = (int64_t) comm_width * sizeof(double) / wire_size;
+  const int64_t stride = (int64_t) (row_stride / wire_size);
   auto view = torch::from_blob(row(first), {count, (int64_t) comm_values}, {stride, 1},
                                torch::TensorOptions().dtype(dtype));
   return view.to(device, dtype, false, true);
@@ -664,33 +703,34 @@ torch::Tensor PairFacet::halo_forward(const torch::Tensor &h_local, int nall)
   const int nlocal = (int) h_local.size(0);
   const int w = (int) h_local.size(1);
   const double t0 = now();
-  halo_setup(nall, w);    // every ghost row is received; local rows are staged
-  if (!border_valid) {
-    // first exchange with these send lists: stage every local row, record the packed ones
-    if (nlocal > 0) stage_rows(h_local, 0);
-    is_border.assign(nlocal, 0);
-    recording = true;
-    comm->forward_comm(this, comm_width);
-    recording = false;
-    border_rows.clear();
-    for (int i = 0; i < nlocal; i++)
-      if (is_border[i]) border_rows.push_back(i);
-    border_index = torch::from_blob(border_rows.data(), {(int64_t) border_rows.size()},
-                                    torch::kInt64)
-                       .to(device, false, true);
-    border_valid = true;
-  } else {
-    if (!border_rows.empty()) {
-      auto rows = h_local.detach().index_select(0, border_index).to(torch::kCPU, dtype);
-      scatter_rows(rows.contiguous(), border_rows);
-    }
-    comm->forward_comm(this, comm_width);
-  }
   torch::Tensor out;
-  if (nall > nlocal)
-    out = torch::cat({h_local.detach(), rows_tensor(nlocal, nall - nlocal)});
-  else
-    out = h_local.detach().clone();
+  if (device.is_cpu()) {
+    // LAMMPS copies owners' rows into the ghost rows of the result directly
+    out = torch::empty({(int64_t) nall, (int64_t) w}, torch::TensorOptions().dtype(dtype));
+    out.narrow(0, 0, nlocal).copy_(h_local.detach());
+    halo_in_place(out);
+    if (!border_valid)
+      record_border_rows(nlocal);
+    else
+      comm->forward_comm(this, comm_width);
+  } else {
+    halo_setup(nall, w);    // every ghost row is received; local rows are staged
+    if (!border_valid) {
+      // first exchange with these send lists: stage every local row, record the packed ones
+      if (nlocal > 0) stage_rows(h_local, 0);
+      record_border_rows(nlocal);
+    } else {
+      if (!border_rows.empty()) {
+        auto rows = h_local.detach().index_select(0, border_index).to(torch::kCPU, dtype);
+        scatter_rows(rows.contiguous(), border_rows);
+      }
+      comm->forward_comm(this, comm_width);
+    }
+    if (nall > nlocal)
+      out = torch::cat({h_local.detach(), rows_tensor(nlocal, nall - nlocal)});
+    else
+      out = h_local.detach().clone();
+  }
   t_exchange += now() - t0;
   return out;
 }
@@ -702,23 +742,33 @@ torch::Tensor PairFacet::halo_reverse(const torch::Tensor &g_all, int nlocal, in
   if (!border_valid)    // a forward exchange with the same send lists always comes first
     error->one(FLERR, "pair_style facet: internal error: reverse exchange before a forward one");
   const double t0 = now();
-  halo_setup(nall, w);
-  // ghost rows carry their gradients; the local rows that receive sums start at zero
-  if (nall > nlocal) stage_rows(g_all.narrow(0, nlocal, nall - nlocal), nlocal);
-  for (int64_t i : border_rows) std::memset(row(i), 0, comm_width * sizeof(double));
-  comm->reverse_comm(this, comm_width);
-  auto local = g_all.narrow(0, 0, nlocal).detach();
   torch::Tensor out;
-  if (!border_rows.empty()) {
-    auto delta = torch::empty({(int64_t) border_rows.size(), (int64_t) w},
-                              torch::TensorOptions().dtype(dtype));
-    char *dst = static_cast<char *>(delta.data_ptr());
-    const size_t bytes = (size_t) w * wire_size;
-    for (size_t k = 0; k < border_rows.size(); k++)
-      std::memcpy(dst + k * bytes, row(border_rows[k]), bytes);
-    out = local.index_add(0, border_index, delta.to(device, dtype, false, true));
+  if (device.is_cpu()) {
+    // LAMMPS adds the ghost rows into their owners' rows of the gradient itself (a gradient the
+    // backward pass just made and nothing else reads)
+    auto g = g_all.detach();
+    if (!g.is_contiguous() || g.scalar_type() != dtype) g = g.to(dtype).contiguous();
+    halo_in_place(g);
+    comm->reverse_comm(this, comm_width);
+    out = g.narrow(0, 0, nlocal);
   } else {
-    out = local.clone();
+    halo_setup(nall, w);
+    // ghost rows carry their gradients; the local rows that receive sums start at zero
+    if (nall > nlocal) stage_rows(g_all.narrow(0, nlocal, nall - nlocal), nlocal);
+    for (int64_t i : border_rows) std::memset(row(i), 0, row_stride);
+    comm->reverse_comm(this, comm_width);
+    auto local = g_all.narrow(0, 0, nlocal).detach();
+    if (!border_rows.empty()) {
+      auto delta = torch::empty({(int64_t) border_rows.size(), (int64_t) w},
+                                torch::TensorOptions().dtype(dtype));
+      char *dst = static_cast<char *>(delta.data_ptr());
+      const size_t bytes = (size_t) w * wire_size;
+      for (size_t k = 0; k < border_rows.size(); k++)
+        std::memcpy(dst + k * bytes, row(border_rows[k]), bytes);
+      out = local.index_add(0, border_index, delta.to(device, dtype, false, true));
+    } else {
+      out = local.clone();
+    }
   }
   t_exchange += now() - t0;
   return out;

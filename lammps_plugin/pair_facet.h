@@ -109,13 +109,20 @@ class PairFacet : public Pair {
   // rows move between the model's device and this buffer. The border rows are recorded during
   // the first exchange after the send lists were (re)built (re-neighbouring, or a change of
   // nlocal/nall); until then every local row is staged.
+  // On the CPU the exchanges work in the feature tensors themselves instead (halo_in_place):
+  // forward, LAMMPS fills the ghost rows of the [nall, w] tensor the next layer reads; reverse,
+  // it adds the ghost rows of the gradient into their owners' rows of the same tensor.
   std::vector<double> halo;
-  int comm_width = 0;     // doubles per row (LAMMPS' unit)
+  int comm_width = 0;     // doubles per row in LAMMPS' buffers
   int comm_values = 0;    // values per row, in the model's precision
   size_t wire_size = sizeof(double);
-  char *row(int64_t i);
+  char *rows_base = nullptr;    // row 0 of the rows being exchanged (halo or a tensor)
+  size_t row_stride = 0;        // bytes from one row to the next there
+  char *row(int64_t i) { return rows_base + (size_t) i * row_stride; }
   int row_doubles(int64_t w) const;
   void halo_setup(int nall, int w);
+  void halo_in_place(const torch::Tensor &rows);
+  void record_border_rows(int nlocal);
   void scatter_rows(const torch::Tensor &src, const std::vector<int64_t> &rows);
   torch::Tensor rows_tensor(int64_t first, int64_t count);
   bool border_valid = false, recording = false;

@@ -305,6 +305,56 @@ def test_calculator_default_is_fused_and_leaves_the_model_alone(monkeypatch):
     assert not FacetCalculator(model).fused
 
 
+def test_calculator_evaluates_without_weight_gradients_and_restores_them():
+    """During a calculation the weights carry no gradient flag (nothing is recorded for
+    them); afterwards every flag is as it was, a weight update made after the calculator was
+    built changes its results, and a training step on the same model still gets gradients."""
+    torch.manual_seed(0)
+    model = facet.build_model(facet.facet_tiny(["Cu"]), torch.float64)
+    with torch.no_grad():  # off the ReZero start, so that forces depend on every layer
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    frozen_one = next(iter(model.parameters()))
+    frozen_one.requires_grad_(False)
+    flags = [p.requires_grad for p in model.parameters()]
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
+    atoms.rattle(0.05, seed=1)
+    seen = []
+    readout = model.readout
+
+    def recording_readout(h, species):
+        seen.append(any(p.requires_grad for p in model.parameters()))
+        return readout(h, species)
+
+    model.readout = recording_readout
+    calc = FacetCalculator(model)
+    calc.calculate(atoms, ["energy", "forces"])
+    del model.readout
+    assert seen == [False]
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert not any(getattr(m, "fused", False) for m in model.modules())
+    e0, f0 = calc.results["energy"], calc.results["forces"].copy()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.01)
+    calc.calculate(atoms, ["energy", "forces"])
+    assert abs(calc.results["energy"] - e0) > 1e-6
+    reference = FacetCalculator(model, fused=False)
+    reference.calculate(atoms, ["energy", "forces"])
+    assert abs(calc.results["energy"] - reference.results["energy"]) < 1e-10
+    assert np.abs(calc.results["forces"] - reference.results["forces"]).max() < 1e-10
+    assert np.abs(calc.results["forces"] - f0).max() > 1e-8
+    # a training step afterwards: gradients for every weight that wants one
+    from facet.graph import build_graph
+
+    g = build_graph(atoms, model.config.elements, model.r_max)
+    energy = model(torch.as_tensor(g.species), torch.as_tensor(g.centre),
+                   torch.as_tensor(g.neighbour), torch.as_tensor(g.rij)).sum()
+    energy.backward()
+    for p, wanted in zip(model.parameters(), flags, strict=True):
+        assert (p.grad is not None) == wanted
+
+
 def test_torchscript_file_loads_the_kernels_it_needs(tmp_path):
     """A fused TorchScript file loads in a fresh process (which builds nothing: the cache is
     warm) and gives the unfused file's numbers; an unfused one never needs the kernels."""
