@@ -149,6 +149,9 @@ class E3LayerNorm(nn.Module):
             and 3e-3 Å displacements) and relaxations stall there.
     """
 
+    # TorchScript compiles the fused branch only when ``fused`` is on (see UVUTensorProduct)
+    __constants__ = ["fused"]
+
     def __init__(self, irreps: o3.Irreps, eps: float = 1e-6, mode: str = "joint") -> None:
         super().__init__()
         irreps = o3.Irreps(irreps)
@@ -171,6 +174,8 @@ class E3LayerNorm(nn.Module):
             if ir.l != 0:
                 break
             self.num_scalar_blocks += 1
+        # facet.ops.use_fused: forward_dmajor on the CPU as one facet::block_norm call
+        self.fused = False
 
     def _rms_normalised(self, x: torch.Tensor) -> torch.Tensor:
         """``x / (sqrt(mean(x^2) + eps) + eps)``, the mean over each row."""
@@ -186,8 +191,26 @@ class E3LayerNorm(nn.Module):
         s = s - s.mean(dim=1, keepdim=True)
         return torch.cat([self._rms_normalised(s), self._rms_normalised(v)], dim=1)
 
-    def forward_dmajor(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
-        """``forward`` on component-major blocks (one ``[n, d, mul]`` per irrep)."""
+    def forward_dmajor(self, xs: list[torch.Tensor],
+                       gain: Optional[torch.Tensor] = None,  # noqa: UP045 (TorchScript)
+                       ) -> list[torch.Tensor]:
+        """``forward`` on component-major blocks (one ``[n, d, mul]`` per irrep); with
+        ``gain`` (one value per channel, blocks in order), each channel's result times its
+        gain. ``fused`` (inference on the CPU, ``facet.ops``): one kernel call."""
+        if self.fused and xs[0].device.type == "cpu":
+            return torch.ops.facet.block_norm(xs, self.num_scalar_blocks, self.joint, self.eps,
+                                              gain)
+        out = self._normalised_blocks(xs)
+        if gain is None:
+            return out
+        offset = 0
+        for i in range(len(out)):
+            mul = out[i].shape[2]
+            out[i] = out[i] * gain[offset : offset + mul]
+            offset += mul
+        return out
+
+    def _normalised_blocks(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
         n = xs[0].shape[0]
         ns = self.num_scalar_blocks
         if ns > 0:
@@ -286,18 +309,14 @@ class FacetLayer(nn.Module):
             )
         self.norm = E3LayerNorm(irreps_out, mode=cfg.layer_norm)
         self.gain = nn.Parameter(torch.full((irreps_out.num_irreps,), float(cfg.resid_init)))
-        # per block (forward_dmajor): input features ``[n, d, mul]`` per irrep; for every
-        # output irrep the gain's channel offset and the padded residual's source block (the
-        # first input block of that irrep, -1 for none) and its multiplicity (per component in
-        # e3nn's layout: channel_gain_index, pad_index)
+        # per block (forward_dmajor): input features ``[n, d, mul]`` per irrep (the gain: one
+        # value per channel, output irreps in order); for every output irrep the padded
+        # residual's source block (the first input block of that irrep, -1 for none) and its
+        # multiplicity (per component in e3nn's layout: channel_gain_index, pad_index)
         self.in_shapes = irrep_shapes(irreps_in)
         self.out_shapes = irrep_shapes(irreps_out)
-        self.gain_offsets: list[int] = []
         self.pad_blocks: list[tuple[int, int]] = []
-        channel = 0
-        for mul, ir in irreps_out:
-            self.gain_offsets.append(channel)
-            channel += mul
+        for _, ir in irreps_out:
             source = [j for j, (_, ir_in) in enumerate(irreps_in) if ir_in == ir]
             self.pad_blocks.append((source[0], irreps_in[source[0]].mul) if source else (-1, 0))
 
@@ -351,11 +370,10 @@ class FacetLayer(nn.Module):
         n = slots.shape[0]
         x = self.interaction.forward_dmajor(hs, nbr_pad, y_pad, r, slots, row_start, basis_pad)
         x = self.mix.forward_dmajor(x)
-        out = self.norm.forward_dmajor(x)
+        out = self.norm.forward_dmajor(x, self.gain)
         for i in range(len(out)):
             mul = self.out_shapes[i][0]
-            start = self.gain_offsets[i]
-            y = out[i] * self.gain[start : start + mul]
+            y = out[i]
             src, mul_in = self.pad_blocks[i]
             if src >= 0:
                 res = hs[src]

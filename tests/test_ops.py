@@ -1,6 +1,6 @@
-"""facet.ops' fused kernels (tensor product, S2 grid MLP): same function and gradients as the
-torch formulations (and as finite differences), the switches that turn them on and off, and the
-errors when they cannot be used."""
+"""facet.ops' fused kernels (tensor product, S2 grid MLP, layer norm): same function and
+gradients as the torch formulations (and as finite differences), the switches that turn them on
+and off, and the errors when they cannot be used."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from e3nn import o3
 import facet
 import facet.ops
 from facet.calculator import FacetCalculator
-from facet.layers import uvu_instructions
+from facet.layers import E3LayerNorm, uvu_instructions
 from facet.model import default_dtype
 from facet.tensor_product import UVUTensorProduct, neighbour_slots, pad_rows
 
@@ -260,6 +260,50 @@ def test_fused_s2_backward_matches_finite_differences():
     mix.fused = True
     assert torch.autograd.gradcheck(mix, (x.requires_grad_(True),), eps=1e-6, atol=1e-7,
                                     rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("mode", ["joint", "separate"])
+@pytest.mark.parametrize("irreps", ["16x0e+8x1o+4x2e", "3x0e+2x0e+2x1o", "3x1o+2x2e", "5x0e"])
+def test_fused_layer_norm_equals_the_torch_one(dtype, mode, irreps):
+    """facet::block_norm (with and without the gain) = E3LayerNorm's torch formulation, values
+    and gradients, for scalar-first irreps with one or two scalar blocks, none, or only
+    scalars; rows of very different scale. The reference runs in float64 (the kernel sums in
+    double: in float32 it is closer to it than torch's float32 formulation)."""
+    torch.manual_seed(0)
+    norm = E3LayerNorm(irreps, mode=mode)
+    shapes = [(ir.dim, mul) for mul, ir in o3.Irreps(irreps)]
+    scale = torch.logspace(-3, 2, 9, dtype=dtype).reshape(9, 1, 1)
+    xs = [(torch.randn(9, d, m, dtype=dtype) * scale + 0.3).requires_grad_(True)
+          for d, m in shapes]
+    grads = [torch.randn(9, d, m, dtype=dtype) for d, m in shapes]
+    gain = torch.randn(sum(m for _, m in shapes), dtype=dtype)
+    # float32: centring rows of scale 1e-3 around 0.3 costs ~2e-5 of their precision
+    tol = 1e-12 if dtype == torch.float64 else 1e-4
+    xs64 = [x.detach().double().requires_grad_(True) for x in xs]
+    for g in (None, gain):
+        norm.fused = False
+        ref = norm.forward_dmajor(xs64, None if g is None else g.double())
+        ref_grads = torch.autograd.grad(ref, xs64, [v.double() for v in grads])
+        norm.fused = True
+        y = norm.forward_dmajor(xs, g)
+        y_grads = torch.autograd.grad(y, xs, grads)
+        for a, b in zip(ref + list(ref_grads), y + list(y_grads), strict=True):
+            assert b.dtype == dtype
+            a, b = a.detach(), b.detach().double()
+            assert torch.allclose(a, b, rtol=tol, atol=tol * float(a.abs().max()))
+
+
+def test_fused_layer_norm_backward_matches_finite_differences():
+    torch.manual_seed(1)
+    norm = E3LayerNorm("4x0e+3x1o+2x2e")
+    norm.fused = True
+    xs = tuple(torch.randn(5, d, m, dtype=torch.float64, requires_grad=True)
+               for d, m in ((1, 4), (3, 3), (5, 2)))
+    gain = torch.randn(9, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda *x: tuple(norm.forward_dmajor(list(x), gain)), xs)
+    with pytest.raises(RuntimeError, match="for inference"):
+        norm.forward_dmajor(list(xs), gain.requires_grad_(True))
 
 
 def test_s2_blocks_without_a_fused_kernel_stay_torch():

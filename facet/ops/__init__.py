@@ -4,7 +4,8 @@
 evaluated edge by edge in cache (see its header): the same function as
 ``UVUTensorProduct.forward_slots``'s padded batched matmul with about 4x fewer multiplications
 and no slot-sized intermediates. ``s2_mlp.cpp`` holds the spherical-grid MLP of ``S2Mixing``
-(grid transform, two SiLU layers, projection back) one atom at a time in cache. They serve
+(grid transform, two SiLU layers, projection back) one atom at a time in cache;
+``block_norm.cpp`` the equivariant layer norm (and the gain after it) one row at a time. They serve
 inference only (no gradient for the weights, no double backward): ``facet.ops.use_fused`` switches a
 model's modules to them; CPU packages (``facet.aoti``) and TorchScript files call them, and the
 LAMMPS plugin compiles the same sources in.
@@ -36,10 +37,11 @@ import torch
 
 from facet.errors import FacetError
 
-SOURCES = (Path(__file__).with_name("uvu_tp.cpp"), Path(__file__).with_name("s2_mlp.cpp"))
-OPS_VERSION = 2  # bump when an operator is added or its schema or meaning changes
+SOURCES = tuple(Path(__file__).with_name(name)
+                for name in ("uvu_tp.cpp", "s2_mlp.cpp", "block_norm.cpp"))
+OPS_VERSION = 3  # bump when an operator is added or its schema or meaning changes
 OPS = ("facet::uvu_tp_block", "facet::uvu_tp_block_backward", "facet::s2_mlp",
-       "facet::s2_mlp_backward")
+       "facet::s2_mlp_backward", "facet::block_norm", "facet::block_norm_backward")
 
 _loaded: str | None = None
 _load_error: FacetOpsError | None = None
@@ -197,8 +199,14 @@ def _register_python_parts() -> None:
     def fake_s2_backward(grad, z, to_grid, w2, from_grid, heads):
         return z.new_empty(z.shape)
 
-    for op, fake in zip(OPS, (fake_forward, fake_backward, fake_s2, fake_s2_backward),
-                        strict=True):
+    def fake_norm(xs, num_scalar_blocks, joint, eps, gain):
+        return [x.new_empty(x.shape) for x in xs]
+
+    def fake_norm_backward(grads, xs, num_scalar_blocks, joint, eps, gain):
+        return [x.new_empty(x.shape) for x in xs]
+
+    for op, fake in zip(OPS, (fake_forward, fake_backward, fake_s2, fake_s2_backward,
+                              fake_norm, fake_norm_backward), strict=True):
         torch.library.register_fake(op)(fake)
 
 
@@ -270,8 +278,11 @@ class InferenceState:
 
 
 def _fusable(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The modules of ``model`` with a fused evaluation (tensor products, S2 grid MLPs)."""
+    """The modules of ``model`` with a fused evaluation (tensor products, S2 grid MLPs, layer
+    norms)."""
+    from facet.layers import E3LayerNorm
     from facet.s2 import S2Mixing
     from facet.tensor_product import UVUTensorProduct
 
-    return [m for m in model.modules() if isinstance(m, (UVUTensorProduct, S2Mixing))]
+    return [m for m in model.modules()
+            if isinstance(m, (UVUTensorProduct, S2Mixing, E3LayerNorm))]
