@@ -77,19 +77,27 @@ def cache_dir() -> Path:
                 or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "facet/ops")
 
 
-def _build_command(sources: tuple[Path, ...], target: Path) -> list[str]:
+def _build_commands(sources: tuple[Path, ...], target: Path) -> list[list[str]]:
+    """The compiler calls that build ``target``: one object per source, then the link.
+
+    The sources are compiled with ``-fopenmp`` (``at::parallel_for`` is an inline template:
+    without it the kernels' loops over atoms run on one thread whatever torch's thread count)
+    but linked without it: the OpenMP symbols then resolve to the runtime torch itself loaded
+    (its bundled libgomp), not to a second copy of the compiler's."""
     from torch.utils.cpp_extension import include_paths, library_paths
 
     cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or "c++"
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
-    cmd = [cxx, "-O3", "-std=c++17", "-fPIC", "-shared", "-fopenmp-simd",
-           f"-D_GLIBCXX_USE_CXX11_ABI={abi}", *isa_flags()]
-    cmd += [f"-I{p}" for p in include_paths()]
+    compile_flags = ["-O3", "-std=c++17", "-fPIC", "-fopenmp", f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
+                     *isa_flags(), *(f"-I{p}" for p in include_paths())]
+    objects = [target.parent / f"{target.stem}-{source.stem}.o" for source in sources]
+    cmds = [[cxx, *compile_flags, "-c", str(source), "-o", str(obj)]
+            for source, obj in zip(sources, objects, strict=True)]
     libs = library_paths()
-    cmd += [*map(str, sources), "-o", str(target)]
-    cmd += [f"-L{p}" for p in libs] + [f"-Wl,-rpath,{p}" for p in libs]
-    cmd += ["-lc10", "-ltorch_cpu", "-ltorch"]
-    return cmd
+    cmds.append([cxx, "-shared", *map(str, objects), "-o", str(target),
+                 *(f"-L{p}" for p in libs), *(f"-Wl,-rpath,{p}" for p in libs),
+                 "-lc10", "-ltorch_cpu", "-ltorch"])
+    return cmds
 
 
 def library_path() -> Path:
@@ -101,7 +109,8 @@ def library_path() -> Path:
         except OSError as exc:
             raise FacetOpsError(f"the fused kernels' source {source} is missing ({exc}): "
                                 "reinstall facet-lammps") from None
-    key.update(" ".join([torch.__version__, str(OPS_VERSION), *isa_flags(), sys.platform])
+    key.update(" ".join([torch.__version__, str(OPS_VERSION), *isa_flags(), sys.platform,
+                         "openmp"])
                .encode())
     return cache_dir() / f"facet_ops-{key.hexdigest()[:16]}.so"
 
@@ -127,17 +136,18 @@ def build(force: bool = False) -> Path:
             return target
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
             partial = Path(tmp) / target.name
-            cmd = _build_command(SOURCES, partial)
-            try:
-                run = subprocess.run(cmd, capture_output=True, text=True)
-            except OSError as exc:
-                raise FacetOpsError(
-                    f"cannot build Facet's fused kernels: no C++ compiler ({exc}). Install "
-                    "g++ (or set CXX), or run without them (FACET_FUSED_KERNELS=0)") from None
-            if run.returncode != 0:
-                raise FacetOpsError(
-                    "building Facet's fused kernels failed:\n  " + " ".join(cmd) + "\n"
-                    + run.stderr[-4000:] + "\nSet FACET_FUSED_KERNELS=0 to run without them.")
+            for cmd in _build_commands(SOURCES, partial):
+                try:
+                    run = subprocess.run(cmd, capture_output=True, text=True)
+                except OSError as exc:
+                    raise FacetOpsError(
+                        f"cannot build Facet's fused kernels: no C++ compiler ({exc}). Install "
+                        "g++ (or set CXX), or run without them (FACET_FUSED_KERNELS=0)"
+                    ) from None
+                if run.returncode != 0:
+                    raise FacetOpsError(
+                        "building Facet's fused kernels failed:\n  " + " ".join(cmd) + "\n"
+                        + run.stderr[-4000:] + "\nSet FACET_FUSED_KERNELS=0 to run without them.")
             os.replace(partial, target)
     return target
 

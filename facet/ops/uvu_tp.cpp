@@ -115,17 +115,30 @@ inline void edge_product(const T* __restrict te, const T* __restrict xj, T* __re
 // A node's neighbours are shared between nodes: with several threads each accumulates the
 // neighbour gradient in a buffer of its own (the first thread's call allocates it), added into
 // gx after the parallel loop.
+// the most threads at::parallel_for can run here: torch's count, or (when an OpenMP runtime other
+// than torch's serves this library's parallel regions, e.g. in a LAMMPS built with OpenMP) that
+// runtime's; a thread's id is below it
+inline int max_threads() {
+  int n = at::get_num_threads();
+#ifdef _OPENMP
+  n = std::max(n, omp_get_max_threads());
+#endif
+  return n;
+}
+
 template <typename T>
 class NeighbourGradient {
  public:
   NeighbourGradient(T* gx, int64_t size)
-      : gx_(gx), size_(size), threads_(at::get_num_threads()),
-        buffers_(threads_ > 1 ? threads_ : 0) {}
+      : gx_(gx), size_(size), threads_(max_threads()), buffers_(threads_ > 1 ? threads_ : 0) {}
 
   // where the calling thread accumulates
   T* for_this_thread() {
     if (threads_ <= 1) return gx_;
-    auto& buf = buffers_[at::get_thread_num()];
+    const int tid = at::get_thread_num();
+    TORCH_CHECK(tid >= 0 && tid < threads_, "facet::uvu_tp_block_backward: thread ", tid,
+                " of ", threads_);
+    auto& buf = buffers_[tid];
     if (buf.empty()) buf.assign(size_, T(0));
     return buf.data();
   }
@@ -371,113 +384,132 @@ inline void basis_gradient(const T* c, const T* gw, int64_t nb, int64_t pm, T* g
   }
 }
 
+// the register-blocked forward over atoms begin..end (a function of its own, not inlined into
+// the parallel region: its shape and operands are locals the compiler can keep in registers)
 template <typename T, int D1>
-void forward_vec(const BlockShape& s, const T* x, const int64_t* nbr, const T* t, const T* basis,
-                 const T* c, const int64_t* pk, T* out) {
+void forward_vec_rows(const BlockShape s, const T* x, const int64_t* nbr, const T* t,
+                      const T* basis, const T* c, const std::vector<PathRun>& runs, T* out,
+                      int64_t begin, int64_t end) {
   using Vec = at::vec::Vectorized<T>;
   constexpr int64_t VW = Vec::size();
   const int64_t mul = s.mul, K = s.K, pm = s.P * mul, km = K * mul;
-  const auto runs = path_runs(pk, K);
-  at::parallel_for(0, s.n, 16, [&](int64_t begin, int64_t end) {
-    std::vector<T> acc(km), val(s.nb);
-    std::vector<int64_t> idx(s.nb);
-    for (int64_t a = begin; a < end; ++a) {
-      std::fill(acc.begin(), acc.end(), T(0));
-      for (int64_t sl = 0; sl < s.m; ++sl) {
-        const int64_t e = a * s.m + sl;
-        const int64_t nnz = nonzero_basis(basis + e * s.nb, s.nb, idx.data(), val.data());
-        if (nnz == 0) continue;
-        const T* xj = x + nbr[e] * s.xs;
-        const T* te = t + e * D1 * K;
-        for (int64_t u0 = 0; u0 < mul; u0 += VW) {
-          Vec xv[D1];
-          for (int i = 0; i < D1; ++i) xv[i] = Vec::loadu(xj + i * mul + u0);
-          for (const PathRun& r : runs) {
-            const Vec w = radial_chunk(c, pm, r.p * mul + u0, nnz, idx.data(), val.data());
-            for (int64_t k = r.k0; k < r.k1; ++k) {
-              Vec prod = xv[0] * Vec(te[k]);
-              for (int i = 1; i < D1; ++i) prod = at::vec::fmadd(xv[i], Vec(te[i * K + k]), prod);
-              T* ak = acc.data() + k * mul + u0;
-              at::vec::fmadd(w, prod, Vec::loadu(ak)).store(ak);
-            }
+  std::vector<T> acc(km), val(s.nb);
+  std::vector<int64_t> idx(s.nb);
+  for (int64_t a = begin; a < end; ++a) {
+    std::fill(acc.begin(), acc.end(), T(0));
+    for (int64_t sl = 0; sl < s.m; ++sl) {
+      const int64_t e = a * s.m + sl;
+      const int64_t nnz = nonzero_basis(basis + e * s.nb, s.nb, idx.data(), val.data());
+      if (nnz == 0) continue;
+      const T* xj = x + nbr[e] * s.xs;
+      const T* te = t + e * D1 * K;
+      for (int64_t u0 = 0; u0 < mul; u0 += VW) {
+        Vec xv[D1];
+        for (int i = 0; i < D1; ++i) xv[i] = Vec::loadu(xj + i * mul + u0);
+        for (const PathRun& r : runs) {
+          const Vec w = radial_chunk(c, pm, r.p * mul + u0, nnz, idx.data(), val.data());
+          for (int64_t k = r.k0; k < r.k1; ++k) {
+            Vec prod = xv[0] * Vec(te[k]);
+            for (int i = 1; i < D1; ++i) prod = at::vec::fmadd(xv[i], Vec(te[i * K + k]), prod);
+            T* ak = acc.data() + k * mul + u0;
+            at::vec::fmadd(w, prod, Vec::loadu(ak)).store(ak);
           }
         }
       }
-      transpose_block(acc.data(), K, mul, out + a * km);  // [K, mul] -> [mul, K]
     }
+    transpose_block(acc.data(), K, mul, out + a * km);  // [K, mul] -> [mul, K]
+  }
+}
+
+template <typename T, int D1>
+void forward_vec(const BlockShape& s, const T* x, const int64_t* nbr, const T* t, const T* basis,
+                 const T* c, const int64_t* pk, T* out) {
+  const auto runs = path_runs(pk, s.K);
+  at::parallel_for(0, s.n, 16, [&](int64_t begin, int64_t end) {
+    forward_vec_rows<T, D1>(s, x, nbr, t, basis, c, runs, out, begin, end);
   });
+}
+
+// the register-blocked backward over atoms begin..end, neighbours' gradients into gxt (see
+// forward_vec_rows)
+template <typename T, int D1>
+void backward_vec_rows(const BlockShape s, const T* grad, const T* x, const int64_t* nbr,
+                       const T* t, const T* basis, const T* c,
+                       const std::vector<PathRun>& runs, bool every_path_used, T* gxt, T* gt,
+                       T* gb, int64_t begin, int64_t end) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int64_t VW = Vec::size();
+  const int64_t mul = s.mul, K = s.K, nb = s.nb, pm = s.P * mul, km = K * mul, xrow = D1 * mul;
+  std::vector<T> g(km), val(nb);
+  std::vector<int64_t> idx(nb);
+  std::vector<Vec> gt_part(D1 * K);
+  // the slot's dE/dW [P, mul] (one vector per path and chunk), contracted with c at the end
+  std::vector<T> gw_slot(pm);
+  for (int64_t a = begin; a < end; ++a) {
+    transpose_block(grad + a * km, mul, K, g.data());  // [mul, K] -> [K, mul]
+    for (int64_t sl = 0; sl < s.m; ++sl) {
+      const int64_t e = a * s.m + sl;
+      const int64_t nnz = nonzero_basis(basis + e * nb, nb, idx.data(), val.data());
+      const int64_t j = nbr[e];
+      const T* xj = x + j * s.xs;
+      T* gxj = gxt + j * xrow;
+      const T* te = t + e * D1 * K;
+      T* gte = gt + e * D1 * K;
+      T* gbe = gb + e * nb;
+      if (nnz == 0 && std::all_of(te, te + D1 * K, [](T v) { return v == T(0); })) {
+        // no radial weight and no harmonics (a padding slot): every gradient is zero
+        std::fill(gte, gte + D1 * K, T(0));
+        std::fill(gbe, gbe + nb, T(0));
+        continue;
+      }
+      std::fill(gt_part.begin(), gt_part.end(), Vec(T(0)));
+      if (!every_path_used) std::fill(gw_slot.begin(), gw_slot.end(), T(0));
+      for (int64_t u0 = 0; u0 < mul; u0 += VW) {
+        Vec xv[D1], gxv[D1];
+        for (int i = 0; i < D1; ++i) {
+          xv[i] = Vec::loadu(xj + i * mul + u0);
+          gxv[i] = Vec(T(0));
+        }
+        for (const PathRun& r : runs) {
+          const int64_t off = r.p * mul + u0;
+          const Vec w = radial_chunk(c, pm, off, nnz, idx.data(), val.data());
+          Vec gw(T(0));
+          for (int64_t k = r.k0; k < r.k1; ++k) {
+            Vec prod = xv[0] * Vec(te[k]);
+            for (int i = 1; i < D1; ++i) prod = at::vec::fmadd(xv[i], Vec(te[i * K + k]), prod);
+            const Vec gk = Vec::loadu(g.data() + k * mul + u0);
+            gw = at::vec::fmadd(gk, prod, gw);
+            const Vec gp = gk * w;
+            for (int i = 0; i < D1; ++i) {
+              gxv[i] = at::vec::fmadd(Vec(te[i * K + k]), gp, gxv[i]);
+              gt_part[i * K + k] = at::vec::fmadd(xv[i], gp, gt_part[i * K + k]);
+            }
+          }
+          gw.store(gw_slot.data() + off);
+        }
+        for (int i = 0; i < D1; ++i) {
+          T* gxi = gxj + i * mul + u0;
+          (Vec::loadu(gxi) + gxv[i]).store(gxi);
+        }
+      }
+      lane_sums<T>(gt_part.data(), D1 * K, gte);
+      basis_gradient(c, gw_slot.data(), nb, pm, gbe);
+    }
+  }
 }
 
 template <typename T, int D1>
 void backward_vec(const BlockShape& s, const T* grad, const T* x, const int64_t* nbr, const T* t,
                   const T* basis, const T* c, const int64_t* pk, T* gx, T* gt, T* gb) {
-  using Vec = at::vec::Vectorized<T>;
-  constexpr int64_t VW = Vec::size();
-  const int64_t mul = s.mul, K = s.K, nb = s.nb, pm = s.P * mul, km = K * mul, xrow = D1 * mul;
-  const auto runs = path_runs(pk, K);
+  const auto runs = path_runs(pk, s.K);
   // a path no k refers to has no gradient: its dE/dW stays zero
   std::vector<bool> used(s.P, false);
   for (const PathRun& r : runs) used[r.p] = true;
   const bool every_path_used = std::all_of(used.begin(), used.end(), [](bool u) { return u; });
-  NeighbourGradient<T> neighbour_grad(gx, s.N * xrow);
+  NeighbourGradient<T> neighbour_grad(gx, s.N * D1 * s.mul);
   at::parallel_for(0, s.n, 16, [&](int64_t begin, int64_t end) {
-    T* gxt = neighbour_grad.for_this_thread();
-    std::vector<T> g(km), val(nb);
-    std::vector<int64_t> idx(nb);
-    std::vector<Vec> gt_part(D1 * K);
-    // the slot's dE/dW [P, mul] (one vector per path and chunk), contracted with c at the end
-    std::vector<T> gw_slot(pm);
-    for (int64_t a = begin; a < end; ++a) {
-      transpose_block(grad + a * km, mul, K, g.data());  // [mul, K] -> [K, mul]
-      for (int64_t sl = 0; sl < s.m; ++sl) {
-        const int64_t e = a * s.m + sl;
-        const int64_t nnz = nonzero_basis(basis + e * nb, nb, idx.data(), val.data());
-        const int64_t j = nbr[e];
-        const T* xj = x + j * s.xs;
-        T* gxj = gxt + j * xrow;
-        const T* te = t + e * D1 * K;
-        T* gte = gt + e * D1 * K;
-        T* gbe = gb + e * nb;
-        if (nnz == 0 && std::all_of(te, te + D1 * K, [](T v) { return v == T(0); })) {
-          // no radial weight and no harmonics (a padding slot): every gradient is zero
-          std::fill(gte, gte + D1 * K, T(0));
-          std::fill(gbe, gbe + nb, T(0));
-          continue;
-        }
-        std::fill(gt_part.begin(), gt_part.end(), Vec(T(0)));
-        if (!every_path_used) std::fill(gw_slot.begin(), gw_slot.end(), T(0));
-        for (int64_t u0 = 0; u0 < mul; u0 += VW) {
-          Vec xv[D1], gxv[D1];
-          for (int i = 0; i < D1; ++i) {
-            xv[i] = Vec::loadu(xj + i * mul + u0);
-            gxv[i] = Vec(T(0));
-          }
-          for (const PathRun& r : runs) {
-            const int64_t off = r.p * mul + u0;
-            const Vec w = radial_chunk(c, pm, off, nnz, idx.data(), val.data());
-            Vec gw(T(0));
-            for (int64_t k = r.k0; k < r.k1; ++k) {
-              Vec prod = xv[0] * Vec(te[k]);
-              for (int i = 1; i < D1; ++i) prod = at::vec::fmadd(xv[i], Vec(te[i * K + k]), prod);
-              const Vec gk = Vec::loadu(g.data() + k * mul + u0);
-              gw = at::vec::fmadd(gk, prod, gw);
-              const Vec gp = gk * w;
-              for (int i = 0; i < D1; ++i) {
-                gxv[i] = at::vec::fmadd(Vec(te[i * K + k]), gp, gxv[i]);
-                gt_part[i * K + k] = at::vec::fmadd(xv[i], gp, gt_part[i * K + k]);
-              }
-            }
-            gw.store(gw_slot.data() + off);
-          }
-          for (int i = 0; i < D1; ++i) {
-            T* gxi = gxj + i * mul + u0;
-            (Vec::loadu(gxi) + gxv[i]).store(gxi);
-          }
-        }
-        lane_sums<T>(gt_part.data(), D1 * K, gte);
-        basis_gradient(c, gw_slot.data(), nb, pm, gbe);
-      }
-    }
+    backward_vec_rows<T, D1>(s, grad, x, nbr, t, basis, c, runs, every_path_used,
+                             neighbour_grad.for_this_thread(), gt, gb, begin, end);
   });
   neighbour_grad.reduce();
 }
