@@ -92,6 +92,26 @@ def test_fused_float32_and_two_threads(irreps):
         assert torch.allclose(a, b, atol=2e-5 * a.abs().max(), rtol=0)
 
 
+@pytest.mark.skipif(not __import__("shutil").which("nm"), reason="needs binutils' nm")
+def test_kernels_split_their_loops_among_torchs_threads():
+    """The library calls OpenMP's parallel region (at::parallel_for is an inline template: a
+    library compiled without -fopenmp runs every kernel on one thread) and takes its OpenMP
+    from the process (torch's runtime), not a copy of its own."""
+    lib = facet.ops.load() or str(facet.ops.build())
+    undefined = subprocess.run(["nm", "-D", "--undefined-only", lib], capture_output=True,
+                               text=True, check=True).stdout
+    assert "GOMP_parallel" in undefined
+    needed = subprocess.run(["readelf", "-d", lib], capture_output=True, text=True).stdout
+    assert "libgomp" not in needed
+    from facet.lammps.plugin import plugin_library
+
+    plugin = plugin_library()  # the plugin compiles the same sources (CMakeLists.txt)
+    if plugin is not None:
+        undefined = subprocess.run(["nm", "-D", "--undefined-only", str(plugin)],
+                                   capture_output=True, text=True, check=True).stdout
+        assert "GOMP_parallel" in undefined
+
+
 @pytest.mark.parametrize("d1", [1, 3, 5])
 def test_kernel_reads_row_strided_features_in_place(d1):
     """x as a block of columns of wider rows (the component-major node features) gives the
