@@ -503,58 +503,160 @@ S2Shape check_inputs(const at::Tensor& z, const at::Tensor& to_grid, const at::T
   return s;
 }
 
+// the forward over atoms begin..end (a function of its own, not inlined into the parallel
+// region: its shape and operands are locals the compiler keeps in registers)
+template <typename T>
+void forward_rows(const S2Shape s, const T* z, const T* tg, const T* w2, const T* fg, T* out,
+                  const int64_t de, const PairRowKernels<T> rk, int64_t begin, int64_t end) {
+  // grid-sized activations for the paths that keep them (none in the register-blocked one)
+  std::vector<T> a1, a2;
+  if (de < 0 || !rk.forward_block) {
+    a1.resize(s.G * s.H);
+    a2.resize(s.G * s.u);
+  }
+  if (de < 0) {
+    for (int64_t a = begin; a < end; ++a) {
+      gemm<T>(true, false, s.G, s.H, s.dim, tg, s.G, z + a * s.dim * s.H, s.H, a1.data(),
+              s.H);
+      silu_inplace(a1.data(), s.G * s.H);
+      gemm<T>(false, false, s.G * s.heads, s.uh, s.hidden, a1.data(), s.hidden, w2, s.uh,
+              a2.data(), s.uh);
+      silu_inplace(a2.data(), s.G * s.u);
+      gemm<T>(true, false, s.dim, s.u, s.G, fg, s.dim, a2.data(), s.u,
+              out + a * s.dim * s.u, s.u);
+    }
+    return;
+  }
+  // antipodal layout (see antipodal_even_rows): half-grid transforms
+  const int64_t gh = s.G / 2, dodd = s.dim - de, rows = gh * s.heads;
+  std::vector<T> e(gh * s.H), o(gh * s.H), sum(gh * s.u), diff(gh * s.u);
+  for (int64_t a = begin; a < end; ++a) {
+    const T* za = z + a * s.dim * s.H;
+    gemm<T>(true, false, gh, s.H, de, tg, s.G, za, s.H, e.data(), s.H);
+    gemm<T>(true, false, gh, s.H, dodd, tg + de * s.G, s.G, za + de * s.H, s.H, o.data(),
+            s.H);
+    if (rk.forward_block) {
+      constexpr int64_t B = PairRowKernels<T>::kBlock;
+      for (int64_t r = 0; r < rows;) {
+        const auto kernel = r + B <= rows ? rk.forward_block : rk.forward_one;
+        kernel(e.data() + r * s.hidden, o.data() + r * s.hidden, w2, sum.data() + r * s.uh,
+               diff.data() + r * s.uh);
+        r += r + B <= rows ? B : 1;
+      }
+    } else {
+      pair_silu<T>(e.data(), o.data(), a1.data(), nullptr, nullptr, gh * s.H);
+      gemm<T>(false, false, s.G * s.heads, s.uh, s.hidden, a1.data(), s.hidden, w2, s.uh,
+              a2.data(), s.uh);
+      silu_pair_sums<T>(a2.data(), sum.data(), diff.data(), gh * s.u);
+    }
+    T* oa = out + a * s.dim * s.u;
+    gemm<T>(true, false, de, s.u, gh, fg, s.dim, sum.data(), s.u, oa, s.u);
+    gemm<T>(true, false, dodd, s.u, gh, fg + de, s.dim, diff.data(), s.u, oa + de * s.u,
+            s.u);
+  }
+}
+
 template <typename T>
 void forward_kernel(const S2Shape& s, const T* z, const T* tg, const T* w2, const T* fg, T* out) {
   const int64_t de = antipodal_even_rows(s, tg, fg);
   const PairRowKernels<T> rk = pair_row_kernels<T>(s.hidden, s.uh);
   at::parallel_for(0, s.n, 1, [&](int64_t begin, int64_t end) {
-    // grid-sized activations for the paths that keep them (none in the register-blocked one)
-    std::vector<T> a1, a2;
-    if (de < 0 || !rk.forward_block) {
-      a1.resize(s.G * s.H);
-      a2.resize(s.G * s.u);
+    forward_rows<T>(s, z, tg, w2, fg, out, de, rk, begin, end);
+  });
+}
+
+// the backward over atoms begin..end (see forward_rows); w2t = w2^T
+template <typename T>
+void backward_rows(const S2Shape s, const T* grad, const T* z, const T* tg, const T* w2,
+                   const T* fg, T* gz, const int64_t de, const PairRowKernels<T> rk,
+                   const std::vector<T>& w2t, int64_t begin, int64_t end) {
+  // a1 holds silu(P) until Q is computed, then the gradient for A1; p serves every path
+  // (the register-blocked one keeps its pair sums and differences there), the grid-sized
+  // rest only the paths that use them
+  std::vector<T> p(s.G * s.H), sp, a1, q, sq, g2;
+  if (de < 0 || !rk.backward_block) {
+    sp.resize(s.G * s.H);
+    a1.resize(s.G * s.H);
+    q.resize(s.G * s.u);
+    sq.resize(s.G * s.u);
+    g2.resize(s.G * s.u);
+  }
+  if (de < 0) {
+    for (int64_t a = begin; a < end; ++a) {
+      // recompute the activations, keeping the sigmoids for the SiLU derivatives
+      gemm<T>(true, false, s.G, s.H, s.dim, tg, s.G, z + a * s.dim * s.H, s.H, p.data(),
+              s.H);
+      sigmoid_silu<T>(p.data(), sp.data(), a1.data(), s.G * s.H);
+      gemm<T>(false, false, s.G * s.heads, s.uh, s.hidden, a1.data(), s.hidden, w2, s.uh,
+              q.data(), s.uh);
+      sigmoid_silu<T>(q.data(), sq.data(), nullptr, s.G * s.u);
+      // d out / d A2 = from_grid grad[a], then back through the two SiLUs and w2
+      gemm<T>(false, false, s.G, s.u, s.dim, fg, s.dim, grad + a * s.dim * s.u, s.u,
+              g2.data(), s.u);
+      times_silu_grad(g2.data(), q.data(), sq.data(), s.G * s.u);
+      T* g1 = a1.data();
+      gemm<T>(false, true, s.G * s.heads, s.hidden, s.uh, g2.data(), s.uh, w2, s.uh, g1,
+              s.hidden);
+      times_silu_grad(g1, p.data(), sp.data(), s.G * s.H);
+      gemm<T>(false, false, s.dim, s.H, s.G, tg, s.G, g1, s.H, gz + a * s.dim * s.H, s.H);
     }
-    if (de < 0) {
-      for (int64_t a = begin; a < end; ++a) {
-        gemm<T>(true, false, s.G, s.H, s.dim, tg, s.G, z + a * s.dim * s.H, s.H, a1.data(),
-                s.H);
-        silu_inplace(a1.data(), s.G * s.H);
-        gemm<T>(false, false, s.G * s.heads, s.uh, s.hidden, a1.data(), s.hidden, w2, s.uh,
-                a2.data(), s.uh);
-        silu_inplace(a2.data(), s.G * s.u);
-        gemm<T>(true, false, s.dim, s.u, s.G, fg, s.dim, a2.data(), s.u,
-                out + a * s.dim * s.u, s.u);
-      }
-      return;
-    }
-    // antipodal layout (see antipodal_even_rows): half-grid transforms
-    const int64_t gh = s.G / 2, dodd = s.dim - de, rows = gh * s.heads;
-    std::vector<T> e(gh * s.H), o(gh * s.H), sum(gh * s.u), diff(gh * s.u);
+    return;
+  }
+  // antipodal layout (see antipodal_even_rows): half-grid transforms
+  const int64_t gh = s.G / 2, dodd = s.dim - de, rows = gh * s.heads;
+  std::vector<T> e(gh * std::max(s.H, s.u)), o(gh * std::max(s.H, s.u));
+  if (rk.backward_block) {
+    // register-blocked: the pair rows' MLP in registers
+    std::vector<T> ge(gh * s.u), go(gh * s.u);
     for (int64_t a = begin; a < end; ++a) {
       const T* za = z + a * s.dim * s.H;
+      const T* ga = grad + a * s.dim * s.u;
       gemm<T>(true, false, gh, s.H, de, tg, s.G, za, s.H, e.data(), s.H);
-      gemm<T>(true, false, gh, s.H, dodd, tg + de * s.G, s.G, za + de * s.H, s.H, o.data(),
-              s.H);
-      if (rk.forward_block) {
-        constexpr int64_t B = PairRowKernels<T>::kBlock;
-        for (int64_t r = 0; r < rows;) {
-          const auto kernel = r + B <= rows ? rk.forward_block : rk.forward_one;
-          kernel(e.data() + r * s.hidden, o.data() + r * s.hidden, w2, sum.data() + r * s.uh,
-                 diff.data() + r * s.uh);
-          r += r + B <= rows ? B : 1;
-        }
-      } else {
-        pair_silu<T>(e.data(), o.data(), a1.data(), nullptr, nullptr, gh * s.H);
-        gemm<T>(false, false, s.G * s.heads, s.uh, s.hidden, a1.data(), s.hidden, w2, s.uh,
-                a2.data(), s.uh);
-        silu_pair_sums<T>(a2.data(), sum.data(), diff.data(), gh * s.u);
-      }
-      T* oa = out + a * s.dim * s.u;
-      gemm<T>(true, false, de, s.u, gh, fg, s.dim, sum.data(), s.u, oa, s.u);
-      gemm<T>(true, false, dodd, s.u, gh, fg + de, s.dim, diff.data(), s.u, oa + de * s.u,
+      gemm<T>(true, false, gh, s.H, dodd, tg + de * s.G, s.G, za + de * s.H, s.H,
+              o.data(), s.H);
+      gemm<T>(false, false, gh, s.u, de, fg, s.dim, ga, s.u, ge.data(), s.u);
+      gemm<T>(false, false, gh, s.u, dodd, fg + de, s.dim, ga + de * s.u, s.u, go.data(),
               s.u);
+      // sums and differences of the pairs' gradients into p's two halves
+      T* sum = p.data();
+      T* diff = p.data() + gh * s.H;
+      constexpr int64_t B = PairRowKernels<T>::kBlock;
+      for (int64_t r = 0; r < rows;) {
+        const auto kernel = r + B <= rows ? rk.backward_block : rk.backward_one;
+        kernel(e.data() + r * s.hidden, o.data() + r * s.hidden, ge.data() + r * s.uh,
+               go.data() + r * s.uh, w2, w2t.data(), sum + r * s.hidden, diff + r * s.hidden);
+        r += r + B <= rows ? B : 1;
+      }
+      T* gza = gz + a * s.dim * s.H;
+      gemm<T>(false, false, de, s.H, gh, tg, s.G, sum, s.H, gza, s.H);
+      gemm<T>(false, false, dodd, s.H, gh, tg + de * s.G, s.G, diff, s.H, gza + de * s.H,
+              s.H);
     }
-  });
+    return;
+  }
+  for (int64_t a = begin; a < end; ++a) {
+    const T* za = z + a * s.dim * s.H;
+    const T* ga = grad + a * s.dim * s.u;
+    gemm<T>(true, false, gh, s.H, de, tg, s.G, za, s.H, e.data(), s.H);
+    gemm<T>(true, false, gh, s.H, dodd, tg + de * s.G, s.G, za + de * s.H, s.H, o.data(),
+            s.H);
+    pair_silu<T>(e.data(), o.data(), a1.data(), p.data(), sp.data(), gh * s.H);
+    gemm<T>(false, false, s.G * s.heads, s.uh, s.hidden, a1.data(), s.hidden, w2, s.uh,
+            q.data(), s.uh);
+    sigmoid_silu<T>(q.data(), sq.data(), nullptr, s.G * s.u);
+    // d out / d A2 at p and its antipode: from the even and odd rows of grad[a]
+    gemm<T>(false, false, gh, s.u, de, fg, s.dim, ga, s.u, e.data(), s.u);
+    gemm<T>(false, false, gh, s.u, dodd, fg + de, s.dim, ga + de * s.u, s.u, o.data(), s.u);
+    pair_times_silu_grad<T>(e.data(), o.data(), q.data(), sq.data(), g2.data(), gh * s.u);
+    T* g1 = a1.data();
+    gemm<T>(false, true, s.G * s.heads, s.hidden, s.uh, g2.data(), s.uh, w2, s.uh, g1,
+            s.hidden);
+    silu_grad_pair_sums<T>(g1, p.data(), sp.data(), e.data(), o.data(), gh * s.H);
+    T* gza = gz + a * s.dim * s.H;
+    gemm<T>(false, false, de, s.H, gh, tg, s.G, e.data(), s.H, gza, s.H);
+    gemm<T>(false, false, dodd, s.H, gh, tg + de * s.G, s.G, o.data(), s.H, gza + de * s.H,
+            s.H);
+  }
 }
 
 template <typename T>
@@ -566,93 +668,7 @@ void backward_kernel(const S2Shape& s, const T* grad, const T* z, const T* tg, c
   for (int64_t k = 0; k < s.hidden; ++k)
     for (int64_t j = 0; j < s.uh; ++j) w2t[j * s.hidden + k] = w2[k * s.uh + j];
   at::parallel_for(0, s.n, 1, [&](int64_t begin, int64_t end) {
-    // a1 holds silu(P) until Q is computed, then the gradient for A1; p serves every path
-    // (the register-blocked one keeps its pair sums and differences there), the grid-sized
-    // rest only the paths that use them
-    std::vector<T> p(s.G * s.H), sp, a1, q, sq, g2;
-    if (de < 0 || !rk.backward_block) {
-      sp.resize(s.G * s.H);
-      a1.resize(s.G * s.H);
-      q.resize(s.G * s.u);
-      sq.resize(s.G * s.u);
-      g2.resize(s.G * s.u);
-    }
-    if (de < 0) {
-      for (int64_t a = begin; a < end; ++a) {
-        // recompute the activations, keeping the sigmoids for the SiLU derivatives
-        gemm<T>(true, false, s.G, s.H, s.dim, tg, s.G, z + a * s.dim * s.H, s.H, p.data(),
-                s.H);
-        sigmoid_silu<T>(p.data(), sp.data(), a1.data(), s.G * s.H);
-        gemm<T>(false, false, s.G * s.heads, s.uh, s.hidden, a1.data(), s.hidden, w2, s.uh,
-                q.data(), s.uh);
-        sigmoid_silu<T>(q.data(), sq.data(), nullptr, s.G * s.u);
-        // d out / d A2 = from_grid grad[a], then back through the two SiLUs and w2
-        gemm<T>(false, false, s.G, s.u, s.dim, fg, s.dim, grad + a * s.dim * s.u, s.u,
-                g2.data(), s.u);
-        times_silu_grad(g2.data(), q.data(), sq.data(), s.G * s.u);
-        T* g1 = a1.data();
-        gemm<T>(false, true, s.G * s.heads, s.hidden, s.uh, g2.data(), s.uh, w2, s.uh, g1,
-                s.hidden);
-        times_silu_grad(g1, p.data(), sp.data(), s.G * s.H);
-        gemm<T>(false, false, s.dim, s.H, s.G, tg, s.G, g1, s.H, gz + a * s.dim * s.H, s.H);
-      }
-      return;
-    }
-    // antipodal layout (see antipodal_even_rows): half-grid transforms
-    const int64_t gh = s.G / 2, dodd = s.dim - de, rows = gh * s.heads;
-    std::vector<T> e(gh * std::max(s.H, s.u)), o(gh * std::max(s.H, s.u));
-    if (rk.backward_block) {
-      // register-blocked: the pair rows' MLP in registers
-      std::vector<T> ge(gh * s.u), go(gh * s.u);
-      for (int64_t a = begin; a < end; ++a) {
-        const T* za = z + a * s.dim * s.H;
-        const T* ga = grad + a * s.dim * s.u;
-        gemm<T>(true, false, gh, s.H, de, tg, s.G, za, s.H, e.data(), s.H);
-        gemm<T>(true, false, gh, s.H, dodd, tg + de * s.G, s.G, za + de * s.H, s.H,
-                o.data(), s.H);
-        gemm<T>(false, false, gh, s.u, de, fg, s.dim, ga, s.u, ge.data(), s.u);
-        gemm<T>(false, false, gh, s.u, dodd, fg + de, s.dim, ga + de * s.u, s.u, go.data(),
-                s.u);
-        // sums and differences of the pairs' gradients into p's two halves
-        T* sum = p.data();
-        T* diff = p.data() + gh * s.H;
-        constexpr int64_t B = PairRowKernels<T>::kBlock;
-        for (int64_t r = 0; r < rows;) {
-          const auto kernel = r + B <= rows ? rk.backward_block : rk.backward_one;
-          kernel(e.data() + r * s.hidden, o.data() + r * s.hidden, ge.data() + r * s.uh,
-                 go.data() + r * s.uh, w2, w2t.data(), sum + r * s.hidden, diff + r * s.hidden);
-          r += r + B <= rows ? B : 1;
-        }
-        T* gza = gz + a * s.dim * s.H;
-        gemm<T>(false, false, de, s.H, gh, tg, s.G, sum, s.H, gza, s.H);
-        gemm<T>(false, false, dodd, s.H, gh, tg + de * s.G, s.G, diff, s.H, gza + de * s.H,
-                s.H);
-      }
-      return;
-    }
-    for (int64_t a = begin; a < end; ++a) {
-      const T* za = z + a * s.dim * s.H;
-      const T* ga = grad + a * s.dim * s.u;
-      gemm<T>(true, false, gh, s.H, de, tg, s.G, za, s.H, e.data(), s.H);
-      gemm<T>(true, false, gh, s.H, dodd, tg + de * s.G, s.G, za + de * s.H, s.H, o.data(),
-              s.H);
-      pair_silu<T>(e.data(), o.data(), a1.data(), p.data(), sp.data(), gh * s.H);
-      gemm<T>(false, false, s.G * s.heads, s.uh, s.hidden, a1.data(), s.hidden, w2, s.uh,
-              q.data(), s.uh);
-      sigmoid_silu<T>(q.data(), sq.data(), nullptr, s.G * s.u);
-      // d out / d A2 at p and its antipode: from the even and odd rows of grad[a]
-      gemm<T>(false, false, gh, s.u, de, fg, s.dim, ga, s.u, e.data(), s.u);
-      gemm<T>(false, false, gh, s.u, dodd, fg + de, s.dim, ga + de * s.u, s.u, o.data(), s.u);
-      pair_times_silu_grad<T>(e.data(), o.data(), q.data(), sq.data(), g2.data(), gh * s.u);
-      T* g1 = a1.data();
-      gemm<T>(false, true, s.G * s.heads, s.hidden, s.uh, g2.data(), s.uh, w2, s.uh, g1,
-              s.hidden);
-      silu_grad_pair_sums<T>(g1, p.data(), sp.data(), e.data(), o.data(), gh * s.H);
-      T* gza = gz + a * s.dim * s.H;
-      gemm<T>(false, false, de, s.H, gh, tg, s.G, e.data(), s.H, gza, s.H);
-      gemm<T>(false, false, dodd, s.H, gh, tg + de * s.G, s.G, o.data(), s.H, gza + de * s.H,
-              s.H);
-    }
+    backward_rows<T>(s, grad, z, tg, w2, fg, gz, de, rk, w2t, begin, end);
   });
 }
 
