@@ -115,7 +115,6 @@ class LammpsPlugin:
 
     def calculate(self, atoms, properties=None) -> None:
         import re
-        import subprocess
         from pathlib import Path
 
         from ase.io.lammpsdata import write_lammps_data
@@ -129,18 +128,8 @@ class LammpsPlugin:
         deck = self.bp.deck("plugin", self.model, data, 2, steps, self.lib)
         deck = deck.replace("thermo 100", "thermo_style custom step pe\nthermo_modify "
                             "format float %.10f\nthermo 100")
-        inp, log = Path(self.work) / f"in.{n}", Path(self.work) / f"log.{n}"
-        inp.write_text(deck)
-        lmp = self.bp.lammps_prefix() / "bin" / "lmp"
-        env = dict(os.environ, OMP_NUM_THREADS="1", OMP_PROC_BIND="false",
-                   PYTHONPATH=f"{ROOT}:{os.environ.get('PYTHONPATH', '')}")
-        proc = subprocess.run([str(lmp), "-in", inp.name, "-log", log.name, "-screen", "none"],
-                              cwd=self.work, env=env, capture_output=True, text=True)
-        text = log.read_text() if log.exists() else ""
-        if proc.returncode != 0:
-            raise RuntimeError(f"lmp failed:\n{proc.stderr[-2000:]}{text[-2000:]}")
-        t, k = re.findall(r"Loop time of (\S+) on \d+ procs for (\d+) steps", text)[-1]
-        self.step_seconds = float(t) / int(k)
+        text = self.bp.run_lmp(deck, f"flop-{n}", Path(self.work))
+        self.step_seconds = self.bp.loop_seconds(text)
         pe = re.search(r"^\s*Step\s+PotEng\s*\n\s*0\s+(\S+)", text, re.M)
         self.results = {"energy": float(pe.group(1)) if pe else float("nan"),
                         "forces": np.full((n, 3), np.nan)}

@@ -163,32 +163,45 @@ run {steps}
 """
 
 
-def run_one(path: str, model: dict, data: Path, ranks: int, warmup: int, steps: int,
-            lib: Path, work: Path) -> tuple[float, float]:
-    """Seconds per MD step (LAMMPS' loop time of the timed run / steps) and LAMMPS' "CPU use"
-    of that run (process CPU time / wall time on rank 0; below 1 on a loaded machine)."""
-    tag = f"{path.replace('@', '-')}-{Path(model['mliap']).stem}-{data.stem}-{ranks}"
-    (work / f"in.{tag}").write_text(deck(path, model, data, warmup, steps, lib))
+def run_lmp(text: str, tag: str, work: Path, ranks: int = 1, kokkos: bool = False,
+            env_extra: dict[str, str] | None = None) -> str:
+    """The deck ``text`` in ``lmp`` under ``mpirun -np ranks`` (1 thread per rank; ``kokkos``:
+    ``-k on t 1 -sf kk``) in ``work``, as ``in.<tag>``; returns its log (``log.<tag>``)."""
+    (work / f"in.{tag}").write_text(text)
     lmp = lammps_prefix() / "bin" / "lmp"
     cmd = [shutil.which("mpirun") or "mpirun", "-np", str(ranks), str(lmp)]
-    base, _, variant = path.partition("@")
-    if base == "kokkos":
+    if kokkos:
         cmd += ["-k", "on", "t", "1", "-sf", "kk"]
     cmd += ["-in", f"in.{tag}", "-log", f"log.{tag}", "-screen", "none"]
     env = dict(os.environ, OMP_NUM_THREADS="1", OMP_PROC_BIND="false",
                PYTHONPATH=f"{REPO}:{os.environ.get('PYTHONPATH', '')}",
-               PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
-    if base in ("kokkos", "plain"):
-        env.update(ENV_VARIANTS.get(variant, {}))
+               PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+               **(env_extra or {}))
     proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
     log = (work / f"log.{tag}").read_text() if (work / f"log.{tag}").exists() else ""
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
                            f"{log[-2000:]}")
-    loops = re.findall(r"Loop time of (\S+) on \d+ procs for (\d+) steps", log)
-    t, n = loops[-1]
+    return log
+
+
+def loop_seconds(log: str) -> float:
+    """Seconds per MD step of the last run in a LAMMPS log (its loop time / steps)."""
+    t, n = re.findall(r"Loop time of (\S+) on \d+ procs for (\d+) steps", log)[-1]
+    return float(t) / int(n)
+
+
+def run_one(path: str, model: dict, data: Path, ranks: int, warmup: int, steps: int,
+            lib: Path, work: Path) -> tuple[float, float]:
+    """Seconds per MD step (LAMMPS' loop time of the timed run / steps) and LAMMPS' "CPU use"
+    of that run (process CPU time / wall time on rank 0; below 1 on a loaded machine)."""
+    tag = f"{path.replace('@', '-')}-{Path(model['mliap']).stem}-{data.stem}-{ranks}"
+    base, _, variant = path.partition("@")
+    env = ENV_VARIANTS.get(variant, {}) if base in ("kokkos", "plain") else {}
+    log = run_lmp(deck(path, model, data, warmup, steps, lib), tag, work, ranks,
+                  kokkos=base == "kokkos", env_extra=env)
     cpu = re.findall(r"([\d.]+)% CPU use", log)
-    return float(t) / int(n), float(cpu[-1]) / 100 if cpu else float("nan")
+    return loop_seconds(log), float(cpu[-1]) / 100 if cpu else float("nan")
 
 
 def cpu_ms(row: dict, path: str) -> float | None:

@@ -628,14 +628,20 @@ void PairFacet::unpack_reverse_comm(int n, int *list, double *buf)
   }
 }
 
-// the staging buffer sized for nall rows of w values; sets comm_width/comm_values and the rows
-void PairFacet::halo_setup(int nall, int w)
+// rows of w values: sets comm_values and comm_width (checked against the widths set in init)
+void PairFacet::set_row_width(int w)
 {
   comm_values = w;
   comm_width = row_doubles(w);
   if (comm_width > comm_forward || comm_width > comm_reverse)
     error->one(FLERR, "pair_style facet: internal error: exchange width {} > {}", comm_width,
                std::min(comm_forward, comm_reverse));
+}
+
+// the staging buffer sized for nall rows of w values; sets the row width and the rows
+void PairFacet::halo_setup(int nall, int w)
+{
+  set_row_width(w);
   halo.resize((size_t) nall * comm_width);
   rows_base = reinterpret_cast<char *>(halo.data());
   row_stride = (size_t) comm_width * sizeof(double);
@@ -644,11 +650,7 @@ void PairFacet::halo_setup(int nall, int w)
 // the exchange works in `rows` ([nall, w], contiguous, on the host, in the model's dtype)
 void PairFacet::halo_in_place(const torch::Tensor &rows)
 {
-  comm_values = (int) rows.size(1);
-  comm_width = row_doubles(comm_values);
-  if (comm_width > comm_forward || comm_width > comm_reverse)
-    error->one(FLERR, "pair_style facet: internal error: exchange width {} > {}", comm_width,
-               std::min(comm_forward, comm_reverse));
+  set_row_width((int) rows.size(1));
   rows_base = static_cast<char *>(rows.data_ptr());
   row_stride = (size_t) comm_values * wire_size;
 }

@@ -120,6 +120,7 @@ class PairFacet : public Pair {
   size_t row_stride = 0;        // bytes from one row to the next there
   char *row(int64_t i) { return rows_base + (size_t) i * row_stride; }
   int row_doubles(int64_t w) const;
+  void set_row_width(int w);
   void halo_setup(int nall, int w);
   void halo_in_place(const torch::Tensor &rows);
   void record_border_rows(int nlocal);

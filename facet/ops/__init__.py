@@ -239,9 +239,14 @@ def use_fused(model: torch.nn.Module, on: bool = True) -> torch.nn.Module:
     ``model``. Inference only: the radial coefficients must not require gradients."""
     if on:
         load()
-    for module in _fusable(model):
-        module.fused = on and getattr(module, "fusable", True)
+    _switch(_fusable(model), on)
     return model
+
+
+def _switch(modules: list[torch.nn.Module], on: bool) -> None:
+    """Each module on its fused kernels (``on``, where it has them: ``fusable``) or off."""
+    for module in modules:
+        module.fused = on and getattr(module, "fusable", True)
 
 
 class InferenceState:
@@ -275,8 +280,7 @@ class InferenceState:
                             [m.fused for m in self.modules]))
         for w in self.weights:
             w.requires_grad_(False)
-        for m in self.modules:
-            m.fused = self.fused and getattr(m, "fusable", True)
+        _switch(self.modules, self.fused)
         return self
 
     def __exit__(self, *exc) -> None:

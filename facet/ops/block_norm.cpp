@@ -29,6 +29,9 @@ struct NormShape {
   int64_t n = 0, blocks = 0, ns = 0;
   int64_t scalars = 0, dim = 0;   // N_s, D
   bool two_groups = false;        // separate mode with both scalars and l > 0 blocks
+  double group_dim[2] = {0, 0};   // components per RMS group
+  // the RMS group of block b: 0, or 1 for the l > 0 blocks in separate mode
+  int group(int64_t b) const { return two_groups && b >= ns ? 1 : 0; }
   std::vector<int64_t> d, mul, gain_offset;
 };
 
@@ -57,6 +60,8 @@ NormShape check_inputs(at::TensorList xs, int64_t num_scalar_blocks, bool joint,
     if (b < s.ns) s.scalars += x.size(2);
   }
   s.two_groups = !joint && s.ns > 0 && s.ns < s.blocks;
+  s.group_dim[0] = static_cast<double>(s.two_groups ? s.scalars : s.dim);
+  s.group_dim[1] = static_cast<double>(s.dim - s.scalars);
   if (gain.has_value()) {
     TORCH_CHECK(gain->dim() == 1 && gain->size(0) == channels &&
                     gain->scalar_type() == xs[0].scalar_type() && gain->device().is_cpu(),
@@ -108,7 +113,6 @@ double weighted_dot(const T* a, const T* b, const T* c, int64_t len, T m) {
   return ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
 }
 
-template <typename T>
 struct Row {
   // the row's centring mean and, per group, 1 / (rms + eps) and rms
   double mean = 0.0, inv[2] = {0.0, 0.0}, rms[2] = {0.0, 0.0};
@@ -116,8 +120,8 @@ struct Row {
 
 // centring mean and group RMS of row r
 template <typename T>
-Row<T> row_stats(const NormShape& s, const std::vector<const T*>& x, int64_t r, double eps) {
-  Row<T> st;
+Row row_stats(const NormShape& s, const std::vector<const T*>& x, int64_t r, double eps) {
+  Row st;
   if (s.ns > 0) {
     double total = 0.0;
     for (int64_t b = 0; b < s.ns; b++) total += sum_of(x[b] + r * s.mul[b], s.mul[b]);
@@ -127,12 +131,10 @@ Row<T> row_stats(const NormShape& s, const std::vector<const T*>& x, int64_t r, 
   for (int64_t b = 0; b < s.blocks; b++) {
     const int64_t len = s.d[b] * s.mul[b];
     const T m = b < s.ns ? static_cast<T>(st.mean) : T(0);
-    sq[s.two_groups && b >= s.ns ? 1 : 0] += centred_squares(x[b] + r * len, len, m);
+    sq[s.group(b)] += centred_squares(x[b] + r * len, len, m);
   }
-  const double dims[2] = {static_cast<double>(s.two_groups ? s.scalars : s.dim),
-                          static_cast<double>(s.dim - s.scalars)};
   for (int g = 0; g < (s.two_groups ? 2 : 1); g++) {
-    st.rms[g] = std::sqrt(sq[g] / dims[g] + eps);
+    st.rms[g] = std::sqrt(sq[g] / s.group_dim[g] + eps);
     st.inv[g] = 1.0 / (st.rms[g] + eps);
   }
   return st;
@@ -143,13 +145,13 @@ void forward_kernel(const NormShape& s, const std::vector<const T*>& x, const T*
                     const std::vector<T*>& y, double eps) {
   at::parallel_for(0, s.n, 16, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; r++) {
-      const Row<T> st = row_stats<T>(s, x, r, eps);
+      const Row st = row_stats<T>(s, x, r, eps);
       for (int64_t b = 0; b < s.blocks; b++) {
         const int64_t mul = s.mul[b], len = s.d[b] * mul;
         const T* xr = x[b] + r * len;
         T* yr = y[b] + r * len;
         const T m = b < s.ns ? static_cast<T>(st.mean) : T(0);
-        const T inv = static_cast<T>(st.inv[s.two_groups && b >= s.ns ? 1 : 0]);
+        const T inv = static_cast<T>(st.inv[s.group(b)]);
         const T* g = gain ? gain + s.gain_offset[b] : nullptr;
         for (int64_t i = 0; i < s.d[b]; i++) {
           const T* xi = xr + i * mul;
@@ -173,11 +175,9 @@ template <typename T>
 void backward_kernel(const NormShape& s, const std::vector<const T*>& gy,
                      const std::vector<const T*>& x, const T* gain, const std::vector<T*>& gx,
                      double eps) {
-  const double dims[2] = {static_cast<double>(s.two_groups ? s.scalars : s.dim),
-                          static_cast<double>(s.dim - s.scalars)};
   at::parallel_for(0, s.n, 16, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; r++) {
-      const Row<T> st = row_stats<T>(s, x, r, eps);
+      const Row st = row_stats<T>(s, x, r, eps);
       double dot[2] = {0.0, 0.0};
       for (int64_t b = 0; b < s.blocks; b++) {
         const int64_t mul = s.mul[b], len = s.d[b] * mul;
@@ -188,18 +188,18 @@ void backward_kernel(const NormShape& s, const std::vector<const T*>& gy,
         double acc = 0.0;
         for (int64_t i = 0; i < s.d[b]; i++)
           acc += weighted_dot(gr + i * mul, g, xr + i * mul, mul, m);
-        dot[s.two_groups && b >= s.ns ? 1 : 0] += acc;
+        dot[s.group(b)] += acc;
       }
       double coef[2];
       for (int g = 0; g < 2; g++)
-        coef[g] = dot[g] * st.inv[g] * st.inv[g] / (dims[g] * (st.rms[g] > 0 ? st.rms[g] : 1));
+        coef[g] = dot[g] * st.inv[g] * st.inv[g] / (s.group_dim[g] * (st.rms[g] > 0 ? st.rms[g] : 1));
       double scalar_sum = 0.0;
       for (int64_t b = 0; b < s.blocks; b++) {
         const int64_t mul = s.mul[b], len = s.d[b] * mul;
         const T* xr = x[b] + r * len;
         const T* gr = gy[b] + r * len;
         T* out = gx[b] + r * len;
-        const int grp = s.two_groups && b >= s.ns ? 1 : 0;
+        const int grp = s.group(b);
         const T m = b < s.ns ? static_cast<T>(st.mean) : T(0);
         const T inv = static_cast<T>(st.inv[grp]), a = static_cast<T>(coef[grp]);
         const T* g = gain ? gain + s.gain_offset[b] : nullptr;
