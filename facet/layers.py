@@ -45,7 +45,14 @@ class Interaction(nn.Module):
     then a linear map to the target irreps plus a linear residual adapter of the input.
 
     ``w`` comes from learnable radial splines (``RadialWeights``): no radial MLP.
+
+    ``fused`` (``facet.ops.use_fused``, inference on the CPU): the tensor product by its fused
+    kernel, then both linear maps, the normalisation and the sum as one ``facet::irreps_linear``
+    call on the tensor product's per-block results and the input rows.
     """
+
+    # TorchScript compiles the fused branch only when ``fused`` is on (see UVUTensorProduct)
+    __constants__ = ["fused"]
 
     def __init__(
         self,
@@ -71,6 +78,19 @@ class Interaction(nn.Module):
         self.resid = IrrepsLinear(irreps_in, irreps_out)
         self.inv_norm = float(avg_num_neighbors) ** (-float(radial_power))
         self.in_shapes = irrep_shapes(irreps_in)
+        # the fused call's inputs: the tensor product's results ([n, mul, K] per block with
+        # paths), then the input blocks ([n, d, mul]); linear_out's weight first, resid's second
+        n_results = len(self.tp.blocks)
+        mid_sources = [[(b, k0, mul)] for (b, k0), (mul, _) in zip(self.tp.out_pieces,
+                                                                   irreps_mid, strict=True)]
+        in_sources = [[(n_results + i, 0, mul)] for i, (mul, _) in enumerate(irreps_in)]
+        paths_out, alphas_out = self.linear_out.fused_paths(mid_sources, 0, self.inv_norm)
+        paths_res, alphas_res = self.resid.fused_paths(in_sources, 1)
+        self.fused_paths = paths_out + paths_res
+        self.fused_alphas = alphas_out + alphas_res
+        self.fused_mul_major = [1] * n_results + [0] * len(irreps_in)
+        self.fused_out_shapes = self.linear_out.fused_out_shapes()
+        self.fused = False
 
     def forward(
         self,
@@ -122,10 +142,17 @@ class Interaction(nn.Module):
         n = slots.shape[0]
         if basis_pad is None:
             basis_pad = gather_slots(self.radial.enveloped_basis(r), slots)
-        agg = self.tp.forward_dmajor_in(hs, nbr_pad, y_pad, basis_pad, self.radial.coefficients)
         rows = hs
         if row_start != 0 or n != hs[0].shape[0]:
             rows = [x[row_start : row_start + n] for x in hs]
+        if self.fused and hs[0].device.type == "cpu":
+            results = self.tp.forward_dmajor_in(hs, nbr_pad, y_pad, basis_pad,
+                                                self.radial.coefficients, False)
+            return torch.ops.facet.irreps_linear(results + rows, self.fused_mul_major,
+                                                 [self.linear_out.weight, self.resid.weight],
+                                                 self.fused_paths, self.fused_alphas,
+                                                 self.fused_out_shapes, None)
+        agg = self.tp.forward_dmajor_in(hs, nbr_pad, y_pad, basis_pad, self.radial.coefficients)
         # per irrep block (no slicing of a concatenated tensor: see facet.linear)
         out = self.linear_out.forward_dmajor(agg)
         res = self.resid.forward_dmajor(rows, None, True)

@@ -5,7 +5,8 @@ a zero-filled tensor of the whole input that autograd then adds up: for a layer'
 tensor-product output that is 11 full-size fills and additions per evaluation (about a tenth
 of Facet-S's CPU time). ``IrrepsLinear`` holds the same parameters and computes the same
 function from the blocks as separate tensors (``forward_blocks``), or splits its input once
-(``torch.split``, whose gradient is one concatenation).
+(``torch.split``, whose gradient is one concatenation). For inference on the CPU the modules that
+use it evaluate their maps as one ``facet::irreps_linear`` call (``fused_paths``).
 """
 
 from __future__ import annotations
@@ -64,6 +65,48 @@ class IrrepsLinear(o3.Linear):
                 groups.append((i_out, mine[0][2], end, sum(p[3] for p in mine), mine[0][5],
                                [p[0] for p in mine]))
         self.groups = groups
+
+    def fused_paths(
+        self,
+        sources: list[list[tuple[int, int, int]]],
+        weight_index: int = 0,
+        scale: float = 1.0,
+        out_order: list[int] | None = None,
+    ) -> tuple[list[int], list[float]]:
+        """This map's paths for ``facet::irreps_linear`` (``facet/ops/irreps_linear.cpp``):
+        ``(paths, alphas)``, five integers ``(tensor, first component, output, weight_index,
+        weight offset)`` and one factor (e3nn's path normalisation times ``scale``) per path.
+
+        Args:
+            sources: for every input irrep, the pieces ``(tensor, first component, channels)``
+                of the kernel's input tensors whose channels, side by side, are that irrep's
+                (one piece: the irrep is a tensor or components of one; several: a
+                concatenation, which the kernel then never forms).
+            weight_index: the index of this map's ``weight`` in the kernel's weight list.
+            scale: a factor on the whole map (e.g. a message normalisation).
+            out_order: the kernel's output index of each output irrep (default: the same).
+        """
+        paths: list[int] = []
+        alphas: list[float] = []
+        for i_in, i_out, start, mul_in, mul_out, path_weight in self.paths:
+            row = 0
+            for tensor, first, channels in sources[i_in]:
+                o = i_out if out_order is None else out_order[i_out]
+                paths += [tensor, first, o, weight_index, start + row * mul_out]
+                alphas.append(path_weight * scale)
+                row += channels
+            if row != mul_in:
+                raise ValueError(f"input irrep {i_in} has {mul_in} channels, its sources {row}")
+        return paths, alphas
+
+    def fused_out_shapes(self, out_order: list[int] | None = None) -> list[int]:
+        """``(d, mul)`` of every output irrep, flattened, in the kernel's output order."""
+        order = list(range(len(self.out_shapes))) if out_order is None else out_order
+        shapes = [0] * (2 * len(self.out_shapes))
+        for i, (mul, d) in enumerate(self.out_shapes):
+            shapes[2 * order[i]] = d
+            shapes[2 * order[i] + 1] = mul
+        return shapes
 
     def forward(self, features: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         """``[n, irreps_in.dim]`` -> ``[n, irreps_out.dim]`` (e3nn layouts)."""
@@ -126,3 +169,27 @@ class IrrepsLinear(o3.Linear):
                     acc = acc + blocks[i_in].reshape(n * d, mul_in) @ w
             outs[i_out] = acc.reshape(n, d, cols)
         return outs
+
+
+def concat_sources(
+    irreps: o3.Irreps | str, pieces: list[tuple[o3.Irrep, int, int, int]]
+) -> list[list[tuple[int, int, int]]]:
+    """The ``sources`` (``IrrepsLinear.fused_paths``) of ``irreps`` when its channels are the
+    ``pieces`` ``(irrep, tensor, first component, channels)`` side by side, in order (e.g. the
+    concatenation of several blocks, neighbours of one irrep merged by ``simplify``)."""
+    sources: list[list[tuple[int, int, int]]] = []
+    k = 0
+    for mul, ir in o3.Irreps(irreps):
+        mine: list[tuple[int, int, int]] = []
+        channels = 0
+        while channels < mul:
+            if k >= len(pieces) or pieces[k][0] != ir or channels + pieces[k][3] > mul:
+                raise ValueError(f"the pieces {pieces} do not form {irreps} channel for channel")
+            mine.append(pieces[k][1:])
+            channels += pieces[k][3]
+            k += 1
+        sources.append(mine)
+    if k != len(pieces):
+        raise ValueError(f"the pieces {pieces} are more than {irreps}")
+    return sources
+

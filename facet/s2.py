@@ -35,7 +35,7 @@ from e3nn import o3
 from torch import nn
 
 from facet.blocks import from_dmajor, irrep_shapes, to_dmajor
-from facet.linear import IrrepsLinear
+from facet.linear import IrrepsLinear, concat_sources
 
 S2_GRIDS = ("soft", "gauss", "lebedev")
 
@@ -315,6 +315,23 @@ class S2Mixing(nn.Module):
         self.fold = (not identity) and folded < plain
         self.fusable = (not identity) and len(mlp_hidden) == 1
         self.fused = False
+        # the fused path's linear maps as facet::irreps_linear calls: proj_up from the input
+        # blocks, its outputs in the kernel's row order; proj_down from the input scalar
+        # blocks and the grid's result [n, (lmax+1)^2, u] (l blocks in that order), side by side
+        n_in = len(irreps_in)
+        self.up_paths, self.up_alphas = self.proj_up.fused_paths(
+            [[(i, 0, mul)] for i, (mul, _) in enumerate(irreps_in)], 0, 1.0, self.fused_unorder)
+        self.up_out_shapes = self.proj_up.fused_out_shapes(self.fused_unorder)
+        self.up_mul_major = [0] * n_in
+        ns = self.num_scalar_blocks
+        first = [sum(self.block_dims[k] for k in anti[2][: anti[2].index(l)])
+                 for l in range(lmax + 1)]
+        pieces = [(irreps_in[k].ir, k, 0, irreps_in[k].mul) for k in range(ns)]
+        pieces += [(ir, ns, first[l], self.channels) for l, (_, ir) in enumerate(grid_irreps)]
+        self.down_paths, self.down_alphas = self.proj_down.fused_paths(
+            concat_sources(self.irreps_cat, pieces))
+        self.down_out_shapes = self.proj_down.fused_out_shapes()
+        self.down_mul_major = [0] * (ns + 1)
 
     @staticmethod
     def _leading_scalars(irreps: o3.Irreps) -> list[int]:
@@ -335,19 +352,22 @@ class S2Mixing(nn.Module):
         ``irreps_in`` -> one ``[n, d, mul]`` per irrep of ``irreps_out``."""
         if self.fused and xs[0].device.type == "cpu":
             # the MLP's first layer (per head: block-diagonal) folded into proj_up's weights:
-            # the fold's z [n, (lmax+1)^2, heads * hidden] from one matmul per l
+            # the fold's z [n, (lmax+1)^2, heads * hidden] ([n, 2l+1, H] per l, kernel order)
             w1 = self.mlp.weight(0)
-            w1_heads = torch.kron(torch.eye(self.heads, dtype=w1.dtype, device=w1.device), w1)
-            zl = self.proj_up.forward_dmajor(xs, w1_heads, True)  # [n, 2l+1, H] per l
-            z = torch.cat([zl[l] for l in self.fused_order], dim=1)
-            back = torch.ops.facet.s2_mlp(z, self.to_grid_fused, self.mlp.weight(1),
-                                          self.from_grid_fused, self.heads)
-            parts = torch.split(back, [self.block_dims[l] for l in self.fused_order], dim=1)
-            back_blocks = [parts[i] for i in self.fused_unorder]
-        else:
-            up = self.proj_up.forward_dmajor(xs, None, True)  # [n, 2l+1, u] per l
-            back = self._grid(torch.cat(up, dim=1))  # coefficients [n, (lmax+1)^2, u]
-            back_blocks = list(torch.split(back, self.block_dims, dim=1))
+            if self.heads > 1:
+                w1 = torch.kron(torch.eye(self.heads, dtype=w1.dtype, device=w1.device), w1)
+            zl = torch.ops.facet.irreps_linear(xs, self.up_mul_major, [self.proj_up.weight],
+                                               self.up_paths, self.up_alphas,
+                                               self.up_out_shapes, w1)
+            back = torch.ops.facet.s2_mlp(torch.cat(zl, dim=1), self.to_grid_fused,
+                                          self.mlp.weight(1), self.from_grid_fused, self.heads)
+            return torch.ops.facet.irreps_linear(
+                xs[: self.num_scalar_blocks] + [back], self.down_mul_major,
+                [self.proj_down.weight], self.down_paths, self.down_alphas,
+                self.down_out_shapes, None)
+        up = self.proj_up.forward_dmajor(xs, None, True)  # [n, 2l+1, u] per l
+        back = self._grid(torch.cat(up, dim=1))  # coefficients [n, (lmax+1)^2, u]
+        back_blocks = list(torch.split(back, self.block_dims, dim=1))
         # proj_down's blocks: the merged scalars (input scalars + the grid's l = 0 output),
         # then the grid's l > 0 blocks
         if self.num_scalar_blocks > 0:

@@ -109,6 +109,9 @@ class UVUTensorProduct(nn.Module):
             k_splits[blk].append(d3)
             k_targets[blk].append(i_out)
         self.k_splits, self.k_targets = k_splits, k_targets
+        # where output block i_out lies in the per-input-block results ([n, mul, K] each):
+        # (input block, first of its components along K)
+        self.out_pieces: list[tuple[int, int]] = [by_out[i][:2] for i in range(self.num_out)]
         self.d2 = d2
         # evaluate with the fused CPU kernels of facet.ops (inference only; see use_fused)
         self.fused = False
@@ -165,6 +168,7 @@ class UVUTensorProduct(nn.Module):
         y_pad: torch.Tensor,
         basis_pad: torch.Tensor,
         coefficients: torch.Tensor,
+        split: bool = True,
     ) -> list[torch.Tensor]:
         """Aggregated messages as one ``[n_out, mul, d3]`` block per output irrep (views of the
         per-input-block results; no per-irrep slicing, whose gradients would be zero-filled
@@ -186,32 +190,40 @@ class UVUTensorProduct(nn.Module):
         the CPU each input block is one call of ``torch.ops.facet.uvu_tp_block``
         (``facet.ops``): edge by edge in cache, ~4x fewer multiplications than the padded bmm,
         nothing slot-sized kept for the backward pass (it recomputes). Inference only.
+
+        ``split=False`` (fused only): the kernel's results before the split into output
+        irreps, one ``[n_out, mul, K]`` per input block with paths (``blocks``); output irrep
+        i is components ``k0 .. k0 + d`` of result ``b`` for ``(b, k0) = out_pieces[i]``.
         """
         n_out, m = nbr_pad.shape[0], nbr_pad.shape[1]
         nb = basis_pad.shape[2]
         fused = self.fused and y_pad.device.type == "cpu"
         y_flat = y_pad.reshape(n_out * m, self.d2)
+        results: list[torch.Tensor] = []
         if fused:
             basis_pad = basis_pad.contiguous()
-        basis_e = basis_pad.reshape(n_out * m, 1, nb, 1)
-        out: list[torch.Tensor] = [y_pad] * self.num_out
-        for b, blk in enumerate(self.blocks):
-            x = xs[self.block_irrep[b]]
-            _, mul, d1, k_total, _, _, _, ko = blk
-            t, c = self._block_operands(blk, y_flat, coefficients)
-            if fused:
-                agg = torch.ops.facet.uvu_tp_block(x, nbr_pad,
-                                                   t.reshape(n_out, m, d1, k_total), basis_pad,
-                                                   c.contiguous(),
-                                                   self.paths_of_k[ko : ko + k_total])
-            else:
+            for b, blk in enumerate(self.blocks):
+                _, mul, d1, k_total, _, _, _, ko = blk
+                t, c = self._block_operands(blk, y_flat, coefficients)
+                results.append(torch.ops.facet.uvu_tp_block(
+                    xs[self.block_irrep[b]], nbr_pad, t.reshape(n_out, m, d1, k_total),
+                    basis_pad, c.contiguous(), self.paths_of_k[ko : ko + k_total]))
+            if not split:
+                return results
+        else:
+            basis_e = basis_pad.reshape(n_out * m, 1, nb, 1)
+            for b, blk in enumerate(self.blocks):
+                _, mul, d1, k_total, _, _, _, ko = blk
+                t, c = self._block_operands(blk, y_flat, coefficients)
                 a_pad = (t.reshape(-1, d1, 1, k_total) * basis_e).reshape(n_out, m * d1,
                                                                          nb * k_total)
-                x_pad = x[nbr_pad].reshape(n_out, m * d1, mul)
+                x_pad = xs[self.block_irrep[b]][nbr_pad].reshape(n_out, m * d1, mul)
                 s = torch.bmm(a_pad.transpose(1, 2), x_pad).reshape(n_out, nb, k_total, mul)
                 c = c[:, self.paths_of_k[ko : ko + k_total], :]  # [nb, K, mul]
-                agg = (s * c).sum(1).transpose(1, 2)  # [n_out, mul, K]
-            pieces = torch.split(agg, self.k_splits[b], dim=2)
+                results.append((s * c).sum(1).transpose(1, 2))  # [n_out, mul, K]
+        out: list[torch.Tensor] = [y_pad] * self.num_out
+        for b in range(len(results)):
+            pieces = torch.split(results[b], self.k_splits[b], dim=2)
             targets = self.k_targets[b]
             for i in range(len(targets)):
                 out[targets[i]] = pieces[i]

@@ -52,7 +52,7 @@ constexpr const char *kFormat = "facet-lammps-plugin";
 constexpr int kFormatVersion = 1;
 constexpr const char *kMetadataFile = "facet_plugin.json";
 // the facet:: operators compiled into this plugin (facet/ops/*.cpp), as facet.ops.OPS_VERSION
-constexpr int kFusedKernelsVersion = 3;
+constexpr int kFusedKernelsVersion = 4;
 constexpr const char *kRedeploy = "facet-deploy model.pt --format plugin -o FILE";
 constexpr const char *kFormatAOTI = "facet-aoti";
 constexpr int kFormatVersionAOTI = 1;

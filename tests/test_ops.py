@@ -326,6 +326,134 @@ def test_fused_layer_norm_backward_matches_finite_differences():
         norm.forward_dmajor(list(xs), gain.requires_grad_(True))
 
 
+def linear_reference(xs, mul_major, weights, paths, alphas, out_shapes, right):
+    """facet::irreps_linear's function (its header's formula) in plain torch."""
+    n = xs[0].shape[0]
+    outs = []
+    for o in range(len(out_shapes) // 2):
+        cols = out_shapes[2 * o + 1] if right is None else right.shape[1]
+        outs.append(xs[0].new_zeros(n, out_shapes[2 * o], cols))
+    for p, alpha in enumerate(alphas):
+        t, c0, o, w, off = paths[5 * p : 5 * p + 5]
+        x = xs[t].transpose(1, 2) if mul_major[t] else xs[t]  # [n, comps, mul]
+        d, m, mul = out_shapes[2 * o], out_shapes[2 * o + 1], x.shape[2]
+        weight = weights[w].reshape(-1)[off : off + mul * m].reshape(mul, m)
+        if right is not None:
+            weight = weight @ right
+        outs[o] = outs[o] + alpha * x[:, c0 : c0 + d] @ weight
+    return outs
+
+
+def linear_case(dtype, n=6, with_right=False):
+    """Inputs of every kind the kernel reads: component-major contiguous (read in place),
+    multiplicity-major (gathered), row-strided views (d > 1: gathered; d = 1: in place),
+    component ranges of a wider tensor, two weights at offsets, one output no path reaches."""
+    g = torch.Generator().manual_seed(3)
+
+    def rand(*shape):
+        return torch.randn(*shape, dtype=dtype, generator=g)
+
+    xs = [rand(n, 3, 4),                       # [n, d=3, mul=4]
+          rand(n, 5, 6),                       # multiplicity-major: mul 5, 6 components
+          rand(n, 4, 7)[:, 1:4, 1:6],          # [n, 3, 5] view, rows strided by 28
+          rand(n, 9)[:, 2:6].unsqueeze(1)]     # [n, 1, 4] view, rows strided by 9
+    mul_major = [0, 1, 0, 0]
+    weights = [rand(200), rand(90)]
+    out_shapes = [3, 6, 1, 6, 5, 6]            # outputs (d, mul): 3x6, 1x6, 5x6 (no path)
+    paths = [0, 0, 0, 0, 7,                    # x0 (components 0..2) -> out 0, weight 0 at 7
+             1, 1, 0, 0, 40,                   # x1 components 1..3 -> out 0
+             2, 0, 0, 1, 3,                    # x2 -> out 0, weight 1 at 3
+             1, 4, 1, 0, 100,                  # x1 component 4 -> out 1
+             3, 0, 1, 1, 50]                   # x3 -> out 1
+    alphas = [0.5, -1.25, 2.0, 0.75, 1.0]
+    right = rand(6, 2) if with_right else None
+    return xs, mul_major, weights, paths, alphas, out_shapes, right
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("with_right", [False, True])
+def test_fused_linear_kernel_equals_its_formula(dtype, with_right):
+    """facet::irreps_linear = the formula in torch (float64 reference), values and the inputs'
+    gradients, for every kind of input layout; an output no path reaches is zero."""
+    xs, mul_major, weights, paths, alphas, out_shapes, right = linear_case(dtype,
+                                                                          with_right=with_right)
+    xs = [x.detach().requires_grad_(True) for x in xs]
+    outs = torch.ops.facet.irreps_linear(xs, mul_major, weights, paths, alphas, out_shapes,
+                                         right)
+    grads = [torch.randn(o.shape, dtype=dtype, generator=torch.Generator().manual_seed(4))
+             for o in outs]
+    got_grads = torch.autograd.grad(outs, xs, grads)
+    xs64 = [x.detach().double().requires_grad_(True) for x in xs]
+    ref = linear_reference(xs64, mul_major, [w.double() for w in weights], paths, alphas,
+                           out_shapes, None if right is None else right.double())
+    # (the reference's zero output does not depend on the inputs)
+    ref_grads = torch.autograd.grad(ref[:2], xs64, [v.double() for v in grads[:2]])
+    assert float(outs[2].detach().abs().max()) == 0.0
+    tol = 1e-13 if dtype == torch.float64 else 1e-5
+    for a, b in zip(ref + list(ref_grads), outs + list(got_grads), strict=True):
+        assert b.dtype == dtype and a.shape == b.shape
+        a, b = a.detach(), b.detach().double()
+        assert torch.allclose(a, b, rtol=0, atol=tol * float(a.abs().max()))
+
+
+def test_fused_linear_backward_matches_finite_differences_and_refuses_bad_plans():
+    xs, mul_major, weights, paths, alphas, out_shapes, right = linear_case(torch.float64, n=3,
+                                                                          with_right=True)
+    xs = tuple(x.detach().requires_grad_(True) for x in xs)
+
+    def f(*x):
+        return tuple(torch.ops.facet.irreps_linear(list(x), mul_major, weights, paths, alphas,
+                                                   out_shapes, right))
+
+    assert torch.autograd.gradcheck(f, xs)
+    bad = {"names an input": paths[:-5] + [9, 0, 1, 1, 50],
+           "reads components": paths[:-5] + [1, 5, 0, 1, 0],
+           "past the end of weight 1": paths[:-5] + [3, 0, 1, 1, 80]}
+    for message, bad_paths in bad.items():
+        with pytest.raises(RuntimeError, match=message):
+            torch.ops.facet.irreps_linear(list(xs), mul_major, weights, bad_paths, alphas,
+                                          out_shapes, right)
+    with pytest.raises(RuntimeError, match="for inference"):
+        torch.ops.facet.irreps_linear(list(xs), mul_major, [weights[0].requires_grad_(True),
+                                                             weights[1]], paths, alphas,
+                                      out_shapes, right)
+
+
+@pytest.mark.parametrize("row_start", [0, 2])
+def test_fused_interaction_equals_the_torch_one(row_start):
+    """Interaction with ``fused``: the tensor product's kernel, then both linear maps, the
+    normalisation and the residual sum as one facet::irreps_linear call; the same values and
+    gradients as its torch formulation, also for a row range of the input (a LAMMPS layer's
+    prefix of atoms)."""
+    from facet.layers import Interaction
+
+    irreps = "8x0e+4x1o+2x2e"
+    tp, (h, nbr, y, basis, _) = tp_and_inputs(irreps, irreps)
+    with default_dtype(torch.float64):
+        torch.manual_seed(0)
+        inter = Interaction(o3.Irreps(irreps), o3.Irreps.spherical_harmonics(2),
+                            o3.Irreps("6x0e+3x1o+2x2e"), r_max=4.0, num_radial=basis.shape[2],
+                            radial_basis="bspline", envelope_p=6, avg_num_neighbors=7.0,
+                            radial_power=0.7)
+    for p in inter.parameters():
+        p.requires_grad_(False)
+    n_out = nbr.shape[0] - row_start
+    nbr, y, basis = nbr[:n_out], y[:n_out], basis[:n_out]
+    slots = torch.zeros(n_out, nbr.shape[1], dtype=torch.long)  # only its shape is read
+    r = torch.zeros(1, dtype=torch.float64)
+    values = []
+    for fused in (False, True):
+        facet.ops.use_fused(inter, fused)
+        assert inter.fused == fused and inter.tp.fused == fused
+        hg, yg, bg = (t.detach().clone().requires_grad_(True) for t in (h, y, basis))
+        out = inter.forward_slots(hg, nbr, yg, r, slots, row_start, bg)
+        w = torch.linspace(-1.0, 1.0, out.numel(), dtype=out.dtype).reshape(out.shape)
+        values.append([out.detach(), *torch.autograd.grad((out * w).sum(), [hg, yg, bg])])
+    for a, b in zip(*values, strict=True):
+        assert a.abs().max() > 0
+        assert torch.allclose(a, b, rtol=0, atol=1e-13 * float(a.abs().max()))
+
+
 def test_s2_blocks_without_a_fused_kernel_stay_torch():
     for kw in ({"identity": True}, {"mlp_hidden": [6, 6]}):
         mix, x = s2_block(**kw)

@@ -5,7 +5,8 @@ evaluated edge by edge in cache (see its header): the same function as
 ``UVUTensorProduct.forward_slots``'s padded batched matmul with about 4x fewer multiplications
 and no slot-sized intermediates. ``s2_mlp.cpp`` holds the spherical-grid MLP of ``S2Mixing``
 (grid transform, two SiLU layers, projection back) one atom at a time in cache;
-``block_norm.cpp`` the equivariant layer norm (and the gain after it) one row at a time. They serve
+``block_norm.cpp`` the equivariant layer norm (and the gain after it) one row at a time;
+``irreps_linear.cpp`` the linear maps of irrep blocks (several summed) in one call. They serve
 inference only (no gradient for the weights, no double backward): ``facet.ops.use_fused`` switches a
 model's modules to them; CPU packages (``facet.aoti``) and TorchScript files call them, and the
 LAMMPS plugin compiles the same sources in.
@@ -38,10 +39,12 @@ import torch
 from facet.errors import FacetError
 
 SOURCES = tuple(Path(__file__).with_name(name)
-                for name in ("uvu_tp.cpp", "s2_mlp.cpp", "block_norm.cpp"))
-OPS_VERSION = 3  # bump when an operator is added or its schema or meaning changes
+                for name in ("uvu_tp.cpp", "s2_mlp.cpp", "block_norm.cpp", "irreps_linear.cpp"))
+HEADERS = (Path(__file__).with_name("blas.h"),)
+OPS_VERSION = 4  # bump when an operator is added or its schema or meaning changes
 OPS = ("facet::uvu_tp_block", "facet::uvu_tp_block_backward", "facet::s2_mlp",
-       "facet::s2_mlp_backward", "facet::block_norm", "facet::block_norm_backward")
+       "facet::s2_mlp_backward", "facet::block_norm", "facet::block_norm_backward",
+       "facet::irreps_linear", "facet::irreps_linear_backward")
 
 _loaded: str | None = None
 _load_error: FacetOpsError | None = None
@@ -103,7 +106,7 @@ def _build_commands(sources: tuple[Path, ...], target: Path) -> list[list[str]]:
 def library_path() -> Path:
     """Where this source, torch version and ISA's library is (or will be) cached."""
     key = hashlib.sha256()
-    for source in SOURCES:
+    for source in SOURCES + HEADERS:
         try:
             key.update(source.read_bytes())
         except OSError as exc:
@@ -215,8 +218,18 @@ def _register_python_parts() -> None:
     def fake_norm_backward(grads, xs, num_scalar_blocks, joint, eps, gain):
         return [x.new_empty(x.shape) for x in xs]
 
+    def fake_linear(xs, mul_major, weights, paths, alphas, out_shapes, right):
+        cols = out_shapes[1::2] if right is None else [right.shape[1]] * (len(out_shapes) // 2)
+        return [xs[0].new_empty((xs[0].shape[0], d, c))
+                for d, c in zip(out_shapes[0::2], cols, strict=True)]
+
+    def fake_linear_backward(grads, in_sizes, mul_major, weights, paths, alphas, out_shapes,
+                             right):
+        return [grads[0].new_empty(in_sizes[i : i + 3]) for i in range(0, len(in_sizes), 3)]
+
     for op, fake in zip(OPS, (fake_forward, fake_backward, fake_s2, fake_s2_backward,
-                              fake_norm, fake_norm_backward), strict=True):
+                              fake_norm, fake_norm_backward, fake_linear, fake_linear_backward),
+                        strict=True):
         torch.library.register_fake(op)(fake)
 
 
@@ -292,11 +305,11 @@ class InferenceState:
 
 
 def _fusable(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The modules of ``model`` with a fused evaluation (tensor products, S2 grid MLPs, layer
-    norms)."""
-    from facet.layers import E3LayerNorm
+    """The modules of ``model`` with a fused evaluation (tensor products, interactions, S2 grid
+    MLPs, layer norms)."""
+    from facet.layers import E3LayerNorm, Interaction
     from facet.s2 import S2Mixing
     from facet.tensor_product import UVUTensorProduct
 
     return [m for m in model.modules()
-            if isinstance(m, (UVUTensorProduct, S2Mixing, E3LayerNorm))]
+            if isinstance(m, (UVUTensorProduct, Interaction, S2Mixing, E3LayerNorm))]

@@ -24,45 +24,11 @@
 #include <algorithm>
 #include <vector>
 
-// Fortran BLAS of the libtorch this links (MKL in x86 wheels); weak: a libtorch without them
-// falls back to at::mm
-extern "C" {
-void sgemm_(const char*, const char*, const int*, const int*, const int*, const float*,
-            const float*, const int*, const float*, const int*, const float*, float*,
-            const int*) __attribute__((weak));
-void dgemm_(const char*, const char*, const int*, const int*, const int*, const double*,
-            const double*, const int*, const double*, const int*, const double*, double*,
-            const int*) __attribute__((weak));
-}
+#include "blas.h"
 
 namespace {
 
-// Row-major C [m, n] = op(A) [m, k] @ op(B) [k, n] (beta = 0); lda, ldb, ldc row strides.
-template <typename T>
-void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda,
-          const T* b, int64_t ldb, T* c, int64_t ldc) {
-  // column-major view: C^T [n, m] = op(B)^T [n, k] @ op(A)^T [k, m]
-  const char na = tb ? 'T' : 'N', nb = ta ? 'T' : 'N';
-  const int M = static_cast<int>(n), N = static_cast<int>(m), K = static_cast<int>(k);
-  const int LA = static_cast<int>(ldb), LB = static_cast<int>(lda), LC = static_cast<int>(ldc);
-  const T one = 1, zero = 0;
-  if constexpr (std::is_same_v<T, float>) {
-    if (sgemm_) {
-      sgemm_(&na, &nb, &M, &N, &K, &one, b, &LA, a, &LB, &zero, c, &LC);
-      return;
-    }
-  } else {
-    if (dgemm_) {
-      dgemm_(&na, &nb, &M, &N, &K, &one, b, &LA, a, &LB, &zero, c, &LC);
-      return;
-    }
-  }
-  const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
-  auto A = at::from_blob(const_cast<T*>(a), {ta ? k : m, ta ? m : k}, {lda, 1}, opts);
-  auto B = at::from_blob(const_cast<T*>(b), {tb ? n : k, tb ? k : n}, {ldb, 1}, opts);
-  auto C = at::from_blob(c, {m, n}, {ldc, 1}, opts);
-  at::mm_out(C, ta ? A.t() : A, tb ? B.t() : B);
-}
+using facet_blas::gemm;
 
 #if defined(CPU_CAPABILITY_AVX512)
 // Sigmoid 1 / (1 + exp(-x)) of a vector, inlined (about 2x faster than at::vec's Sleef exp and

@@ -1,0 +1,393 @@
+// Fused CPU kernel of Facet's equivariant linear maps (facet/linear.py, IrrepsLinear) on irrep
+// blocks, for inference: one or several maps, summed, in one call.
+//
+// Inputs: tensors xs[t], each [n, D_t, mul_t] (component-major) or [n, mul_t, D_t]
+// (multiplicity-major: mul_major[t] = 1), any strides. A path p = (t, c0, o, w, off) reads the
+// components c0 .. c0 + d_o of xs[t] as a matrix X_p [n * d_o, mul_t] and adds
+//
+//   out[o] += alpha_p * X_p @ W_p (@ right)          W_p = weights[w][off : off + mul_t * m_o]
+//
+// (W_p row-major [mul_t, m_o]) to output o, [n, d_o, m_o] (or [n, d_o, right.size(1)] with
+// ``right``, a channel map after every output: an MLP's first layer). Outputs no path reaches
+// are zero. So one call evaluates a map whose input irrep is several tensors side by side
+// (a concatenation, as consecutive row ranges of its weight), reads the components of one
+// irrep out of a wider tensor (no split), scales each path (e3nn's path normalisation, a
+// message normalisation) and sums two maps (a layer's message map and its residual adapter):
+// what took ~8 ATen calls per output irrep and as many autograd nodes. The weights are
+// constants (inference): the backward returns the inputs' gradients only,
+//
+//   g_xs[t][components c0 .. c0 + d_o] += alpha_p * g_out[o] @ (W_p @ right)^T.
+//
+// Registered as facet::irreps_linear and facet::irreps_linear_backward; built with the other
+// fused kernels by facet/ops and compiled into the LAMMPS plugin (CMakeLists.txt).
+#include <ATen/ATen.h>
+#include <torch/autograd.h>
+#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "blas.h"
+
+namespace {
+
+using facet_blas::gemm;
+
+constexpr int64_t kPathInts = 5;  // t, c0, o, w, off
+
+struct Path {
+  int64_t t, c0, o, w, off;
+};
+
+struct InputShape {
+  int64_t comps, mul;   // D_t, mul_t
+  bool mul_major;
+};
+
+struct LinearPlan {
+  int64_t n = 0;
+  std::vector<InputShape> in;
+  std::vector<int64_t> d, m;  // per output: components, weight columns
+  int64_t right_cols = -1;    // columns of ``right``, -1 without
+  std::vector<Path> paths;
+  std::vector<double> alphas;
+  int64_t cols(int64_t o) const { return right_cols >= 0 ? right_cols : m[o]; }
+};
+
+// The plan of a call, every index and size checked (a wrong plan is a message, not a read
+// outside a tensor). ``in`` from the inputs' sizes: [n, a, b] per input, flattened.
+LinearPlan check_plan(int64_t n, at::IntArrayRef in_sizes, at::IntArrayRef mul_major,
+                      at::TensorList weights, at::IntArrayRef paths, at::ArrayRef<double> alphas,
+                      at::IntArrayRef out_shapes, const c10::optional<at::Tensor>& right,
+                      at::ScalarType dtype) {
+  LinearPlan plan;
+  plan.n = n;
+  TORCH_CHECK(in_sizes.size() == 3 * mul_major.size(),
+              "facet::irreps_linear: one layout flag per input");
+  for (size_t t = 0; t < mul_major.size(); t++) {
+    TORCH_CHECK(in_sizes[3 * t] == n, "facet::irreps_linear: input ", t, " has ",
+                in_sizes[3 * t], " rows, input 0 has ", n);
+    const bool mm = mul_major[t] != 0;
+    plan.in.push_back({mm ? in_sizes[3 * t + 2] : in_sizes[3 * t + 1],
+                       mm ? in_sizes[3 * t + 1] : in_sizes[3 * t + 2], mm});
+  }
+  TORCH_CHECK(out_shapes.size() % 2 == 0 && !out_shapes.empty(),
+              "facet::irreps_linear: out_shapes must list (d, mul) per output");
+  for (size_t o = 0; o < out_shapes.size() / 2; o++) {
+    plan.d.push_back(out_shapes[2 * o]);
+    plan.m.push_back(out_shapes[2 * o + 1]);
+  }
+  for (const auto& w : weights) {
+    TORCH_CHECK(w.device().is_cpu() && w.scalar_type() == dtype && w.is_contiguous(),
+                "facet::irreps_linear: weights must be contiguous CPU tensors of the inputs' "
+                "dtype");
+  }
+  if (right.has_value()) {
+    const auto& r = *right;
+    TORCH_CHECK(r.device().is_cpu() && r.dim() == 2 && r.scalar_type() == dtype &&
+                    r.is_contiguous(),
+                "facet::irreps_linear: right must be a contiguous [mul_out, m] CPU matrix of "
+                "the inputs' dtype");
+    for (int64_t mo : plan.m)
+      TORCH_CHECK(mo == r.size(0), "facet::irreps_linear: right has ", r.size(0),
+                  " rows, an output has ", mo, " channels");
+    plan.right_cols = r.size(1);
+  }
+  TORCH_CHECK(paths.size() % kPathInts == 0 && paths.size() / kPathInts == alphas.size(),
+              "facet::irreps_linear: paths must list (t, c0, o, w, off) per path, one alpha each");
+  for (size_t p = 0; p < alphas.size(); p++) {
+    const Path q{paths[kPathInts * p], paths[kPathInts * p + 1], paths[kPathInts * p + 2],
+                 paths[kPathInts * p + 3], paths[kPathInts * p + 4]};
+    TORCH_CHECK(q.t >= 0 && q.t < static_cast<int64_t>(plan.in.size()) && q.o >= 0 &&
+                    q.o < static_cast<int64_t>(plan.d.size()) && q.w >= 0 &&
+                    q.w < static_cast<int64_t>(weights.size()),
+                "facet::irreps_linear: path ", p, " names an input, output or weight that is "
+                "not there");
+    const auto& in = plan.in[q.t];
+    TORCH_CHECK(q.c0 >= 0 && q.c0 + plan.d[q.o] <= in.comps, "facet::irreps_linear: path ", p,
+                " reads components ", q.c0, "..", q.c0 + plan.d[q.o], " of an input with ",
+                in.comps);
+    TORCH_CHECK(q.off >= 0 && q.off + in.mul * plan.m[q.o] <= weights[q.w].numel(),
+                "facet::irreps_linear: path ", p, " reads past the end of weight ", q.w);
+    plan.paths.push_back(q);
+    plan.alphas.push_back(alphas[p]);
+  }
+  return plan;
+}
+
+// One path's weight as applied: alpha W [mul, m], or alpha W @ right [mul, right_cols] in buf
+template <typename T>
+const T* path_weight(const LinearPlan& s, const Path& q, double alpha, const T* w,
+                     const T* right, std::vector<T>& buf, int64_t* ld) {
+  const int64_t mul = s.in[q.t].mul, m = s.m[q.o];
+  if (right) {
+    buf.resize(mul * s.right_cols);
+    gemm<T>(false, false, mul, s.right_cols, m, w, m, right, s.right_cols, buf.data(),
+            s.right_cols, static_cast<T>(alpha));
+    *ld = s.right_cols;
+    return buf.data();
+  }
+  *ld = m;
+  return w;
+}
+
+// The rows of a path's input as a matrix [n * d, mul]: a pointer into the input with its row
+// stride where the rows are evenly strided (component-major, components c0.. of all rows
+// equally spaced), else gathered into buf.
+template <typename T>
+const T* path_input(const at::Tensor& x, const InputShape& in, int64_t n, int64_t c0,
+                    int64_t d, std::vector<T>& buf, int64_t* ld) {
+  const T* base = x.data_ptr<T>();
+  const int64_t s0 = x.stride(0);
+  if (!in.mul_major && x.stride(2) == 1 && x.stride(1) >= in.mul && s0 >= d * in.mul &&
+      (d == 1 || s0 == d * x.stride(1))) {
+    *ld = d == 1 ? s0 : x.stride(1);
+    return base + c0 * x.stride(1);
+  }
+  // strides of (component, channel)
+  const int64_t sc = in.mul_major ? x.stride(2) : x.stride(1);
+  const int64_t su = in.mul_major ? x.stride(1) : x.stride(2);
+  buf.resize(n * d * in.mul);
+  for (int64_t a = 0; a < n; a++)
+    for (int64_t c = 0; c < d; c++) {
+      const T* src = base + a * s0 + (c0 + c) * sc;
+      T* dst = buf.data() + (a * d + c) * in.mul;
+      for (int64_t u = 0; u < in.mul; u++) dst[u] = src[u * su];
+    }
+  *ld = in.mul;
+  return buf.data();
+}
+
+template <typename T>
+void forward_kernel(const LinearPlan& s, const std::vector<at::Tensor>& xs,
+                    const std::vector<const T*>& ws, const T* right, std::vector<at::Tensor>& out) {
+  std::vector<bool> written(out.size(), false);
+  std::vector<T> xbuf, wbuf;
+  for (size_t p = 0; p < s.paths.size(); p++) {
+    const Path& q = s.paths[p];
+    const InputShape& in = s.in[q.t];
+    if (in.mul == 0) continue;
+    int64_t ldx = 0, ldw = 0;
+    const T* x = path_input<T>(xs[q.t], in, s.n, q.c0, s.d[q.o], xbuf, &ldx);
+    const T* w = path_weight<T>(s, q, s.alphas[p], ws[q.w] + q.off, right, wbuf, &ldw);
+    const T alpha = right ? T(1) : static_cast<T>(s.alphas[p]);
+    const int64_t cols = s.cols(q.o);
+    gemm<T>(false, false, s.n * s.d[q.o], cols, in.mul, x, ldx, w, ldw,
+            out[q.o].data_ptr<T>(), cols, alpha, written[q.o] ? T(1) : T(0));
+    written[q.o] = true;
+  }
+  for (size_t o = 0; o < out.size(); o++)
+    if (!written[o]) out[o].zero_();
+}
+
+template <typename T>
+void backward_kernel(const LinearPlan& s, const std::vector<at::Tensor>& grads,
+                     const std::vector<const T*>& ws, const T* right,
+                     std::vector<at::Tensor>& gxs) {
+  std::vector<T> gbuf, wbuf;
+  for (size_t p = 0; p < s.paths.size(); p++) {
+    const Path& q = s.paths[p];
+    const InputShape& in = s.in[q.t];
+    const int64_t d = s.d[q.o], cols = s.cols(q.o);
+    if (in.mul == 0 || s.n == 0) continue;
+    int64_t ldw = 0;
+    const T* w = path_weight<T>(s, q, s.alphas[p], ws[q.w] + q.off, right, wbuf, &ldw);
+    const T alpha = right ? T(1) : static_cast<T>(s.alphas[p]);
+    const T* g = grads[q.o].data_ptr<T>();
+    T* gx = gxs[q.t].data_ptr<T>();
+    if (!in.mul_major && (d == in.comps || d == 1)) {
+      // the input's gradient rows for these components are evenly strided: add in place
+      const int64_t ld = d == 1 ? in.comps * in.mul : in.mul;
+      gemm<T>(false, true, s.n * d, in.mul, cols, g, cols, w, ldw, gx + q.c0 * in.mul, ld,
+              alpha, T(1));
+      continue;
+    }
+    gbuf.resize(s.n * d * in.mul);
+    gemm<T>(false, true, s.n * d, in.mul, cols, g, cols, w, ldw, gbuf.data(), in.mul, alpha);
+    // scatter-add into the (contiguous) gradient in the input's layout
+    const int64_t sc = in.mul_major ? 1 : in.mul, su = in.mul_major ? in.comps : 1;
+    for (int64_t a = 0; a < s.n; a++)
+      for (int64_t c = 0; c < d; c++) {
+        const T* src = gbuf.data() + (a * d + c) * in.mul;
+        T* dst = gx + a * in.comps * in.mul + (q.c0 + c) * sc;
+        for (int64_t u = 0; u < in.mul; u++) dst[u * su] += src[u];
+      }
+  }
+}
+
+std::vector<int64_t> input_sizes(at::TensorList xs) {
+  std::vector<int64_t> sizes;
+  for (const auto& x : xs) {
+    TORCH_CHECK(x.dim() == 3, "facet::irreps_linear: every input must be [n, a, b]");
+    sizes.insert(sizes.end(), x.sizes().begin(), x.sizes().end());
+  }
+  return sizes;
+}
+
+std::vector<at::Tensor> irreps_linear(at::TensorList xs, at::IntArrayRef mul_major,
+                                      at::TensorList weights, at::IntArrayRef paths,
+                                      at::ArrayRef<double> alphas, at::IntArrayRef out_shapes,
+                                      const c10::optional<at::Tensor>& right) {
+  TORCH_CHECK(!xs.empty(), "facet::irreps_linear: no inputs");
+  const auto dtype = xs[0].scalar_type();
+  for (const auto& x : xs)
+    TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == dtype,
+                "facet::irreps_linear runs on the CPU, every input of one dtype");
+  const auto sizes = input_sizes(xs);
+  const LinearPlan s = check_plan(xs[0].size(0), sizes, mul_major, weights, paths, alphas,
+                                  out_shapes, right, dtype);
+  std::vector<at::Tensor> out;
+  for (size_t o = 0; o < s.d.size(); o++)
+    out.push_back(at::empty({s.n, s.d[o], s.cols(o)}, xs[0].options()));
+  std::vector<at::Tensor> in(xs.begin(), xs.end());
+  AT_DISPATCH_FLOATING_TYPES(dtype, "irreps_linear", [&] {
+    std::vector<const scalar_t*> ws;
+    for (const auto& w : weights) ws.push_back(w.data_ptr<scalar_t>());
+    forward_kernel<scalar_t>(s, in, ws, right.has_value() ? right->data_ptr<scalar_t>() : nullptr,
+                             out);
+  });
+  return out;
+}
+
+std::vector<at::Tensor> irreps_linear_backward(at::TensorList grads_in, at::IntArrayRef in_sizes,
+                                               at::IntArrayRef mul_major, at::TensorList weights,
+                                               at::IntArrayRef paths, at::ArrayRef<double> alphas,
+                                               at::IntArrayRef out_shapes,
+                                               const c10::optional<at::Tensor>& right) {
+  TORCH_CHECK(!grads_in.empty(), "facet::irreps_linear_backward: no gradients");
+  const auto dtype = grads_in[0].scalar_type();
+  const int64_t n = in_sizes.empty() ? 0 : in_sizes[0];
+  const LinearPlan s = check_plan(n, in_sizes, mul_major, weights, paths, alphas, out_shapes,
+                                  right, dtype);
+  TORCH_CHECK(grads_in.size() == s.d.size(), "facet::irreps_linear_backward: one gradient per "
+              "output");
+  std::vector<at::Tensor> grads;
+  for (size_t o = 0; o < s.d.size(); o++) {
+    const auto& g = grads_in[o];
+    TORCH_CHECK(g.device().is_cpu() && g.scalar_type() == dtype && g.dim() == 3 &&
+                    g.size(0) == n && g.size(1) == s.d[o] && g.size(2) == s.cols(o),
+                "facet::irreps_linear_backward: gradient ", o, " must be [n, d, cols] of the "
+                "output's shape");
+    grads.push_back(g.contiguous());
+  }
+  std::vector<at::Tensor> gxs;
+  for (size_t t = 0; t < s.in.size(); t++)
+    gxs.push_back(at::zeros({in_sizes[3 * t], in_sizes[3 * t + 1], in_sizes[3 * t + 2]},
+                            grads[0].options()));
+  AT_DISPATCH_FLOATING_TYPES(dtype, "irreps_linear_backward", [&] {
+    std::vector<const scalar_t*> ws;
+    for (const auto& w : weights) ws.push_back(w.data_ptr<scalar_t>());
+    backward_kernel<scalar_t>(s, grads, ws,
+                              right.has_value() ? right->data_ptr<scalar_t>() : nullptr, gxs);
+  });
+  return gxs;
+}
+
+using ForwardFn = decltype(irreps_linear);
+using BackwardFn = decltype(irreps_linear_backward);
+
+std::vector<at::Tensor> call_forward(at::TensorList xs, at::IntArrayRef mul_major,
+                                     at::TensorList weights, at::IntArrayRef paths,
+                                     at::ArrayRef<double> alphas, at::IntArrayRef out_shapes,
+                                     const c10::optional<at::Tensor>& right) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("facet::irreps_linear", "")
+                       .typed<ForwardFn>();
+  return op.call(xs, mul_major, weights, paths, alphas, out_shapes, right);
+}
+
+std::vector<at::Tensor> call_backward(at::TensorList grads, at::IntArrayRef in_sizes,
+                                      at::IntArrayRef mul_major, at::TensorList weights,
+                                      at::IntArrayRef paths, at::ArrayRef<double> alphas,
+                                      at::IntArrayRef out_shapes,
+                                      const c10::optional<at::Tensor>& right) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("facet::irreps_linear_backward", "")
+                       .typed<BackwardFn>();
+  return op.call(grads, in_sizes, mul_major, weights, paths, alphas, out_shapes, right);
+}
+
+class IrrepsLinearFunction : public torch::autograd::Function<IrrepsLinearFunction> {
+ public:
+  static torch::autograd::variable_list forward(
+      torch::autograd::AutogradContext* ctx, at::TensorList xs, at::IntArrayRef mul_major,
+      at::TensorList weights, at::IntArrayRef paths, at::ArrayRef<double> alphas,
+      at::IntArrayRef out_shapes, const c10::optional<at::Tensor>& right) {
+    bool weights_need_grad = right.has_value() && right->requires_grad();
+    for (const auto& w : weights) weights_need_grad = weights_need_grad || w.requires_grad();
+    TORCH_CHECK(!weights_need_grad,
+                "facet::irreps_linear (the fused linear-map kernel) is for inference: it has "
+                "no gradient for the weights. Train with the fused kernels off "
+                "(facet.ops.use_fused(model, False), the default of a model being trained)");
+    // the gradient does not depend on the inputs' values: keep their sizes, not them
+    std::vector<at::Tensor> saved(weights.begin(), weights.end());
+    if (right.has_value()) saved.push_back(*right);
+    ctx->save_for_backward(saved);
+    ctx->saved_data["weights"] = static_cast<int64_t>(weights.size());
+    ctx->saved_data["in_sizes"] = input_sizes(xs);
+    ctx->saved_data["mul_major"] = mul_major.vec();
+    ctx->saved_data["paths"] = paths.vec();
+    ctx->saved_data["alphas"] = std::vector<double>(alphas.begin(), alphas.end());
+    ctx->saved_data["out_shapes"] = out_shapes.vec();
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return call_forward(xs, mul_major, weights, paths, alphas, out_shapes, right);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const int64_t nw = ctx->saved_data["weights"].toInt();
+    std::vector<at::Tensor> weights(saved.begin(), saved.begin() + nw);
+    c10::optional<at::Tensor> right;
+    if (static_cast<int64_t>(saved.size()) > nw) right = saved[nw];
+    const auto in_sizes = ctx->saved_data["in_sizes"].toIntVector();
+    const auto out_shapes = ctx->saved_data["out_shapes"].toIntVector();
+    const int64_t n = in_sizes[0];
+    std::vector<at::Tensor> gys;
+    for (size_t o = 0; o < grads.size(); o++) {
+      if (grads[o].defined()) {
+        gys.push_back(grads[o].contiguous());
+      } else {
+        const int64_t cols = right.has_value() ? right->size(1) : out_shapes[2 * o + 1];
+        gys.push_back(at::zeros({n, out_shapes[2 * o], cols}, weights[0].options()));
+      }
+    }
+    auto gxs = call_backward(gys, in_sizes, ctx->saved_data["mul_major"].toIntVector(), weights,
+                             ctx->saved_data["paths"].toIntVector(),
+                             ctx->saved_data["alphas"].toDoubleVector(), out_shapes, right);
+    // one gradient per input of forward: the inputs (flattened by apply), then mul_major,
+    // the weights (flattened), paths, alphas, out_shapes, right
+    gxs.push_back(at::Tensor());
+    for (int64_t w = 0; w < nw; w++) gxs.push_back(at::Tensor());
+    for (int i = 0; i < 4; i++) gxs.push_back(at::Tensor());
+    return gxs;
+  }
+};
+
+std::vector<at::Tensor> irreps_linear_autograd(at::TensorList xs, at::IntArrayRef mul_major,
+                                               at::TensorList weights, at::IntArrayRef paths,
+                                               at::ArrayRef<double> alphas,
+                                               at::IntArrayRef out_shapes,
+                                               const c10::optional<at::Tensor>& right) {
+  return IrrepsLinearFunction::apply(xs, mul_major, weights, paths, alphas, out_shapes, right);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(facet, m) {
+  m.def("irreps_linear(Tensor[] xs, int[] mul_major, Tensor[] weights, int[] paths, "
+        "float[] alphas, int[] out_shapes, Tensor? right) -> Tensor[]");
+  m.def("irreps_linear_backward(Tensor[] grads, int[] in_sizes, int[] mul_major, "
+        "Tensor[] weights, int[] paths, float[] alphas, int[] out_shapes, Tensor? right) "
+        "-> Tensor[]");
+}
+
+TORCH_LIBRARY_IMPL(facet, CPU, m) {
+  m.impl("irreps_linear", &irreps_linear);
+  m.impl("irreps_linear_backward", &irreps_linear_backward);
+}
+
+TORCH_LIBRARY_IMPL(facet, Autograd, m) {
+  m.impl("irreps_linear", &irreps_linear_autograd);
+  m.impl("irreps_linear_backward", torch::autograd::autogradNotImplementedFallback());
+}
