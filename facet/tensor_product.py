@@ -112,6 +112,11 @@ class UVUTensorProduct(nn.Module):
         # where output block i_out lies in the per-input-block results ([n, mul, K] each):
         # (input block, first of its components along K)
         self.out_pieces: list[tuple[int, int]] = [by_out[i][:2] for i in range(self.num_out)]
+        # the blocks as facet::uvu_tp_layer reads them: (input irrep, mul, d1, K, coupling
+        # offset, first coefficient column, paths, offset in paths_of_k) each
+        self.layer_blocks: list[int] = []
+        for b, (_, mul, d1, k_total, c_off, w0, n_paths, ko) in enumerate(self.blocks):
+            self.layer_blocks += [self.block_irrep[b], mul, d1, k_total, c_off, w0, n_paths, ko]
         self.d2 = d2
         # evaluate with the fused CPU kernels of facet.ops (inference only; see use_fused)
         self.fused = False
@@ -187,7 +192,7 @@ class UVUTensorProduct(nn.Module):
         so no per-edge message tensor is ever formed: the slot-sized tensors kept for the
         backward pass are ``basis (x) T`` and the gathered neighbour features. Every shape is a
         function of the input shapes (no data-dependent sizes: exportable). With ``fused`` on
-        the CPU each input block is one call of ``torch.ops.facet.uvu_tp_block``
+        the CPU all blocks are one call of ``torch.ops.facet.uvu_tp_layer``
         (``facet.ops``): edge by edge in cache, ~4x fewer multiplications than the padded bmm,
         nothing slot-sized kept for the backward pass (it recomputes). Inference only.
 
@@ -198,19 +203,15 @@ class UVUTensorProduct(nn.Module):
         n_out, m = nbr_pad.shape[0], nbr_pad.shape[1]
         nb = basis_pad.shape[2]
         fused = self.fused and y_pad.device.type == "cpu"
-        y_flat = y_pad.reshape(n_out * m, self.d2)
         results: list[torch.Tensor] = []
         if fused:
-            basis_pad = basis_pad.contiguous()
-            for b, blk in enumerate(self.blocks):
-                _, mul, d1, k_total, _, _, _, ko = blk
-                t, c = self._block_operands(blk, y_flat, coefficients)
-                results.append(torch.ops.facet.uvu_tp_block(
-                    xs[self.block_irrep[b]], nbr_pad, t.reshape(n_out, m, d1, k_total),
-                    basis_pad, c.contiguous(), self.paths_of_k[ko : ko + k_total]))
+            results = torch.ops.facet.uvu_tp_layer(xs, nbr_pad, y_pad, basis_pad, coefficients,
+                                                   self.couplings, self.paths_of_k,
+                                                   self.layer_blocks)[0]
             if not split:
                 return results
         else:
+            y_flat = y_pad.reshape(n_out * m, self.d2)
             basis_e = basis_pad.reshape(n_out * m, 1, nb, 1)
             for b, blk in enumerate(self.blocks):
                 _, mul, d1, k_total, _, _, _, ko = blk

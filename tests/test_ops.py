@@ -18,6 +18,7 @@ from e3nn import o3
 
 import facet
 import facet.ops
+from facet.blocks import to_dmajor
 from facet.calculator import FacetCalculator
 from facet.layers import E3LayerNorm, uvu_instructions
 from facet.model import default_dtype
@@ -158,6 +159,27 @@ def test_out_of_range_indices_are_refused():
         grad = torch.randn(3, 16, 2, dtype=torch.float64)
         with pytest.raises(RuntimeError, match=f"{what} index out of range"):
             torch.ops.facet.uvu_tp_block_backward(grad, x, n_, t, basis, c, p_)
+
+
+def test_layer_plans_outside_their_tensors_are_refused():
+    """facet::uvu_tp_layer (a layer's blocks in one call) checks its block plan against the
+    tensors it indexes: a wrong plan is a message, not a read outside a tensor."""
+    tp, (h, nbr, y, basis, coeff) = tp_and_inputs("4x0e+2x1o+2x2e", "4x0e+2x1o+2x2e")
+    xs = list(to_dmajor(h, tp.in1_shapes))
+
+    def run(blocks):
+        return torch.ops.facet.uvu_tp_layer(xs, nbr, y, basis, coeff, tp.couplings,
+                                            tp.paths_of_k, blocks)[0]
+
+    assert len(run(tp.layer_blocks)) == len(tp.blocks)
+    first = tp.layer_blocks[:8]
+    bad = {"reads input": [len(xs)] + first[1:],
+           "is not \\[N": [first[0], first[1] + 1] + first[2:],
+           "reads past": first[:5] + [coeff.shape[1]] + first[6:],
+           "8 integers": first[:7]}
+    for message, blocks in bad.items():
+        with pytest.raises(RuntimeError, match=message):
+            run(blocks)
 
 
 @pytest.mark.parametrize("irreps", ["4x0e+2x1o+2x2e", "8x0e+8x1o+8x2e"])  # generic, registers

@@ -1,7 +1,8 @@
 """Facet's fused CPU kernels (``facet::`` torch operators), built on first use and cached.
 
-``uvu_tp.cpp`` holds the channel-wise tensor product of one irrep block, forward and backward,
-evaluated edge by edge in cache (see its header): the same function as
+``uvu_tp.cpp`` holds the channel-wise tensor product of one irrep block (and of all blocks of a
+layer in one call), forward and backward, evaluated edge by edge in cache (see its header): the
+same function as
 ``UVUTensorProduct.forward_slots``'s padded batched matmul with about 4x fewer multiplications
 and no slot-sized intermediates. ``s2_mlp.cpp`` holds the spherical-grid MLP of ``S2Mixing``
 (grid transform, two SiLU layers, projection back) one atom at a time in cache;
@@ -42,7 +43,8 @@ SOURCES = tuple(Path(__file__).with_name(name)
                 for name in ("uvu_tp.cpp", "s2_mlp.cpp", "block_norm.cpp", "irreps_linear.cpp"))
 HEADERS = (Path(__file__).with_name("blas.h"),)
 OPS_VERSION = 4  # bump when an operator is added or its schema or meaning changes
-OPS = ("facet::uvu_tp_block", "facet::uvu_tp_block_backward", "facet::s2_mlp",
+OPS = ("facet::uvu_tp_block", "facet::uvu_tp_block_backward", "facet::uvu_tp_layer",
+       "facet::uvu_tp_layer_backward", "facet::s2_mlp",
        "facet::s2_mlp_backward", "facet::block_norm", "facet::block_norm_backward",
        "facet::irreps_linear", "facet::irreps_linear_backward")
 
@@ -206,6 +208,17 @@ def _register_python_parts() -> None:
     def fake_backward(grad, x, nbr, t, basis, c, path_of_k):
         return x.new_empty(x.shape), t.new_empty(t.shape), basis.new_empty(basis.shape)
 
+    def fake_layer(xs, nbr, y, basis, coefficients, couplings, path_of_k, blocks):
+        starts = range(0, len(blocks), 8)
+        return ([y.new_empty((nbr.shape[0], blocks[i + 1], blocks[i + 3])) for i in starts],
+                [y.new_empty((y.shape[0], y.shape[1], blocks[i + 2], blocks[i + 3]))
+                 for i in starts])
+
+    def fake_layer_backward(grads, xs, ts, nbr, y, basis, coefficients, couplings, path_of_k,
+                            blocks):
+        return [x.new_empty(x.shape) for x in xs], y.new_empty(y.shape), \
+            basis.new_empty(basis.shape)
+
     def fake_s2(z, to_grid, w2, from_grid, heads):
         return z.new_empty((z.shape[0], z.shape[1], heads * w2.shape[1]))
 
@@ -223,11 +236,12 @@ def _register_python_parts() -> None:
         return [xs[0].new_empty((xs[0].shape[0], d, c))
                 for d, c in zip(out_shapes[0::2], cols, strict=True)]
 
-    def fake_linear_backward(grads, in_sizes, mul_major, weights, paths, alphas, out_shapes,
+    def fake_linear_backward(grads, inputs, mul_major, weights, paths, alphas, out_shapes,
                              right):
-        return [grads[0].new_empty(in_sizes[i : i + 3]) for i in range(0, len(in_sizes), 3)]
+        return [grads[0].new_empty(x.shape) for x in inputs]
 
-    for op, fake in zip(OPS, (fake_forward, fake_backward, fake_s2, fake_s2_backward,
+    for op, fake in zip(OPS, (fake_forward, fake_backward, fake_layer, fake_layer_backward,
+                              fake_s2, fake_s2_backward,
                               fake_norm, fake_norm_backward, fake_linear, fake_linear_backward),
                         strict=True):
         torch.library.register_fake(op)(fake)

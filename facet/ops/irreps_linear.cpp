@@ -249,14 +249,17 @@ std::vector<at::Tensor> irreps_linear(at::TensorList xs, at::IntArrayRef mul_maj
   return out;
 }
 
-std::vector<at::Tensor> irreps_linear_backward(at::TensorList grads_in, at::IntArrayRef in_sizes,
+// ``inputs``: the forward's inputs, or tensors of their sizes (only the sizes are read)
+std::vector<at::Tensor> irreps_linear_backward(at::TensorList grads_in, at::TensorList inputs,
                                                at::IntArrayRef mul_major, at::TensorList weights,
                                                at::IntArrayRef paths, at::ArrayRef<double> alphas,
                                                at::IntArrayRef out_shapes,
                                                const c10::optional<at::Tensor>& right) {
-  TORCH_CHECK(!grads_in.empty(), "facet::irreps_linear_backward: no gradients");
+  TORCH_CHECK(!grads_in.empty() && !inputs.empty(), "facet::irreps_linear_backward: no gradients "
+              "or inputs");
   const auto dtype = grads_in[0].scalar_type();
-  const int64_t n = in_sizes.empty() ? 0 : in_sizes[0];
+  const auto in_sizes = input_sizes(inputs);
+  const int64_t n = in_sizes[0];
   const LinearPlan s = check_plan(n, in_sizes, mul_major, weights, paths, alphas, out_shapes,
                                   right, dtype);
   TORCH_CHECK(grads_in.size() == s.d.size(), "facet::irreps_linear_backward: one gradient per "
@@ -296,7 +299,7 @@ std::vector<at::Tensor> call_forward(at::TensorList xs, at::IntArrayRef mul_majo
   return op.call(xs, mul_major, weights, paths, alphas, out_shapes, right);
 }
 
-std::vector<at::Tensor> call_backward(at::TensorList grads, at::IntArrayRef in_sizes,
+std::vector<at::Tensor> call_backward(at::TensorList grads, at::TensorList inputs,
                                       at::IntArrayRef mul_major, at::TensorList weights,
                                       at::IntArrayRef paths, at::ArrayRef<double> alphas,
                                       at::IntArrayRef out_shapes,
@@ -304,7 +307,7 @@ std::vector<at::Tensor> call_backward(at::TensorList grads, at::IntArrayRef in_s
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("facet::irreps_linear_backward", "")
                        .typed<BackwardFn>();
-  return op.call(grads, in_sizes, mul_major, weights, paths, alphas, out_shapes, right);
+  return op.call(grads, inputs, mul_major, weights, paths, alphas, out_shapes, right);
 }
 
 class IrrepsLinearFunction : public torch::autograd::Function<IrrepsLinearFunction> {
@@ -319,12 +322,15 @@ class IrrepsLinearFunction : public torch::autograd::Function<IrrepsLinearFuncti
                 "facet::irreps_linear (the fused linear-map kernel) is for inference: it has "
                 "no gradient for the weights. Train with the fused kernels off "
                 "(facet.ops.use_fused(model, False), the default of a model being trained)");
-    // the gradient does not depend on the inputs' values: keep their sizes, not them
+    // the gradient does not depend on the inputs' values: keep their sizes, not them (as
+    // tensors of no memory, stride 0: symbolic sizes stay symbolic when torch.export traces)
     std::vector<at::Tensor> saved(weights.begin(), weights.end());
     if (right.has_value()) saved.push_back(*right);
+    for (const auto& x : xs)
+      saved.push_back(at::zeros({}, x.options()).expand_symint(x.sym_sizes()));
     ctx->save_for_backward(saved);
     ctx->saved_data["weights"] = static_cast<int64_t>(weights.size());
-    ctx->saved_data["in_sizes"] = input_sizes(xs);
+    ctx->saved_data["right"] = right.has_value();
     ctx->saved_data["mul_major"] = mul_major.vec();
     ctx->saved_data["paths"] = paths.vec();
     ctx->saved_data["alphas"] = std::vector<double>(alphas.begin(), alphas.end());
@@ -339,20 +345,21 @@ class IrrepsLinearFunction : public torch::autograd::Function<IrrepsLinearFuncti
     const int64_t nw = ctx->saved_data["weights"].toInt();
     std::vector<at::Tensor> weights(saved.begin(), saved.begin() + nw);
     c10::optional<at::Tensor> right;
-    if (static_cast<int64_t>(saved.size()) > nw) right = saved[nw];
-    const auto in_sizes = ctx->saved_data["in_sizes"].toIntVector();
+    int64_t first_shape = nw;
+    if (ctx->saved_data["right"].toBool()) right = saved[first_shape++];
+    std::vector<at::Tensor> shapes(saved.begin() + first_shape, saved.end());
     const auto out_shapes = ctx->saved_data["out_shapes"].toIntVector();
-    const int64_t n = in_sizes[0];
     std::vector<at::Tensor> gys;
     for (size_t o = 0; o < grads.size(); o++) {
       if (grads[o].defined()) {
         gys.push_back(grads[o].contiguous());
       } else {
         const int64_t cols = right.has_value() ? right->size(1) : out_shapes[2 * o + 1];
-        gys.push_back(at::zeros({n, out_shapes[2 * o], cols}, weights[0].options()));
+        gys.push_back(at::zeros_symint({shapes[0].sym_size(0), out_shapes[2 * o], cols},
+                                       weights[0].options()));
       }
     }
-    auto gxs = call_backward(gys, in_sizes, ctx->saved_data["mul_major"].toIntVector(), weights,
+    auto gxs = call_backward(gys, shapes, ctx->saved_data["mul_major"].toIntVector(), weights,
                              ctx->saved_data["paths"].toIntVector(),
                              ctx->saved_data["alphas"].toDoubleVector(), out_shapes, right);
     // one gradient per input of forward: the inputs (flattened by apply), then mul_major,
@@ -377,7 +384,7 @@ std::vector<at::Tensor> irreps_linear_autograd(at::TensorList xs, at::IntArrayRe
 TORCH_LIBRARY_FRAGMENT(facet, m) {
   m.def("irreps_linear(Tensor[] xs, int[] mul_major, Tensor[] weights, int[] paths, "
         "float[] alphas, int[] out_shapes, Tensor? right) -> Tensor[]");
-  m.def("irreps_linear_backward(Tensor[] grads, int[] in_sizes, int[] mul_major, "
+  m.def("irreps_linear_backward(Tensor[] grads, Tensor[] inputs, int[] mul_major, "
         "Tensor[] weights, int[] paths, float[] alphas, int[] out_shapes, Tensor? right) "
         "-> Tensor[]");
 }

@@ -17,9 +17,12 @@
 // any valid row and have basis 0); t [n, m, d1, K]; basis [n, m, nb]; c [nb, P, mul];
 // path_of_k [K] int64 in [0, P); agg and its gradient [n, mul, K].
 //
-// Registered as facet::uvu_tp_block and facet::uvu_tp_block_backward. Built by facet/ops (for
-// Python) and compiled into the LAMMPS plugin (CMakeLists.txt), so AOTInductor packages that
-// call the ops run in both.
+// Registered as facet::uvu_tp_block and facet::uvu_tp_block_backward. facet::uvu_tp_layer runs
+// every block of a layer's tensor product in one call, t = Y @ coupling included (and
+// returned for its backward, which returns the gradients for the node features, Y and the
+// basis): one operator and one autograd node per layer instead of ~12 ATen calls per block.
+// Built by facet/ops (for Python) and compiled into the LAMMPS plugin (CMakeLists.txt), so
+// AOTInductor packages that call the ops run in both.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
@@ -30,6 +33,8 @@
 #include <algorithm>
 #include <tuple>
 #include <vector>
+
+#include "blas.h"
 
 namespace {
 
@@ -590,6 +595,130 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> uvu_tp_block_backward(
   return {gx, gt, gb};
 }
 
+// ---- A layer's blocks in one call ----
+// blocks: 8 integers per block: (input irrep, mul, d1, K, offset of its coupling [d2, d1 K] in
+// couplings, first column of its radial coefficients [nb, P mul] in coefficients, P, offset
+// of its K path indices in path_of_k) (UVUTensorProduct.blocks with the irrep first)
+constexpr int64_t kBlockInts = 8;
+
+struct LayerBlock {
+  int64_t irrep, mul, d1, K, c_off, w0, P, ko;
+};
+
+std::vector<LayerBlock> check_layer(at::TensorList xs, const at::Tensor& y,
+                                    const at::Tensor& basis, const at::Tensor& coefficients,
+                                    const at::Tensor& couplings, const at::Tensor& path_of_k,
+                                    at::IntArrayRef blocks) {
+  TORCH_CHECK(y.dim() == 3 && basis.dim() == 3 && coefficients.dim() == 2 &&
+                  couplings.dim() == 1 && path_of_k.dim() == 1,
+              "facet::uvu_tp_layer: expected y [n,m,d2], basis [n,m,nb], coefficients [nb,W], "
+              "couplings and path_of_k flat");
+  TORCH_CHECK(basis.size(0) == y.size(0) && basis.size(1) == y.size(1) &&
+                  coefficients.size(0) == basis.size(2),
+              "facet::uvu_tp_layer: inconsistent shapes of y, basis and coefficients");
+  TORCH_CHECK(couplings.scalar_type() == y.scalar_type() &&
+                  coefficients.scalar_type() == y.scalar_type() &&
+                  basis.scalar_type() == y.scalar_type(),
+              "facet::uvu_tp_layer: y, basis, coefficients and couplings must have one dtype");
+  TORCH_CHECK(blocks.size() % kBlockInts == 0, "facet::uvu_tp_layer: blocks must list ",
+              kBlockInts, " integers per block");
+  const int64_t d2 = y.size(2);
+  std::vector<LayerBlock> out;
+  for (size_t i = 0; i < blocks.size(); i += kBlockInts) {
+    const LayerBlock b{blocks[i], blocks[i + 1], blocks[i + 2], blocks[i + 3],
+                       blocks[i + 4], blocks[i + 5], blocks[i + 6], blocks[i + 7]};
+    TORCH_CHECK(b.irrep >= 0 && b.irrep < static_cast<int64_t>(xs.size()),
+                "facet::uvu_tp_layer: block ", out.size(), " reads input ", b.irrep, " of ",
+                xs.size());
+    const auto& x = xs[b.irrep];
+    TORCH_CHECK(x.dim() == 3 && x.size(1) == b.d1 && x.size(2) == b.mul,
+                "facet::uvu_tp_layer: input ", b.irrep, " is not [N, ", b.d1, ", ", b.mul, "]");
+    TORCH_CHECK(b.K > 0 && b.P > 0 && b.c_off >= 0 && b.c_off + d2 * b.d1 * b.K <= couplings.numel() &&
+                    b.w0 >= 0 && b.w0 + b.P * b.mul <= coefficients.size(1) && b.ko >= 0 &&
+                    b.ko + b.K <= path_of_k.numel(),
+                "facet::uvu_tp_layer: block ", out.size(), " reads past its couplings, "
+                "coefficients or path indices");
+    out.push_back(b);
+  }
+  return out;
+}
+
+// One block's radial coefficients [nb, P, mul] (columns w0 .. w0 + P mul of coefficients)
+at::Tensor block_coefficients(const LayerBlock& b, const at::Tensor& coefficients) {
+  return coefficients.narrow(1, b.w0, b.P * b.mul).reshape({-1, b.P, b.mul}).contiguous();
+}
+
+// One block's operands: t = Y @ coupling [n, m, d1, K], its radial coefficients [nb, P, mul]
+// and path indices [K]
+std::tuple<at::Tensor, at::Tensor, at::Tensor> block_operands(const LayerBlock& b,
+                                                              const at::Tensor& y,
+                                                              const at::Tensor& coefficients,
+                                                              const at::Tensor& couplings,
+                                                              const at::Tensor& path_of_k) {
+  const int64_t n = y.size(0), m = y.size(1), d2 = y.size(2);
+  auto t = at::empty({n, m, b.d1, b.K}, y.options());
+  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "uvu_tp_layer_t", [&] {
+    facet_blas::gemm<scalar_t>(false, false, n * m, b.d1 * b.K, d2, y.data_ptr<scalar_t>(), d2,
+                               couplings.data_ptr<scalar_t>() + b.c_off, b.d1 * b.K,
+                               t.data_ptr<scalar_t>(), b.d1 * b.K);
+  });
+  return {t, block_coefficients(b, coefficients), path_of_k.narrow(0, b.ko, b.K)};
+}
+
+// the blocks' results [n, mul, K] and their t = Y @ coupling [n, m, d1, K] (for the backward)
+std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> uvu_tp_layer(
+    at::TensorList xs, const at::Tensor& nbr, const at::Tensor& y_in, const at::Tensor& basis_in,
+    const at::Tensor& coefficients, const at::Tensor& couplings_in, const at::Tensor& path_of_k,
+    at::IntArrayRef blocks) {
+  const auto layer = check_layer(xs, y_in, basis_in, coefficients, couplings_in, path_of_k,
+                                 blocks);
+  const auto y = y_in.contiguous(), basis = basis_in.contiguous();
+  const auto couplings = couplings_in.contiguous();
+  std::vector<at::Tensor> out, ts;
+  for (const auto& b : layer) {
+    auto [t, c, pk] = block_operands(b, y, coefficients, couplings, path_of_k);
+    out.push_back(uvu_tp_block(xs[b.irrep], nbr, t, basis, c, pk));
+    ts.push_back(t);
+  }
+  return {out, ts};
+}
+
+// gradients for xs (zero for inputs no block reads), y and basis; ts: the forward's
+std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor> uvu_tp_layer_backward(
+    at::TensorList grads, at::TensorList xs, at::TensorList ts, const at::Tensor& nbr,
+    const at::Tensor& y_in, const at::Tensor& basis_in, const at::Tensor& coefficients,
+    const at::Tensor& couplings_in, const at::Tensor& path_of_k, at::IntArrayRef blocks) {
+  const auto layer = check_layer(xs, y_in, basis_in, coefficients, couplings_in, path_of_k,
+                                 blocks);
+  TORCH_CHECK(grads.size() == layer.size() && ts.size() == layer.size(),
+              "facet::uvu_tp_layer_backward: one gradient and one t per block");
+  const auto y = y_in.contiguous(), basis = basis_in.contiguous();
+  const auto couplings = couplings_in.contiguous();
+  const int64_t n = y.size(0), m = y.size(1), d2 = y.size(2);
+  std::vector<at::Tensor> gxs(xs.size());
+  auto gy = at::zeros_like(y);
+  at::Tensor gbasis;
+  for (size_t i = 0; i < layer.size(); i++) {
+    const auto& b = layer[i];
+    auto [gx, gt, gb] = uvu_tp_block_backward(grads[i], xs[b.irrep], nbr, ts[i], basis,
+                                              block_coefficients(b, coefficients),
+                                              path_of_k.narrow(0, b.ko, b.K));
+    gxs[b.irrep] = gxs[b.irrep].defined() ? gxs[b.irrep].add_(gx) : gx;
+    gbasis = gbasis.defined() ? gbasis.add_(gb) : gb;
+    // dL/dy += dL/dt @ coupling^T
+    AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "uvu_tp_layer_gy", [&] {
+      facet_blas::gemm<scalar_t>(false, true, n * m, d2, b.d1 * b.K, gt.data_ptr<scalar_t>(),
+                                 b.d1 * b.K, couplings.data_ptr<scalar_t>() + b.c_off,
+                                 b.d1 * b.K, gy.data_ptr<scalar_t>(), d2, scalar_t(1),
+                                 scalar_t(1));
+    });
+  }
+  for (size_t i = 0; i < xs.size(); i++)
+    if (!gxs[i].defined()) gxs[i] = at::zeros(xs[i].sizes(), xs[i].options());
+  if (!gbasis.defined()) gbasis = at::zeros_like(basis);
+  return {gxs, gy, gbasis};
+}
+
 // The operators as the dispatcher sees them (what autograd and traced graphs call)
 at::Tensor call_forward(const at::Tensor& x, const at::Tensor& nbr, const at::Tensor& t,
                         const at::Tensor& basis, const at::Tensor& c, const at::Tensor& pk) {
@@ -638,6 +767,96 @@ at::Tensor uvu_tp_block_autograd(const at::Tensor& x, const at::Tensor& nbr, con
   return UvuTpBlockFunction::apply(x, nbr, t, basis, c, pk);
 }
 
+std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> call_layer_forward(
+    at::TensorList xs, const at::Tensor& nbr, const at::Tensor& y, const at::Tensor& basis,
+    const at::Tensor& coefficients, const at::Tensor& couplings, const at::Tensor& path_of_k,
+    at::IntArrayRef blocks) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("facet::uvu_tp_layer", "")
+                       .typed<decltype(uvu_tp_layer)>();
+  return op.call(xs, nbr, y, basis, coefficients, couplings, path_of_k, blocks);
+}
+
+std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor> call_layer_backward(
+    at::TensorList grads, at::TensorList xs, at::TensorList ts, const at::Tensor& nbr,
+    const at::Tensor& y, const at::Tensor& basis, const at::Tensor& coefficients,
+    const at::Tensor& couplings, const at::Tensor& path_of_k, at::IntArrayRef blocks) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("facet::uvu_tp_layer_backward", "")
+                       .typed<decltype(uvu_tp_layer_backward)>();
+  return op.call(grads, xs, ts, nbr, y, basis, coefficients, couplings, path_of_k, blocks);
+}
+
+class UvuTpLayerFunction : public torch::autograd::Function<UvuTpLayerFunction> {
+ public:
+  // returns the blocks' results, then their t (no gradient: kept for the backward)
+  static torch::autograd::variable_list forward(
+      torch::autograd::AutogradContext* ctx, at::TensorList xs, const at::Tensor& nbr,
+      const at::Tensor& y, const at::Tensor& basis, const at::Tensor& coefficients,
+      const at::Tensor& couplings, const at::Tensor& path_of_k, at::IntArrayRef blocks) {
+    TORCH_CHECK(!coefficients.requires_grad() && !couplings.requires_grad(),
+                "facet::uvu_tp_layer (the fused tensor-product kernel) is for inference: it has "
+                "no gradient for the radial coefficients. Train with the fused kernels off "
+                "(facet.ops.use_fused(model, False), the default of a model being trained)");
+    std::vector<at::Tensor> results, ts;
+    {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      std::tie(results, ts) = call_layer_forward(xs, nbr, y, basis, coefficients, couplings,
+                                                 path_of_k, blocks);
+    }
+    std::vector<at::Tensor> saved(xs.begin(), xs.end());
+    saved.insert(saved.end(), ts.begin(), ts.end());
+    saved.insert(saved.end(), {nbr, y, basis, coefficients, couplings, path_of_k});
+    ctx->save_for_backward(saved);
+    ctx->saved_data["inputs"] = static_cast<int64_t>(xs.size());
+    ctx->saved_data["blocks"] = blocks.vec();
+    ctx->mark_non_differentiable(ts);
+    torch::autograd::variable_list out(results.begin(), results.end());
+    out.insert(out.end(), ts.begin(), ts.end());
+    return out;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const int64_t nx = ctx->saved_data["inputs"].toInt();
+    const auto blocks = ctx->saved_data["blocks"].toIntVector();
+    const int64_t nblocks = static_cast<int64_t>(blocks.size()) / kBlockInts;
+    const std::vector<at::Tensor> xs(saved.begin(), saved.begin() + nx);
+    const std::vector<at::Tensor> ts(saved.begin() + nx, saved.begin() + nx + nblocks);
+    const int64_t r = nx + nblocks;  // nbr, y, basis, coefficients, couplings, path_of_k
+    const auto& y = saved[r + 1];
+    std::vector<at::Tensor> gys;
+    for (int64_t i = 0; i < nblocks; i++) {
+      if (grads[i].defined()) {
+        gys.push_back(grads[i].contiguous());
+      } else {
+        const int64_t mul = blocks[i * kBlockInts + 1], K = blocks[i * kBlockInts + 3];
+        gys.push_back(at::zeros_symint({y.sym_size(0), mul, K}, y.options()));
+      }
+    }
+    auto [gxs, gy, gbasis] = call_layer_backward(gys, xs, ts, saved[r], y, saved[r + 2],
+                                                 saved[r + 3], saved[r + 4], saved[r + 5],
+                                                 blocks);
+    // one gradient per input of forward: xs (flattened by apply), nbr, y, basis,
+    // coefficients, couplings, path_of_k, blocks
+    torch::autograd::variable_list out(gxs.begin(), gxs.end());
+    out.insert(out.end(), {at::Tensor(), gy, gbasis, at::Tensor(), at::Tensor(), at::Tensor(),
+                           at::Tensor()});
+    return out;
+  }
+};
+
+std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> uvu_tp_layer_autograd(
+    at::TensorList xs, const at::Tensor& nbr, const at::Tensor& y, const at::Tensor& basis,
+    const at::Tensor& coefficients, const at::Tensor& couplings, const at::Tensor& path_of_k,
+    at::IntArrayRef blocks) {
+  auto out = UvuTpLayerFunction::apply(xs, nbr, y, basis, coefficients, couplings, path_of_k,
+                                       blocks);
+  const auto half = out.begin() + static_cast<std::ptrdiff_t>(out.size() / 2);
+  return {std::vector<at::Tensor>(out.begin(), half), std::vector<at::Tensor>(half, out.end())};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(facet, m) {
@@ -645,14 +864,23 @@ TORCH_LIBRARY(facet, m) {
         "Tensor path_of_k) -> Tensor");
   m.def("uvu_tp_block_backward(Tensor grad, Tensor x, Tensor nbr, Tensor t, Tensor basis, "
         "Tensor c, Tensor path_of_k) -> (Tensor, Tensor, Tensor)");
+  m.def("uvu_tp_layer(Tensor[] xs, Tensor nbr, Tensor y, Tensor basis, Tensor coefficients, "
+        "Tensor couplings, Tensor path_of_k, int[] blocks) -> (Tensor[], Tensor[])");
+  m.def("uvu_tp_layer_backward(Tensor[] grads, Tensor[] xs, Tensor[] ts, Tensor nbr, Tensor y, "
+        "Tensor basis, Tensor coefficients, Tensor couplings, Tensor path_of_k, int[] blocks) "
+        "-> (Tensor[], Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(facet, CPU, m) {
   m.impl("uvu_tp_block", &uvu_tp_block);
   m.impl("uvu_tp_block_backward", &uvu_tp_block_backward);
+  m.impl("uvu_tp_layer", &uvu_tp_layer);
+  m.impl("uvu_tp_layer_backward", &uvu_tp_layer_backward);
 }
 
 TORCH_LIBRARY_IMPL(facet, Autograd, m) {
   m.impl("uvu_tp_block", &uvu_tp_block_autograd);
   m.impl("uvu_tp_block_backward", torch::autograd::autogradNotImplementedFallback());
+  m.impl("uvu_tp_layer", &uvu_tp_layer_autograd);
+  m.impl("uvu_tp_layer_backward", torch::autograd::autogradNotImplementedFallback());
 }
