@@ -324,8 +324,8 @@ class S2Mixing(nn.Module):
         self.up_out_shapes = self.proj_up.fused_out_shapes(self.fused_unorder)
         self.up_mul_major = [0] * n_in
         ns = self.num_scalar_blocks
-        first = [sum(self.block_dims[k] for k in anti[2][: anti[2].index(l)])
-                 for l in range(lmax + 1)]
+        order = self.fused_order
+        first = [sum(self.block_dims[k] for k in order[: order.index(l)]) for l in range(lmax + 1)]
         pieces = [(irreps_in[k].ir, k, 0, irreps_in[k].mul) for k in range(ns)]
         pieces += [(ir, ns, first[l], self.channels) for l, (_, ir) in enumerate(grid_irreps)]
         self.down_paths, self.down_alphas = self.proj_down.fused_paths(
