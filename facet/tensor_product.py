@@ -193,8 +193,9 @@ class UVUTensorProduct(nn.Module):
         backward pass are ``basis (x) T`` and the gathered neighbour features. Every shape is a
         function of the input shapes (no data-dependent sizes: exportable). With ``fused`` on
         the CPU all blocks are one call of ``torch.ops.facet.uvu_tp_layer``
-        (``facet.ops``): edge by edge in cache, ~4x fewer multiplications than the padded bmm,
-        nothing slot-sized kept for the backward pass (it recomputes). Inference only.
+        (``facet.ops``): edge by edge in cache, ~4x fewer multiplications than the padded bmm;
+        of the slot-sized tensors only ``T`` is kept for the backward pass (the kernel
+        recomputes the rest). Inference only.
 
         ``split=False`` (fused only): the kernel's results before the split into output
         irreps, one ``[n_out, mul, K]`` per input block with paths (``blocks``); output irrep
