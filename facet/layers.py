@@ -78,7 +78,7 @@ class Interaction(nn.Module):
         self.resid = IrrepsLinear(irreps_in, irreps_out)
         self.inv_norm = float(avg_num_neighbors) ** (-float(radial_power))
         self.in_shapes = irrep_shapes(irreps_in)
-        # the fused call's inputs: the tensor product's results ([n, mul, K] per block with
+        # the fused call's inputs: the tensor product's results ([n, K, mul] per block with
         # paths), then the input blocks ([n, d, mul]); linear_out's weight first, resid's second
         n_results = len(self.tp.blocks)
         mid_sources = [[(b, k0, mul)] for (b, k0), (mul, _) in zip(self.tp.out_pieces,
@@ -88,7 +88,7 @@ class Interaction(nn.Module):
         paths_res, alphas_res = self.resid.fused_paths(in_sources, 1)
         self.fused_paths = paths_out + paths_res
         self.fused_alphas = alphas_out + alphas_res
-        self.fused_mul_major = [1] * n_results + [0] * len(irreps_in)
+        self.fused_mul_major = [0] * (n_results + len(irreps_in))
         self.fused_out_shapes = self.linear_out.fused_out_shapes()
         self.fused = False
 

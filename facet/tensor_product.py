@@ -96,7 +96,7 @@ class UVUTensorProduct(nn.Module):
             self.weight_numel += len(paths) * mul
         if sorted(by_out) != list(range(len(self.irreps_out))):
             raise ValueError("every output block needs exactly one path")
-        # output block i_out = slice k0 : k0 + d3 of its input block's [mul, K] result: per input
+        # output block i_out = slice k0 : k0 + d3 of its input block's [K, mul] result: per input
         # block, the sizes along K and the output block of each piece (K order)
         self.num_out = len(self.irreps_out)
         # h split once into its irreps (facet.blocks.to_dmajor: one gradient concatenation
@@ -109,7 +109,7 @@ class UVUTensorProduct(nn.Module):
             k_splits[blk].append(d3)
             k_targets[blk].append(i_out)
         self.k_splits, self.k_targets = k_splits, k_targets
-        # where output block i_out lies in the per-input-block results ([n, mul, K] each):
+        # where output block i_out lies in the per-input-block results ([n, K, mul] each):
         # (input block, first of its components along K)
         self.out_pieces: list[tuple[int, int]] = [by_out[i][:2] for i in range(self.num_out)]
         # the blocks as facet::uvu_tp_layer reads them: (input irrep, mul, d1, K, coupling
@@ -198,8 +198,9 @@ class UVUTensorProduct(nn.Module):
         recomputes the rest). Inference only.
 
         ``split=False`` (fused only): the kernel's results before the split into output
-        irreps, one ``[n_out, mul, K]`` per input block with paths (``blocks``); output irrep
-        i is components ``k0 .. k0 + d`` of result ``b`` for ``(b, k0) = out_pieces[i]``.
+        irreps, one ``[n_out, K, mul]`` (component-major) per input block with paths
+        (``blocks``); output irrep i is components ``k0 .. k0 + d`` of result ``b`` for
+        ``(b, k0) = out_pieces[i]``.
         """
         n_out, m = nbr_pad.shape[0], nbr_pad.shape[1]
         nb = basis_pad.shape[2]
@@ -222,13 +223,13 @@ class UVUTensorProduct(nn.Module):
                 x_pad = xs[self.block_irrep[b]][nbr_pad].reshape(n_out, m * d1, mul)
                 s = torch.bmm(a_pad.transpose(1, 2), x_pad).reshape(n_out, nb, k_total, mul)
                 c = c[:, self.paths_of_k[ko : ko + k_total], :]  # [nb, K, mul]
-                results.append((s * c).sum(1).transpose(1, 2))  # [n_out, mul, K]
+                results.append((s * c).sum(1))  # [n_out, K, mul]
         out: list[torch.Tensor] = [y_pad] * self.num_out
         for b in range(len(results)):
-            pieces = torch.split(results[b], self.k_splits[b], dim=2)
+            pieces = torch.split(results[b], self.k_splits[b], dim=1)
             targets = self.k_targets[b]
             for i in range(len(targets)):
-                out[targets[i]] = pieces[i]
+                out[targets[i]] = pieces[i].transpose(1, 2)  # [n_out, mul, d3] (a view)
         return out
 
     def _block_operands(

@@ -210,7 +210,7 @@ def _register_python_parts() -> None:
 
     def fake_layer(xs, nbr, y, basis, coefficients, couplings, path_of_k, blocks):
         starts = range(0, len(blocks), 8)
-        return ([y.new_empty((nbr.shape[0], blocks[i + 1], blocks[i + 3])) for i in starts],
+        return ([y.new_empty((nbr.shape[0], blocks[i + 3], blocks[i + 1])) for i in starts],
                 [y.new_empty((y.shape[0], y.shape[1], blocks[i + 2], blocks[i + 3]))
                  for i in starts])
 

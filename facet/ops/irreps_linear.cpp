@@ -13,8 +13,10 @@
 // (a concatenation, as consecutive row ranges of its weight), reads the components of one
 // irrep out of a wider tensor (no split), scales each path (e3nn's path normalisation, a
 // message normalisation) and sums two maps (a layer's message map and its residual adapter):
-// what took ~8 ATen calls per output irrep and as many autograd nodes. The weights are
-// constants (inference): the backward returns the inputs' gradients only,
+// what took ~8 ATen calls per output irrep and as many autograd nodes. Consecutive paths into
+// one output with consecutive rows of one weight and one alpha (e3nn's layout) are one gemm
+// over their inputs side by side. The weights are constants (inference): the backward
+// returns the inputs' gradients only,
 //
 //   g_xs[t][components c0 .. c0 + d_o] += alpha_p * g_out[o] @ (W_p @ right)^T.
 //
@@ -25,6 +27,8 @@
 #include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <utility>
 #include <vector>
 
 #include "blas.h"
@@ -44,6 +48,15 @@ struct InputShape {
   bool mul_major;
 };
 
+// Consecutive paths into one output whose weights are consecutive rows of one weight tensor,
+// with one alpha (e3nn's layout: an output irrep's paths from sorted inputs): one gemm over
+// their inputs side by side (K = the sum of their channels) instead of one per path
+struct Group {
+  size_t first = 0, last = 0;  // paths first .. last - 1
+  int64_t o = 0, w = 0, off = 0, K = 0;
+  double alpha = 1;
+};
+
 struct LinearPlan {
   int64_t n = 0;
   std::vector<InputShape> in;
@@ -51,6 +64,7 @@ struct LinearPlan {
   int64_t right_cols = -1;    // columns of ``right``, -1 without
   std::vector<Path> paths;
   std::vector<double> alphas;
+  std::vector<Group> groups;  // the paths with channels, grouped
   int64_t cols(int64_t o) const { return right_cols >= 0 ? right_cols : m[o]; }
 };
 
@@ -111,19 +125,31 @@ LinearPlan check_plan(int64_t n, at::IntArrayRef in_sizes, at::IntArrayRef mul_m
                 "facet::irreps_linear: path ", p, " reads past the end of weight ", q.w);
     plan.paths.push_back(q);
     plan.alphas.push_back(alphas[p]);
+    const int64_t mul = in.mul;
+    if (mul == 0) continue;
+    Group* g = plan.groups.empty() ? nullptr : &plan.groups.back();
+    if (g && g->last == p && g->o == q.o && g->w == q.w && g->alpha == alphas[p] &&
+        q.off == g->off + g->K * plan.m[q.o]) {
+      g->last = p + 1;
+      g->K += mul;
+    } else {
+      plan.groups.push_back({p, p + 1, q.o, q.w, q.off, mul, alphas[p]});
+    }
   }
   return plan;
 }
 
-// One path's weight as applied: alpha W [mul, m], or alpha W @ right [mul, right_cols] in buf
+// A group's weight as applied: W [K, m] (rows of its weight tensor), or alpha W @ right
+// [K, right_cols] in buf
 template <typename T>
-const T* path_weight(const LinearPlan& s, const Path& q, double alpha, const T* w,
-                     const T* right, std::vector<T>& buf, int64_t* ld) {
-  const int64_t mul = s.in[q.t].mul, m = s.m[q.o];
+const T* group_weight(const LinearPlan& s, const Group& g, const std::vector<const T*>& ws,
+                      const T* right, std::vector<T>& buf, int64_t* ld) {
+  const T* w = ws[g.w] + g.off;
+  const int64_t m = s.m[g.o];
   if (right) {
-    buf.resize(mul * s.right_cols);
-    gemm<T>(false, false, mul, s.right_cols, m, w, m, right, s.right_cols, buf.data(),
-            s.right_cols, static_cast<T>(alpha));
+    buf.resize(g.K * s.right_cols);
+    gemm<T>(false, false, g.K, s.right_cols, m, w, m, right, s.right_cols, buf.data(),
+            s.right_cols, static_cast<T>(g.alpha));
     *ld = s.right_cols;
     return buf.data();
   }
@@ -131,30 +157,71 @@ const T* path_weight(const LinearPlan& s, const Path& q, double alpha, const T* 
   return w;
 }
 
-// The rows of a path's input as a matrix [n * d, mul]: a pointer into the input with its row
-// stride where the rows are evenly strided (component-major, components c0.. of all rows
-// equally spaced), else gathered into buf.
+// strides of an input's (component, channel) axes
+inline std::pair<int64_t, int64_t> comp_chan_strides(const at::Tensor& x, const InputShape& in) {
+  return in.mul_major ? std::make_pair(x.stride(2), x.stride(1))
+                      : std::make_pair(x.stride(1), x.stride(2));
+}
+
+// Components c0 .. c0 + d of input x as rows [n * d, mul] of dst (row stride ld)
 template <typename T>
-const T* path_input(const at::Tensor& x, const InputShape& in, int64_t n, int64_t c0,
-                    int64_t d, std::vector<T>& buf, int64_t* ld) {
+void gather_piece(const at::Tensor& x, const InputShape& in, int64_t n, int64_t c0, int64_t d,
+                  T* dst, int64_t ld) {
   const T* base = x.data_ptr<T>();
-  const int64_t s0 = x.stride(0);
-  if (!in.mul_major && x.stride(2) == 1 && x.stride(1) >= in.mul && s0 >= d * in.mul &&
-      (d == 1 || s0 == d * x.stride(1))) {
-    *ld = d == 1 ? s0 : x.stride(1);
-    return base + c0 * x.stride(1);
-  }
-  // strides of (component, channel)
-  const int64_t sc = in.mul_major ? x.stride(2) : x.stride(1);
-  const int64_t su = in.mul_major ? x.stride(1) : x.stride(2);
-  buf.resize(n * d * in.mul);
+  const auto [sc, su] = comp_chan_strides(x, in);
   for (int64_t a = 0; a < n; a++)
     for (int64_t c = 0; c < d; c++) {
-      const T* src = base + a * s0 + (c0 + c) * sc;
-      T* dst = buf.data() + (a * d + c) * in.mul;
-      for (int64_t u = 0; u < in.mul; u++) dst[u] = src[u * su];
+      const T* src = base + a * x.stride(0) + (c0 + c) * sc;
+      T* row = dst + (a * d + c) * ld;
+      if (su == 1) {
+        std::copy(src, src + in.mul, row);
+      } else {
+        for (int64_t u = 0; u < in.mul; u++) row[u] = src[u * su];
+      }
     }
-  *ld = in.mul;
+}
+
+// Rows [n * d, mul] of src (row stride ld) added to components c0 .. c0 + d of gx, a
+// contiguous gradient in the input's layout
+template <typename T>
+void scatter_add_piece(const T* src, int64_t ld, const InputShape& in, int64_t n, int64_t c0,
+                       int64_t d, T* gx) {
+  const int64_t sc = in.mul_major ? 1 : in.mul, su = in.mul_major ? in.comps : 1;
+  for (int64_t a = 0; a < n; a++)
+    for (int64_t c = 0; c < d; c++) {
+      const T* row = src + (a * d + c) * ld;
+      T* dst = gx + a * in.comps * in.mul + (c0 + c) * sc;
+      for (int64_t u = 0; u < in.mul; u++) dst[u * su] += row[u];
+    }
+}
+
+// A group's inputs as a matrix [n * d, K]: a single path's input in place where its rows are
+// evenly strided (component-major, components c0.. of all rows equally spaced), else the
+// paths' inputs side by side in buf
+template <typename T>
+const T* group_input(const LinearPlan& s, const Group& g, const std::vector<at::Tensor>& xs,
+                     std::vector<T>& buf, int64_t* ld) {
+  const int64_t d = s.d[g.o];
+  if (g.last - g.first == 1) {
+    const Path& q = s.paths[g.first];
+    const auto& x = xs[q.t];
+    const InputShape& in = s.in[q.t];
+    const int64_t s0 = x.stride(0);
+    if (!in.mul_major && x.stride(2) == 1 && x.stride(1) >= in.mul && s0 >= d * in.mul &&
+        (d == 1 || s0 == d * x.stride(1))) {
+      *ld = d == 1 ? s0 : x.stride(1);
+      return x.data_ptr<T>() + q.c0 * x.stride(1);
+    }
+  }
+  buf.resize(s.n * d * g.K);
+  int64_t col = 0;
+  for (size_t p = g.first; p < g.last; p++) {
+    const Path& q = s.paths[p];
+    if (s.in[q.t].mul == 0) continue;
+    gather_piece<T>(xs[q.t], s.in[q.t], s.n, q.c0, d, buf.data() + col, g.K);
+    col += s.in[q.t].mul;
+  }
+  *ld = g.K;
   return buf.data();
 }
 
@@ -163,18 +230,15 @@ void forward_kernel(const LinearPlan& s, const std::vector<at::Tensor>& xs,
                     const std::vector<const T*>& ws, const T* right, std::vector<at::Tensor>& out) {
   std::vector<bool> written(out.size(), false);
   std::vector<T> xbuf, wbuf;
-  for (size_t p = 0; p < s.paths.size(); p++) {
-    const Path& q = s.paths[p];
-    const InputShape& in = s.in[q.t];
-    if (in.mul == 0) continue;
+  for (const Group& g : s.groups) {
     int64_t ldx = 0, ldw = 0;
-    const T* x = path_input<T>(xs[q.t], in, s.n, q.c0, s.d[q.o], xbuf, &ldx);
-    const T* w = path_weight<T>(s, q, s.alphas[p], ws[q.w] + q.off, right, wbuf, &ldw);
-    const T alpha = right ? T(1) : static_cast<T>(s.alphas[p]);
-    const int64_t cols = s.cols(q.o);
-    gemm<T>(false, false, s.n * s.d[q.o], cols, in.mul, x, ldx, w, ldw,
-            out[q.o].data_ptr<T>(), cols, alpha, written[q.o] ? T(1) : T(0));
-    written[q.o] = true;
+    const T* x = group_input<T>(s, g, xs, xbuf, &ldx);
+    const T* w = group_weight<T>(s, g, ws, right, wbuf, &ldw);
+    const T alpha = right ? T(1) : static_cast<T>(g.alpha);
+    const int64_t cols = s.cols(g.o);
+    gemm<T>(false, false, s.n * s.d[g.o], cols, g.K, x, ldx, w, ldw, out[g.o].data_ptr<T>(),
+            cols, alpha, written[g.o] ? T(1) : T(0));
+    written[g.o] = true;
   }
   for (size_t o = 0; o < out.size(); o++)
     if (!written[o]) out[o].zero_();
@@ -184,34 +248,34 @@ template <typename T>
 void backward_kernel(const LinearPlan& s, const std::vector<at::Tensor>& grads,
                      const std::vector<const T*>& ws, const T* right,
                      std::vector<at::Tensor>& gxs) {
+  if (s.n == 0) return;
   std::vector<T> gbuf, wbuf;
-  for (size_t p = 0; p < s.paths.size(); p++) {
-    const Path& q = s.paths[p];
-    const InputShape& in = s.in[q.t];
-    const int64_t d = s.d[q.o], cols = s.cols(q.o);
-    if (in.mul == 0 || s.n == 0) continue;
+  for (const Group& g : s.groups) {
+    const int64_t d = s.d[g.o], cols = s.cols(g.o);
     int64_t ldw = 0;
-    const T* w = path_weight<T>(s, q, s.alphas[p], ws[q.w] + q.off, right, wbuf, &ldw);
-    const T alpha = right ? T(1) : static_cast<T>(s.alphas[p]);
-    const T* g = grads[q.o].data_ptr<T>();
-    T* gx = gxs[q.t].data_ptr<T>();
-    if (!in.mul_major && (d == in.comps || d == 1)) {
-      // the input's gradient rows for these components are evenly strided: add in place
+    const T* w = group_weight<T>(s, g, ws, right, wbuf, &ldw);
+    const T alpha = right ? T(1) : static_cast<T>(g.alpha);
+    const T* gy = grads[g.o].data_ptr<T>();
+    const Path& first = s.paths[g.first];
+    const InputShape& in = s.in[first.t];
+    if (g.last - g.first == 1 && !in.mul_major && (d == in.comps || d == 1)) {
+      // one input whose gradient rows for these components are evenly strided: add in place
       const int64_t ld = d == 1 ? in.comps * in.mul : in.mul;
-      gemm<T>(false, true, s.n * d, in.mul, cols, g, cols, w, ldw, gx + q.c0 * in.mul, ld,
-              alpha, T(1));
+      gemm<T>(false, true, s.n * d, in.mul, cols, gy, cols, w, ldw,
+              gxs[first.t].data_ptr<T>() + first.c0 * in.mul, ld, alpha, T(1));
       continue;
     }
-    gbuf.resize(s.n * d * in.mul);
-    gemm<T>(false, true, s.n * d, in.mul, cols, g, cols, w, ldw, gbuf.data(), in.mul, alpha);
-    // scatter-add into the (contiguous) gradient in the input's layout
-    const int64_t sc = in.mul_major ? 1 : in.mul, su = in.mul_major ? in.comps : 1;
-    for (int64_t a = 0; a < s.n; a++)
-      for (int64_t c = 0; c < d; c++) {
-        const T* src = gbuf.data() + (a * d + c) * in.mul;
-        T* dst = gx + a * in.comps * in.mul + (q.c0 + c) * sc;
-        for (int64_t u = 0; u < in.mul; u++) dst[u * su] += src[u];
-      }
+    // the gradient for the group's inputs side by side, then into each input's gradient
+    gbuf.resize(s.n * d * g.K);
+    gemm<T>(false, true, s.n * d, g.K, cols, gy, cols, w, ldw, gbuf.data(), g.K, alpha);
+    int64_t col = 0;
+    for (size_t p = g.first; p < g.last; p++) {
+      const Path& q = s.paths[p];
+      if (s.in[q.t].mul == 0) continue;
+      scatter_add_piece<T>(gbuf.data() + col, g.K, s.in[q.t], s.n, q.c0, d,
+                           gxs[q.t].data_ptr<T>());
+      col += s.in[q.t].mul;
+    }
   }
 }
 

@@ -41,6 +41,9 @@ namespace {
 struct BlockShape {
   int64_t n, m, d1, mul, K, nb, P, N;
   int64_t xs = 0;  // x's row stride (elements): its rows may be columns of a wider array
+  // the result and its gradient per node [K, mul] (component-major, uvu_tp_layer) instead of
+  // [mul, K] (uvu_tp_block)
+  bool kmajor = false;
 };
 
 // x [N, d1, mul] with each row's d1 x mul values dense (any row stride: a block of columns of
@@ -170,6 +173,24 @@ inline void transpose_block(const T* in, int64_t rows, int64_t cols, T* out) {
     for (int64_t q = 0; q < cols; ++q) out[q * rows + r] = in[r * cols + q];
 }
 
+// a node's result, [K, mul] in the kernels, into the operator's layout
+template <typename T>
+inline void store_node(const BlockShape& s, const T* acc, T* out) {
+  if (s.kmajor) {
+    std::copy(acc, acc + s.K * s.mul, out);
+  } else {
+    transpose_block(acc, s.K, s.mul, out);  // [K, mul] -> [mul, K]
+  }
+}
+
+// a node's gradient as the kernels read it, [K, mul]: in place, or transposed into buf
+template <typename T>
+inline const T* load_node(const BlockShape& s, const T* grad, T* buf) {
+  if (s.kmajor) return grad;
+  transpose_block(grad, s.mul, s.K, buf);  // [mul, K] -> [K, mul]
+  return buf;
+}
+
 // Generic kernels: any multiplicity and irrep dimension (scalar loops the compiler vectorises)
 template <typename T>
 void forward_generic(const BlockShape& s, const T* x, const int64_t* nbr, const T* t,
@@ -195,7 +216,7 @@ void forward_generic(const BlockShape& s, const T* x, const int64_t* nbr, const 
           for (int64_t u = 0; u < s.mul; ++u) ak[u] += wp[u] * pr[u];
         }
       }
-      transpose_block(acc.data(), s.K, s.mul, out + a * km);  // [K, mul] -> [mul, K]
+      store_node(s, acc.data(), out + a * km);
     }
   });
 }
@@ -210,7 +231,7 @@ void backward_generic(const BlockShape& s, const T* grad, const T* x, const int6
     T* gxt = neighbour_grad.for_this_thread();
     std::vector<T> w(pm), gw(pm), g(km), prod(s.mul), gp(s.mul);
     for (int64_t a = begin; a < end; ++a) {
-      transpose_block(grad + a * km, s.mul, s.K, g.data());  // [mul, K] -> [K, mul]
+      const T* ga = load_node(s, grad + a * km, g.data());
       for (int64_t sl = 0; sl < s.m; ++sl) {
         const int64_t e = a * s.m + sl;
         const T* bas = basis + e * s.nb;
@@ -223,7 +244,7 @@ void backward_generic(const BlockShape& s, const T* grad, const T* x, const int6
         T* gte = gt + e * s.d1 * s.K;
         for (int64_t k = 0; k < s.K; ++k) {
           edge_product(te, xj, prod.data(), k, s.K, s.d1, s.mul);
-          const T* __restrict gk = g.data() + k * s.mul;
+          const T* __restrict gk = ga + k * s.mul;
           const T* __restrict wp = w.data() + pk[k] * s.mul;
           T* __restrict gwp = gw.data() + pk[k] * s.mul;
           const T* __restrict pr = prod.data();
@@ -422,7 +443,7 @@ void forward_vec_rows(const BlockShape s, const T* x, const int64_t* nbr, const 
         }
       }
     }
-    transpose_block(acc.data(), K, mul, out + a * km);  // [K, mul] -> [mul, K]
+    store_node(s, acc.data(), out + a * km);
   }
 }
 
@@ -451,7 +472,7 @@ void backward_vec_rows(const BlockShape s, const T* grad, const T* x, const int6
   // the slot's dE/dW [P, mul] (one vector per path and chunk), contracted with c at the end
   std::vector<T> gw_slot(pm);
   for (int64_t a = begin; a < end; ++a) {
-    transpose_block(grad + a * km, mul, K, g.data());  // [mul, K] -> [K, mul]
+    const T* ga = load_node(s, grad + a * km, g.data());
     for (int64_t sl = 0; sl < s.m; ++sl) {
       const int64_t e = a * s.m + sl;
       const int64_t nnz = nonzero_basis(basis + e * nb, nb, idx.data(), val.data());
@@ -482,7 +503,7 @@ void backward_vec_rows(const BlockShape s, const T* grad, const T* x, const int6
           for (int64_t k = r.k0; k < r.k1; ++k) {
             Vec prod = xv[0] * Vec(te[k]);
             for (int i = 1; i < D1; ++i) prod = at::vec::fmadd(xv[i], Vec(te[i * K + k]), prod);
-            const Vec gk = Vec::loadu(g.data() + k * mul + u0);
+            const Vec gk = Vec::loadu(ga + k * mul + u0);
             gw = at::vec::fmadd(gk, prod, gw);
             const Vec gp = gk * w;
             for (int i = 0; i < D1; ++i) {
@@ -551,15 +572,18 @@ void backward_kernel(const BlockShape& s, const T* grad, const T* x, const int64
   backward_generic(s, grad, x, nbr, t, basis, c, pk, gx, gt, gb);
 }
 
-at::Tensor uvu_tp_block(const at::Tensor& x_in, const at::Tensor& nbr_in, const at::Tensor& t_in,
-                        const at::Tensor& basis_in, const at::Tensor& c_in,
-                        const at::Tensor& pk_in) {
+// one block, its result per node [mul, K] (kmajor: [K, mul])
+at::Tensor block_forward(const at::Tensor& x_in, const at::Tensor& nbr_in, const at::Tensor& t_in,
+                         const at::Tensor& basis_in, const at::Tensor& c_in,
+                         const at::Tensor& pk_in, bool kmajor) {
   BlockShape s = check_inputs(x_in, nbr_in, t_in, basis_in, c_in, pk_in);
   auto x = dense_rows(x_in), nbr = nbr_in.contiguous(), t = t_in.contiguous();
   auto basis = basis_in.contiguous(), c = c_in.contiguous(), pk = pk_in.contiguous();
   s.xs = x.stride(0);
+  s.kmajor = kmajor;
   check_indices(s, nbr, pk);
-  auto out = at::empty({s.n, s.mul, s.K}, x.options());
+  auto out = kmajor ? at::empty({s.n, s.K, s.mul}, x.options())
+                    : at::empty({s.n, s.mul, s.K}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "uvu_tp_block", [&] {
     forward_kernel<scalar_t>(s, x.data_ptr<scalar_t>(), nbr.data_ptr<int64_t>(),
                              t.data_ptr<scalar_t>(), basis.data_ptr<scalar_t>(),
@@ -569,18 +593,22 @@ at::Tensor uvu_tp_block(const at::Tensor& x_in, const at::Tensor& nbr_in, const 
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> uvu_tp_block_backward(
+// its gradients for x, t and basis from the result's, grad [n, mul, K] (kmajor: [n, K, mul])
+std::tuple<at::Tensor, at::Tensor, at::Tensor> block_backward(
     const at::Tensor& grad_in, const at::Tensor& x_in, const at::Tensor& nbr_in,
     const at::Tensor& t_in, const at::Tensor& basis_in, const at::Tensor& c_in,
-    const at::Tensor& pk_in) {
+    const at::Tensor& pk_in, bool kmajor) {
   BlockShape s = check_inputs(x_in, nbr_in, t_in, basis_in, c_in, pk_in);
-  TORCH_CHECK(grad_in.dim() == 3 && grad_in.size(0) == s.n && grad_in.size(1) == s.mul &&
-                  grad_in.size(2) == s.K && grad_in.scalar_type() == x_in.scalar_type(),
+  TORCH_CHECK(grad_in.dim() == 3 && grad_in.size(0) == s.n &&
+                  grad_in.size(1) == (kmajor ? s.K : s.mul) &&
+                  grad_in.size(2) == (kmajor ? s.mul : s.K) &&
+                  grad_in.scalar_type() == x_in.scalar_type(),
               "facet::uvu_tp_block_backward: grad must be [n, mul, K] of x's dtype");
   auto grad = grad_in.contiguous(), x = dense_rows(x_in), nbr = nbr_in.contiguous();
   auto t = t_in.contiguous(), basis = basis_in.contiguous(), c = c_in.contiguous();
   auto pk = pk_in.contiguous();
   s.xs = x.stride(0);
+  s.kmajor = kmajor;
   check_indices(s, nbr, pk);
   // x's gradient contiguous whatever x's row stride
   auto gx = at::zeros({s.N, s.d1, s.mul}, x.options()), gt = at::empty_like(t),
@@ -593,6 +621,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> uvu_tp_block_backward(
                               gt.data_ptr<scalar_t>(), gb.data_ptr<scalar_t>());
   });
   return {gx, gt, gb};
+}
+
+at::Tensor uvu_tp_block(const at::Tensor& x, const at::Tensor& nbr, const at::Tensor& t,
+                        const at::Tensor& basis, const at::Tensor& c, const at::Tensor& pk) {
+  return block_forward(x, nbr, t, basis, c, pk, false);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> uvu_tp_block_backward(
+    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& nbr, const at::Tensor& t,
+    const at::Tensor& basis, const at::Tensor& c, const at::Tensor& pk) {
+  return block_backward(grad, x, nbr, t, basis, c, pk, false);
 }
 
 // ---- A layer's blocks in one call ----
@@ -665,7 +704,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_operands(const LayerBlock& 
   return {t, block_coefficients(b, coefficients), path_of_k.narrow(0, b.ko, b.K)};
 }
 
-// the blocks' results [n, mul, K] and their t = Y @ coupling [n, m, d1, K] (for the backward)
+// the blocks' results [n, K, mul] (component-major: the next linear maps read them without a
+// transposition) and their t = Y @ coupling [n, m, d1, K] (for the backward)
 std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> uvu_tp_layer(
     at::TensorList xs, const at::Tensor& nbr, const at::Tensor& y_in, const at::Tensor& basis_in,
     const at::Tensor& coefficients, const at::Tensor& couplings_in, const at::Tensor& path_of_k,
@@ -677,7 +717,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> uvu_tp_layer(
   std::vector<at::Tensor> out, ts;
   for (const auto& b : layer) {
     auto [t, c, pk] = block_operands(b, y, coefficients, couplings, path_of_k);
-    out.push_back(uvu_tp_block(xs[b.irrep], nbr, t, basis, c, pk));
+    out.push_back(block_forward(xs[b.irrep], nbr, t, basis, c, pk, true));
     ts.push_back(t);
   }
   return {out, ts};
@@ -700,9 +740,9 @@ std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor> uvu_tp_layer_backwar
   at::Tensor gbasis;
   for (size_t i = 0; i < layer.size(); i++) {
     const auto& b = layer[i];
-    auto [gx, gt, gb] = uvu_tp_block_backward(grads[i], xs[b.irrep], nbr, ts[i], basis,
-                                              block_coefficients(b, coefficients),
-                                              path_of_k.narrow(0, b.ko, b.K));
+    auto [gx, gt, gb] = block_backward(grads[i], xs[b.irrep], nbr, ts[i], basis,
+                                       block_coefficients(b, coefficients),
+                                       path_of_k.narrow(0, b.ko, b.K), true);
     gxs[b.irrep] = gxs[b.irrep].defined() ? gxs[b.irrep].add_(gx) : gx;
     gbasis = gbasis.defined() ? gbasis.add_(gb) : gb;
     // dL/dy += dL/dt @ coupling^T
@@ -832,7 +872,7 @@ class UvuTpLayerFunction : public torch::autograd::Function<UvuTpLayerFunction> 
         gys.push_back(grads[i].contiguous());
       } else {
         const int64_t mul = blocks[i * kBlockInts + 1], K = blocks[i * kBlockInts + 3];
-        gys.push_back(at::zeros_symint({y.sym_size(0), mul, K}, y.options()));
+        gys.push_back(at::zeros_symint({y.sym_size(0), K, mul}, y.options()));
       }
     }
     auto [gxs, gy, gbasis] = call_layer_backward(gys, xs, ts, saved[r], y, saved[r + 2],
