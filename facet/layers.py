@@ -88,7 +88,6 @@ class Interaction(nn.Module):
         paths_res, alphas_res = self.resid.fused_paths(in_sources, 1)
         self.fused_paths = paths_out + paths_res
         self.fused_alphas = alphas_out + alphas_res
-        self.fused_mul_major = [0] * (n_results + len(irreps_in))
         self.fused_out_shapes = self.linear_out.fused_out_shapes()
         self.fused = False
 
@@ -148,7 +147,7 @@ class Interaction(nn.Module):
         if self.fused and hs[0].device.type == "cpu":
             results = self.tp.forward_dmajor_in(hs, nbr_pad, y_pad, basis_pad,
                                                 self.radial.coefficients, False)
-            return torch.ops.facet.irreps_linear(results + rows, self.fused_mul_major,
+            return torch.ops.facet.irreps_linear(results + rows,
                                                  [self.linear_out.weight, self.resid.weight],
                                                  self.fused_paths, self.fused_alphas,
                                                  self.fused_out_shapes, None)

@@ -318,11 +318,9 @@ class S2Mixing(nn.Module):
         # the fused path's linear maps as facet::irreps_linear calls: proj_up from the input
         # blocks, its outputs in the kernel's row order; proj_down from the input scalar
         # blocks and the grid's result [n, (lmax+1)^2, u] (l blocks in that order), side by side
-        n_in = len(irreps_in)
         self.up_paths, self.up_alphas = self.proj_up.fused_paths(
             [[(i, 0, mul)] for i, (mul, _) in enumerate(irreps_in)], 0, 1.0, self.fused_unorder)
         self.up_out_shapes = self.proj_up.fused_out_shapes(self.fused_unorder)
-        self.up_mul_major = [0] * n_in
         ns = self.num_scalar_blocks
         order = self.fused_order
         first = [sum(self.block_dims[k] for k in order[: order.index(l)]) for l in range(lmax + 1)]
@@ -331,7 +329,6 @@ class S2Mixing(nn.Module):
         self.down_paths, self.down_alphas = self.proj_down.fused_paths(
             concat_sources(self.irreps_cat, pieces))
         self.down_out_shapes = self.proj_down.fused_out_shapes()
-        self.down_mul_major = [0] * (ns + 1)
 
     @staticmethod
     def _leading_scalars(irreps: o3.Irreps) -> list[int]:
@@ -356,15 +353,13 @@ class S2Mixing(nn.Module):
             w1 = self.mlp.weight(0)
             if self.heads > 1:
                 w1 = torch.kron(torch.eye(self.heads, dtype=w1.dtype, device=w1.device), w1)
-            zl = torch.ops.facet.irreps_linear(xs, self.up_mul_major, [self.proj_up.weight],
-                                               self.up_paths, self.up_alphas,
-                                               self.up_out_shapes, w1)
+            zl = torch.ops.facet.irreps_linear(xs, [self.proj_up.weight], self.up_paths,
+                                               self.up_alphas, self.up_out_shapes, w1)
             back = torch.ops.facet.s2_mlp(torch.cat(zl, dim=1), self.to_grid_fused,
                                           self.mlp.weight(1), self.from_grid_fused, self.heads)
             return torch.ops.facet.irreps_linear(
-                xs[: self.num_scalar_blocks] + [back], self.down_mul_major,
-                [self.proj_down.weight], self.down_paths, self.down_alphas,
-                self.down_out_shapes, None)
+                xs[: self.num_scalar_blocks] + [back], [self.proj_down.weight], self.down_paths,
+                self.down_alphas, self.down_out_shapes, None)
         up = self.proj_up.forward_dmajor(xs, None, True)  # [n, 2l+1, u] per l
         back = self._grid(torch.cat(up, dim=1))  # coefficients [n, (lmax+1)^2, u]
         back_blocks = list(torch.split(back, self.block_dims, dim=1))

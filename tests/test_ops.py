@@ -348,7 +348,7 @@ def test_fused_layer_norm_backward_matches_finite_differences():
         norm.forward_dmajor(list(xs), gain.requires_grad_(True))
 
 
-def linear_reference(xs, mul_major, weights, paths, alphas, out_shapes, right):
+def linear_reference(xs, weights, paths, alphas, out_shapes, right):
     """facet::irreps_linear's function (its header's formula) in plain torch."""
     n = xs[0].shape[0]
     outs = []
@@ -357,7 +357,7 @@ def linear_reference(xs, mul_major, weights, paths, alphas, out_shapes, right):
         outs.append(xs[0].new_zeros(n, out_shapes[2 * o], cols))
     for p, alpha in enumerate(alphas):
         t, c0, o, w, off = paths[5 * p : 5 * p + 5]
-        x = xs[t].transpose(1, 2) if mul_major[t] else xs[t]  # [n, comps, mul]
+        x = xs[t]  # [n, comps, mul]
         d, m, mul = out_shapes[2 * o], out_shapes[2 * o + 1], x.shape[2]
         weight = weights[w].reshape(-1)[off : off + mul * m].reshape(mul, m)
         if right is not None:
@@ -367,8 +367,8 @@ def linear_reference(xs, mul_major, weights, paths, alphas, out_shapes, right):
 
 
 def linear_case(dtype, n=6, with_right=False):
-    """Inputs of every kind the kernel reads: component-major contiguous (read in place),
-    multiplicity-major (gathered), row-strided views (d > 1: gathered; d = 1: in place),
+    """Inputs of every kind the kernel reads: contiguous (read in place), channels strided
+    (a transposed view: gathered), row-strided views (d > 1: gathered; d = 1: in place),
     component ranges of a wider tensor, two weights at offsets, one output no path reaches."""
     g = torch.Generator().manual_seed(3)
 
@@ -376,10 +376,9 @@ def linear_case(dtype, n=6, with_right=False):
         return torch.randn(*shape, dtype=dtype, generator=g)
 
     xs = [rand(n, 3, 4),                       # [n, d=3, mul=4]
-          rand(n, 5, 6),                       # multiplicity-major: mul 5, 6 components
+          rand(n, 5, 6).transpose(1, 2),       # [n, 6, 5], channels strided by 6
           rand(n, 4, 7)[:, 1:4, 1:6],          # [n, 3, 5] view, rows strided by 28
           rand(n, 9)[:, 2:6].unsqueeze(1)]     # [n, 1, 4] view, rows strided by 9
-    mul_major = [0, 1, 0, 0]
     weights = [rand(200), rand(90)]
     out_shapes = [3, 6, 1, 6, 5, 6]            # outputs (d, mul): 3x6, 1x6, 5x6 (no path)
     paths = [0, 0, 0, 0, 7,                    # x0 (components 0..2) -> out 0, weight 0 at 7
@@ -389,7 +388,7 @@ def linear_case(dtype, n=6, with_right=False):
              3, 0, 1, 1, 50]                   # x3 -> out 1
     alphas = [0.5, -1.25, 2.0, 0.75, 1.0]
     right = rand(6, 2) if with_right else None
-    return xs, mul_major, weights, paths, alphas, out_shapes, right
+    return xs, weights, paths, alphas, out_shapes, right
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -397,16 +396,15 @@ def linear_case(dtype, n=6, with_right=False):
 def test_fused_linear_kernel_equals_its_formula(dtype, with_right):
     """facet::irreps_linear = the formula in torch (float64 reference), values and the inputs'
     gradients, for every kind of input layout; an output no path reaches is zero."""
-    xs, mul_major, weights, paths, alphas, out_shapes, right = linear_case(dtype,
+    xs, weights, paths, alphas, out_shapes, right = linear_case(dtype,
                                                                           with_right=with_right)
     xs = [x.detach().requires_grad_(True) for x in xs]
-    outs = torch.ops.facet.irreps_linear(xs, mul_major, weights, paths, alphas, out_shapes,
-                                         right)
+    outs = torch.ops.facet.irreps_linear(xs, weights, paths, alphas, out_shapes, right)
     grads = [torch.randn(o.shape, dtype=dtype, generator=torch.Generator().manual_seed(4))
              for o in outs]
     got_grads = torch.autograd.grad(outs, xs, grads)
     xs64 = [x.detach().double().requires_grad_(True) for x in xs]
-    ref = linear_reference(xs64, mul_major, [w.double() for w in weights], paths, alphas,
+    ref = linear_reference(xs64, [w.double() for w in weights], paths, alphas,
                            out_shapes, None if right is None else right.double())
     # (the reference's zero output does not depend on the inputs)
     ref_grads = torch.autograd.grad(ref[:2], xs64, [v.double() for v in grads[:2]])
@@ -419,13 +417,13 @@ def test_fused_linear_kernel_equals_its_formula(dtype, with_right):
 
 
 def test_fused_linear_backward_matches_finite_differences_and_refuses_bad_plans():
-    xs, mul_major, weights, paths, alphas, out_shapes, right = linear_case(torch.float64, n=3,
+    xs, weights, paths, alphas, out_shapes, right = linear_case(torch.float64, n=3,
                                                                           with_right=True)
     xs = tuple(x.detach().requires_grad_(True) for x in xs)
 
     def f(*x):
-        return tuple(torch.ops.facet.irreps_linear(list(x), mul_major, weights, paths, alphas,
-                                                   out_shapes, right))
+        return tuple(torch.ops.facet.irreps_linear(list(x), weights, paths, alphas, out_shapes,
+                                                   right))
 
     assert torch.autograd.gradcheck(f, xs)
     bad = {"names an input": paths[:-5] + [9, 0, 1, 1, 50],
@@ -433,12 +431,11 @@ def test_fused_linear_backward_matches_finite_differences_and_refuses_bad_plans(
            "past the end of weight 1": paths[:-5] + [3, 0, 1, 1, 80]}
     for message, bad_paths in bad.items():
         with pytest.raises(RuntimeError, match=message):
-            torch.ops.facet.irreps_linear(list(xs), mul_major, weights, bad_paths, alphas,
-                                          out_shapes, right)
+            torch.ops.facet.irreps_linear(list(xs), weights, bad_paths, alphas, out_shapes,
+                                          right)
     with pytest.raises(RuntimeError, match="for inference"):
-        torch.ops.facet.irreps_linear(list(xs), mul_major, [weights[0].requires_grad_(True),
-                                                             weights[1]], paths, alphas,
-                                      out_shapes, right)
+        torch.ops.facet.irreps_linear(list(xs), [weights[0].requires_grad_(True), weights[1]],
+                                      paths, alphas, out_shapes, right)
 
 
 @pytest.mark.parametrize("row_start", [0, 2])

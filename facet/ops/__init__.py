@@ -231,13 +231,12 @@ def _register_python_parts() -> None:
     def fake_norm_backward(grads, xs, num_scalar_blocks, joint, eps, gain):
         return [x.new_empty(x.shape) for x in xs]
 
-    def fake_linear(xs, mul_major, weights, paths, alphas, out_shapes, right):
+    def fake_linear(xs, weights, paths, alphas, out_shapes, right):
         cols = out_shapes[1::2] if right is None else [right.shape[1]] * (len(out_shapes) // 2)
         return [xs[0].new_empty((xs[0].shape[0], d, c))
                 for d, c in zip(out_shapes[0::2], cols, strict=True)]
 
-    def fake_linear_backward(grads, inputs, mul_major, weights, paths, alphas, out_shapes,
-                             right):
+    def fake_linear_backward(grads, inputs, weights, paths, alphas, out_shapes, right):
         return [grads[0].new_empty(x.shape) for x in inputs]
 
     for op, fake in zip(OPS, (fake_forward, fake_backward, fake_layer, fake_layer_backward,

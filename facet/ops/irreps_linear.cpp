@@ -1,8 +1,7 @@
 // Fused CPU kernel of Facet's equivariant linear maps (facet/linear.py, IrrepsLinear) on irrep
 // blocks, for inference: one or several maps, summed, in one call.
 //
-// Inputs: tensors xs[t], each [n, D_t, mul_t] (component-major) or [n, mul_t, D_t]
-// (multiplicity-major: mul_major[t] = 1), any strides. A path p = (t, c0, o, w, off) reads the
+// Inputs: tensors xs[t], each [n, D_t, mul_t] (component-major), any strides. A path p = (t, c0, o, w, off) reads the
 // components c0 .. c0 + d_o of xs[t] as a matrix X_p [n * d_o, mul_t] and adds
 //
 //   out[o] += alpha_p * X_p @ W_p (@ right)          W_p = weights[w][off : off + mul_t * m_o]
@@ -28,7 +27,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <utility>
 #include <vector>
 
 #include "blas.h"
@@ -45,7 +43,6 @@ struct Path {
 
 struct InputShape {
   int64_t comps, mul;   // D_t, mul_t
-  bool mul_major;
 };
 
 // Consecutive paths into one output whose weights are consecutive rows of one weight tensor,
@@ -70,20 +67,15 @@ struct LinearPlan {
 
 // The plan of a call, every index and size checked (a wrong plan is a message, not a read
 // outside a tensor). ``in`` from the inputs' sizes: [n, a, b] per input, flattened.
-LinearPlan check_plan(int64_t n, at::IntArrayRef in_sizes, at::IntArrayRef mul_major,
-                      at::TensorList weights, at::IntArrayRef paths, at::ArrayRef<double> alphas,
+LinearPlan check_plan(int64_t n, at::IntArrayRef in_sizes, at::TensorList weights, at::IntArrayRef paths, at::ArrayRef<double> alphas,
                       at::IntArrayRef out_shapes, const c10::optional<at::Tensor>& right,
                       at::ScalarType dtype) {
   LinearPlan plan;
   plan.n = n;
-  TORCH_CHECK(in_sizes.size() == 3 * mul_major.size(),
-              "facet::irreps_linear: one layout flag per input");
-  for (size_t t = 0; t < mul_major.size(); t++) {
+  for (size_t t = 0; t < in_sizes.size() / 3; t++) {
     TORCH_CHECK(in_sizes[3 * t] == n, "facet::irreps_linear: input ", t, " has ",
                 in_sizes[3 * t], " rows, input 0 has ", n);
-    const bool mm = mul_major[t] != 0;
-    plan.in.push_back({mm ? in_sizes[3 * t + 2] : in_sizes[3 * t + 1],
-                       mm ? in_sizes[3 * t + 1] : in_sizes[3 * t + 2], mm});
+    plan.in.push_back({in_sizes[3 * t + 1], in_sizes[3 * t + 2]});
   }
   TORCH_CHECK(out_shapes.size() % 2 == 0 && !out_shapes.empty(),
               "facet::irreps_linear: out_shapes must list (d, mul) per output");
@@ -157,18 +149,12 @@ const T* group_weight(const LinearPlan& s, const Group& g, const std::vector<con
   return w;
 }
 
-// strides of an input's (component, channel) axes
-inline std::pair<int64_t, int64_t> comp_chan_strides(const at::Tensor& x, const InputShape& in) {
-  return in.mul_major ? std::make_pair(x.stride(2), x.stride(1))
-                      : std::make_pair(x.stride(1), x.stride(2));
-}
-
 // Components c0 .. c0 + d of input x as rows [n * d, mul] of dst (row stride ld)
 template <typename T>
 void gather_piece(const at::Tensor& x, const InputShape& in, int64_t n, int64_t c0, int64_t d,
                   T* dst, int64_t ld) {
   const T* base = x.data_ptr<T>();
-  const auto [sc, su] = comp_chan_strides(x, in);
+  const int64_t sc = x.stride(1), su = x.stride(2);
   for (int64_t a = 0; a < n; a++)
     for (int64_t c = 0; c < d; c++) {
       const T* src = base + a * x.stride(0) + (c0 + c) * sc;
@@ -182,21 +168,20 @@ void gather_piece(const at::Tensor& x, const InputShape& in, int64_t n, int64_t 
 }
 
 // Rows [n * d, mul] of src (row stride ld) added to components c0 .. c0 + d of gx, a
-// contiguous gradient in the input's layout
+// contiguous gradient [n, D, mul]
 template <typename T>
 void scatter_add_piece(const T* src, int64_t ld, const InputShape& in, int64_t n, int64_t c0,
                        int64_t d, T* gx) {
-  const int64_t sc = in.mul_major ? 1 : in.mul, su = in.mul_major ? in.comps : 1;
   for (int64_t a = 0; a < n; a++)
     for (int64_t c = 0; c < d; c++) {
       const T* row = src + (a * d + c) * ld;
-      T* dst = gx + a * in.comps * in.mul + (c0 + c) * sc;
-      for (int64_t u = 0; u < in.mul; u++) dst[u * su] += row[u];
+      T* dst = gx + (a * in.comps + c0 + c) * in.mul;
+      for (int64_t u = 0; u < in.mul; u++) dst[u] += row[u];
     }
 }
 
 // A group's inputs as a matrix [n * d, K]: a single path's input in place where its rows are
-// evenly strided (component-major, components c0.. of all rows equally spaced), else the
+// evenly strided (components c0.. of all rows equally spaced), else the
 // paths' inputs side by side in buf
 template <typename T>
 const T* group_input(const LinearPlan& s, const Group& g, const std::vector<at::Tensor>& xs,
@@ -207,7 +192,7 @@ const T* group_input(const LinearPlan& s, const Group& g, const std::vector<at::
     const auto& x = xs[q.t];
     const InputShape& in = s.in[q.t];
     const int64_t s0 = x.stride(0);
-    if (!in.mul_major && x.stride(2) == 1 && x.stride(1) >= in.mul && s0 >= d * in.mul &&
+    if (x.stride(2) == 1 && x.stride(1) >= in.mul && s0 >= d * in.mul &&
         (d == 1 || s0 == d * x.stride(1))) {
       *ld = d == 1 ? s0 : x.stride(1);
       return x.data_ptr<T>() + q.c0 * x.stride(1);
@@ -217,7 +202,6 @@ const T* group_input(const LinearPlan& s, const Group& g, const std::vector<at::
   int64_t col = 0;
   for (size_t p = g.first; p < g.last; p++) {
     const Path& q = s.paths[p];
-    if (s.in[q.t].mul == 0) continue;
     gather_piece<T>(xs[q.t], s.in[q.t], s.n, q.c0, d, buf.data() + col, g.K);
     col += s.in[q.t].mul;
   }
@@ -258,7 +242,7 @@ void backward_kernel(const LinearPlan& s, const std::vector<at::Tensor>& grads,
     const T* gy = grads[g.o].data_ptr<T>();
     const Path& first = s.paths[g.first];
     const InputShape& in = s.in[first.t];
-    if (g.last - g.first == 1 && !in.mul_major && (d == in.comps || d == 1)) {
+    if (g.last - g.first == 1 && (d == in.comps || d == 1)) {
       // one input whose gradient rows for these components are evenly strided: add in place
       const int64_t ld = d == 1 ? in.comps * in.mul : in.mul;
       gemm<T>(false, true, s.n * d, in.mul, cols, gy, cols, w, ldw,
@@ -271,7 +255,6 @@ void backward_kernel(const LinearPlan& s, const std::vector<at::Tensor>& grads,
     int64_t col = 0;
     for (size_t p = g.first; p < g.last; p++) {
       const Path& q = s.paths[p];
-      if (s.in[q.t].mul == 0) continue;
       scatter_add_piece<T>(gbuf.data() + col, g.K, s.in[q.t], s.n, q.c0, d,
                            gxs[q.t].data_ptr<T>());
       col += s.in[q.t].mul;
@@ -288,8 +271,7 @@ std::vector<int64_t> input_sizes(at::TensorList xs) {
   return sizes;
 }
 
-std::vector<at::Tensor> irreps_linear(at::TensorList xs, at::IntArrayRef mul_major,
-                                      at::TensorList weights, at::IntArrayRef paths,
+std::vector<at::Tensor> irreps_linear(at::TensorList xs, at::TensorList weights, at::IntArrayRef paths,
                                       at::ArrayRef<double> alphas, at::IntArrayRef out_shapes,
                                       const c10::optional<at::Tensor>& right) {
   TORCH_CHECK(!xs.empty(), "facet::irreps_linear: no inputs");
@@ -298,8 +280,8 @@ std::vector<at::Tensor> irreps_linear(at::TensorList xs, at::IntArrayRef mul_maj
     TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == dtype,
                 "facet::irreps_linear runs on the CPU, every input of one dtype");
   const auto sizes = input_sizes(xs);
-  const LinearPlan s = check_plan(xs[0].size(0), sizes, mul_major, weights, paths, alphas,
-                                  out_shapes, right, dtype);
+  const LinearPlan s = check_plan(xs[0].size(0), sizes, weights, paths, alphas, out_shapes,
+                                  right, dtype);
   std::vector<at::Tensor> out;
   for (size_t o = 0; o < s.d.size(); o++)
     out.push_back(at::empty({s.n, s.d[o], s.cols(o)}, xs[0].options()));
@@ -315,7 +297,7 @@ std::vector<at::Tensor> irreps_linear(at::TensorList xs, at::IntArrayRef mul_maj
 
 // ``inputs``: the forward's inputs, or tensors of their sizes (only the sizes are read)
 std::vector<at::Tensor> irreps_linear_backward(at::TensorList grads_in, at::TensorList inputs,
-                                               at::IntArrayRef mul_major, at::TensorList weights,
+                                               at::TensorList weights,
                                                at::IntArrayRef paths, at::ArrayRef<double> alphas,
                                                at::IntArrayRef out_shapes,
                                                const c10::optional<at::Tensor>& right) {
@@ -324,8 +306,8 @@ std::vector<at::Tensor> irreps_linear_backward(at::TensorList grads_in, at::Tens
   const auto dtype = grads_in[0].scalar_type();
   const auto in_sizes = input_sizes(inputs);
   const int64_t n = in_sizes[0];
-  const LinearPlan s = check_plan(n, in_sizes, mul_major, weights, paths, alphas, out_shapes,
-                                  right, dtype);
+  const LinearPlan s = check_plan(n, in_sizes, weights, paths, alphas, out_shapes, right,
+                                  dtype);
   TORCH_CHECK(grads_in.size() == s.d.size(), "facet::irreps_linear_backward: one gradient per "
               "output");
   std::vector<at::Tensor> grads;
@@ -353,32 +335,30 @@ std::vector<at::Tensor> irreps_linear_backward(at::TensorList grads_in, at::Tens
 using ForwardFn = decltype(irreps_linear);
 using BackwardFn = decltype(irreps_linear_backward);
 
-std::vector<at::Tensor> call_forward(at::TensorList xs, at::IntArrayRef mul_major,
-                                     at::TensorList weights, at::IntArrayRef paths,
+std::vector<at::Tensor> call_forward(at::TensorList xs, at::TensorList weights, at::IntArrayRef paths,
                                      at::ArrayRef<double> alphas, at::IntArrayRef out_shapes,
                                      const c10::optional<at::Tensor>& right) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("facet::irreps_linear", "")
                        .typed<ForwardFn>();
-  return op.call(xs, mul_major, weights, paths, alphas, out_shapes, right);
+  return op.call(xs, weights, paths, alphas, out_shapes, right);
 }
 
 std::vector<at::Tensor> call_backward(at::TensorList grads, at::TensorList inputs,
-                                      at::IntArrayRef mul_major, at::TensorList weights,
+                                      at::TensorList weights,
                                       at::IntArrayRef paths, at::ArrayRef<double> alphas,
                                       at::IntArrayRef out_shapes,
                                       const c10::optional<at::Tensor>& right) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("facet::irreps_linear_backward", "")
                        .typed<BackwardFn>();
-  return op.call(grads, inputs, mul_major, weights, paths, alphas, out_shapes, right);
+  return op.call(grads, inputs, weights, paths, alphas, out_shapes, right);
 }
 
 class IrrepsLinearFunction : public torch::autograd::Function<IrrepsLinearFunction> {
  public:
   static torch::autograd::variable_list forward(
-      torch::autograd::AutogradContext* ctx, at::TensorList xs, at::IntArrayRef mul_major,
-      at::TensorList weights, at::IntArrayRef paths, at::ArrayRef<double> alphas,
+      torch::autograd::AutogradContext* ctx, at::TensorList xs, at::TensorList weights, at::IntArrayRef paths, at::ArrayRef<double> alphas,
       at::IntArrayRef out_shapes, const c10::optional<at::Tensor>& right) {
     bool weights_need_grad = right.has_value() && right->requires_grad();
     for (const auto& w : weights) weights_need_grad = weights_need_grad || w.requires_grad();
@@ -395,12 +375,11 @@ class IrrepsLinearFunction : public torch::autograd::Function<IrrepsLinearFuncti
     ctx->save_for_backward(saved);
     ctx->saved_data["weights"] = static_cast<int64_t>(weights.size());
     ctx->saved_data["right"] = right.has_value();
-    ctx->saved_data["mul_major"] = mul_major.vec();
     ctx->saved_data["paths"] = paths.vec();
     ctx->saved_data["alphas"] = std::vector<double>(alphas.begin(), alphas.end());
     ctx->saved_data["out_shapes"] = out_shapes.vec();
     at::AutoDispatchBelowADInplaceOrView guard;
-    return call_forward(xs, mul_major, weights, paths, alphas, out_shapes, right);
+    return call_forward(xs, weights, paths, alphas, out_shapes, right);
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -423,34 +402,31 @@ class IrrepsLinearFunction : public torch::autograd::Function<IrrepsLinearFuncti
                                        weights[0].options()));
       }
     }
-    auto gxs = call_backward(gys, shapes, ctx->saved_data["mul_major"].toIntVector(), weights,
-                             ctx->saved_data["paths"].toIntVector(),
+    auto gxs = call_backward(gys, shapes, weights, ctx->saved_data["paths"].toIntVector(),
                              ctx->saved_data["alphas"].toDoubleVector(), out_shapes, right);
-    // one gradient per input of forward: the inputs (flattened by apply), then mul_major,
-    // the weights (flattened), paths, alphas, out_shapes, right
-    gxs.push_back(at::Tensor());
+    // one gradient per input of forward: the inputs (flattened by apply), the weights
+    // (flattened), paths, alphas, out_shapes, right
     for (int64_t w = 0; w < nw; w++) gxs.push_back(at::Tensor());
     for (int i = 0; i < 4; i++) gxs.push_back(at::Tensor());
     return gxs;
   }
 };
 
-std::vector<at::Tensor> irreps_linear_autograd(at::TensorList xs, at::IntArrayRef mul_major,
-                                               at::TensorList weights, at::IntArrayRef paths,
+std::vector<at::Tensor> irreps_linear_autograd(at::TensorList xs, at::TensorList weights,
+                                               at::IntArrayRef paths,
                                                at::ArrayRef<double> alphas,
                                                at::IntArrayRef out_shapes,
                                                const c10::optional<at::Tensor>& right) {
-  return IrrepsLinearFunction::apply(xs, mul_major, weights, paths, alphas, out_shapes, right);
+  return IrrepsLinearFunction::apply(xs, weights, paths, alphas, out_shapes, right);
 }
 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(facet, m) {
-  m.def("irreps_linear(Tensor[] xs, int[] mul_major, Tensor[] weights, int[] paths, "
+  m.def("irreps_linear(Tensor[] xs, Tensor[] weights, int[] paths, float[] alphas, "
+        "int[] out_shapes, Tensor? right) -> Tensor[]");
+  m.def("irreps_linear_backward(Tensor[] grads, Tensor[] inputs, Tensor[] weights, int[] paths, "
         "float[] alphas, int[] out_shapes, Tensor? right) -> Tensor[]");
-  m.def("irreps_linear_backward(Tensor[] grads, Tensor[] inputs, int[] mul_major, "
-        "Tensor[] weights, int[] paths, float[] alphas, int[] out_shapes, Tensor? right) "
-        "-> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(facet, CPU, m) {
