@@ -34,6 +34,8 @@
 #include <fstream>
 #include <limits>
 #include <mpi.h>
+#include <numeric>
+#include <unordered_map>
 #if defined(__GLIBC__)
 #include <malloc.h>
 #endif
@@ -126,6 +128,7 @@ void PairFacet::allocate()
 /* ----------------------------------------------------------------------
    pair_style facet FILE [device cpu|cuda|cuda:K] [chunk_edges N] [single_pass_edges N]
                          [single_pass_memory MiB] [jit_optimize yes|no] [malloc_tuning yes|no]
+                         [fold_images yes|no]
 ------------------------------------------------------------------------- */
 
 void PairFacet::settings(int narg, char **arg)
@@ -133,12 +136,14 @@ void PairFacet::settings(int narg, char **arg)
   if (narg < 1)
     error->all(FLERR, "Illegal pair_style facet command: expected `pair_style facet FILE "
                       "[device cpu|cuda] [chunk_edges N] [single_pass_edges N] "
-                      "[single_pass_memory MiB] [jit_optimize yes|no] [malloc_tuning yes|no]`");
+                      "[single_pass_memory MiB] [jit_optimize yes|no] [malloc_tuning yes|no] "
+                      "[fold_images yes|no]`");
   model_path = arg[0];
   device_request.clear();
   chunk_edges_override = single_pass_edges_override = -1;
   single_pass_memory_mib = -1.0;
   jit_optimize_override = -1;
+  fold_images = true;
   bool malloc_tuning = true;
   int iarg = 1;
   while (iarg < narg) {
@@ -152,6 +157,8 @@ void PairFacet::settings(int narg, char **arg)
       jit_optimize_override = utils::logical(FLERR, arg[iarg + 1], false, lmp);
     } else if (key == "malloc_tuning") {
       malloc_tuning = utils::logical(FLERR, arg[iarg + 1], false, lmp) == 1;
+    } else if (key == "fold_images") {
+      fold_images = utils::logical(FLERR, arg[iarg + 1], false, lmp) == 1;
     } else if (key == "single_pass_edges") {
       single_pass_edges_override = utils::bnumeric(FLERR, arg[iarg + 1], false, lmp);
       if (single_pass_edges_override < 0)
@@ -163,7 +170,8 @@ void PairFacet::settings(int narg, char **arg)
     } else {
       error->all(FLERR,
                  "pair_style facet: unknown keyword {} (known: device, chunk_edges, "
-                 "single_pass_edges, single_pass_memory, jit_optimize, malloc_tuning)",
+                 "single_pass_edges, single_pass_memory, jit_optimize, malloc_tuning, "
+                 "fold_images)",
                  key);
     }
     iarg += 2;
@@ -702,6 +710,7 @@ torch::Tensor PairFacet::rows_tensor(int64_t first, int64_t count)
 // All nall rows from the nlocal local ones; ghost rows copied from their owners.
 torch::Tensor PairFacet::halo_forward(const torch::Tensor &h_local, int nall)
 {
+  if (exchange_free) return h_local.detach();    // the layers read the local rows only
   const int nlocal = (int) h_local.size(0);
   const int w = (int) h_local.size(1);
   const double t0 = now();
@@ -740,6 +749,7 @@ torch::Tensor PairFacet::halo_forward(const torch::Tensor &h_local, int nall)
 // The local rows of g_all [nall, w] with the ghost rows summed into their owners.
 torch::Tensor PairFacet::halo_reverse(const torch::Tensor &g_all, int nlocal, int nall)
 {
+  if (exchange_free) return g_all.detach();    // no ghost rows: nothing to fold back
   const int w = (int) g_all.size(1);
   if (!border_valid)    // a forward exchange with the same send lists always comes first
     error->one(FLERR, "pair_style facet: internal error: reverse exchange before a forward one");
@@ -774,6 +784,35 @@ torch::Tensor PairFacet::halo_reverse(const torch::Tensor &g_all, int nlocal, in
   }
   t_exchange += now() - t0;
   return out;
+}
+
+/* ----------------------------------------------------------------------
+   ghost atoms that are periodic images of this rank's own atoms (the same tag): their features
+   are those atoms' features at every layer, so a pair reads the local row instead of the ghost
+   row (the gathers of the layers then touch fewer rows; the force on the pair's neighbour lands
+   on the local atom, where LAMMPS' reverse communication would have put it). On one rank every
+   ghost is such an image: the layers read the nlocal local rows and nothing is exchanged.
+------------------------------------------------------------------------- */
+
+void PairFacet::map_images(int nlocal, int nall)
+{
+  image_of.resize(nall);
+  std::iota(image_of.begin(), image_of.end(), 0);
+  exchange_free = false;
+  if (!fold_images || !atom->tag_enable) return;
+  const tagint *tag = atom->tag;
+  std::unordered_map<tagint, int> local_of_tag;
+  local_of_tag.reserve((size_t) nlocal);
+  for (int i = 0; i < nlocal; i++) local_of_tag.emplace(tag[i], i);
+  int unfolded = 0;
+  for (int j = nlocal; j < nall; j++) {
+    auto it = local_of_tag.find(tag[j]);
+    if (it != local_of_tag.end())
+      image_of[j] = it->second;
+    else
+      unfolded++;
+  }
+  exchange_free = comm->nprocs == 1 && unfolded == 0;
 }
 
 /* ----------------------------------------------------------------------
@@ -970,9 +1009,14 @@ void PairFacet::compute(int eflag, int vflag)
   int **firstneigh = list->firstneigh;
   const double cut2 = r_max * r_max;
   // the send lists of the exchange change whenever LAMMPS re-neighbours (borders)
-  if (neighbor->ago == 0 || nlocal != border_nlocal || nall != border_nall) border_valid = false;
+  if (neighbor->ago == 0 || nlocal != border_nlocal || nall != border_nall) {
+    border_valid = false;
+    map_images(nlocal, nall);
+  }
   border_nlocal = nlocal;
   border_nall = nall;
+  // rows of the feature tensors the layers read: all atoms, or the local ones on one rank
+  const int nrows = exchange_free ? nlocal : nall;
 
   // pair list grouped by centre, centres ascending (the chunked evaluation needs that)
   pair_i.clear();
@@ -997,7 +1041,7 @@ void PairFacet::compute(int eflag, int vflag)
       const double dx = x[j][0] - xi, dy = x[j][1] - yi, dz = x[j][2] - zi;
       if (dx * dx + dy * dy + dz * dz >= cut2) continue;
       pair_i.push_back(i);
-      pair_j.push_back(j);
+      pair_j.push_back(image_of[j]);
       rij_buf.push_back(dx);
       rij_buf.push_back(dy);
       rij_buf.push_back(dz);
@@ -1013,7 +1057,7 @@ void PairFacet::compute(int eflag, int vflag)
     if (device.is_cpu() && host == want) return t;
     return t.to(device, want, false, true);
   };
-  auto species = as_input(species_buf.data(), {nall}, torch::kInt64, torch::kInt64);
+  auto species = as_input(species_buf.data(), {nrows}, torch::kInt64, torch::kInt64);
   auto pi = as_input(pair_i.data(), {npairs}, torch::kInt64, torch::kInt64);
   auto pj = as_input(pair_j.data(), {npairs}, torch::kInt64, torch::kInt64);
   auto rij = as_input(rij_buf.data(), {npairs, 3}, torch::kFloat64, dtype);
@@ -1022,11 +1066,18 @@ void PairFacet::compute(int eflag, int vflag)
   const bool recompute = chunk_edges > 0 && npairs > single_pass_edges;
   const char *evaluation = recompute ? "recomputing" : "single pass";
   if (!announced && comm->me == 0) {
+    const std::string exchanges = exchange_free
+        ? std::string("one rank: ghost atoms read as the local atoms they are periodic images "
+                      "of, no exchanges")
+        : fmt::format("per-layer halo exchange ({} exchanges of up to {} doubles per ghost atom "
+                      "each way{})",
+                      num_layers - 1, comm_forward,
+                      fold_images ? "; ghost images of a rank's own atoms read as those atoms"
+                                  : "");
     utils::logmesg(lmp,
-                   "Facet plugin: per-layer halo exchange ({} exchanges of up to {} doubles per "
-                   "ghost atom each way), {} on {}; recomputing evaluation in chunks of {} pairs "
+                   "Facet plugin: {}, {} on {}; recomputing evaluation in chunks of {} pairs "
                    "above {} pairs per rank{}; {}\n",
-                   num_layers - 1, comm_forward, dtype_name, device.str(), chunk_edges,
+                   exchanges, dtype_name, device.str(), chunk_edges,
                    single_pass_edges, chunk_edges > 0 ? "" : " (off)",
                    aoti ? "AOTInductor programs (every layer recomputed in its backward)"
                    : jit_optimize ? "TorchScript executor optimising"
@@ -1041,9 +1092,9 @@ void PairFacet::compute(int eflag, int vflag)
   torch::Tensor e_local, g_rij;
   torch::jit::GraphOptimizerEnabledGuard executor(jit_optimize);
   try {
-    auto res = aoti ? aoti_evaluation(species, rij, mask, nlocal, nall, recompute)
-        : recompute ? recomputing(species, pi, pj, rij, mask, nlocal, nall)
-                    : single_pass(species, pi, pj, rij, mask, nlocal, nall);
+    auto res = aoti ? aoti_evaluation(species, rij, mask, nlocal, nrows, recompute)
+        : recompute ? recomputing(species, pi, pj, rij, mask, nlocal, nrows)
+                    : single_pass(species, pi, pj, rij, mask, nlocal, nrows);
     e_local = res.first.to(torch::kCPU, torch::kFloat64).contiguous();
     g_rij = res.second.to(torch::kCPU, torch::kFloat64).contiguous();
   } catch (const std::exception &err) {
@@ -1118,6 +1169,7 @@ double PairFacet::memory_usage()
   double bytes = Pair::memory_usage();
   bytes += (double) halo.capacity() * sizeof(double);
   bytes += (double) (pair_i.capacity() + pair_j.capacity() + species_buf.capacity()) * 8;
+  bytes += (double) image_of.capacity() * sizeof(int);
   bytes += (double) (rij_buf.capacity() + mask_buf.capacity()) * sizeof(double);
   return bytes;
 }

@@ -7,6 +7,9 @@
    this pair style's forward communication, and in the backward pass the gradients that land on
    ghost atoms are summed into their owners with its reverse communication. A ghost shell of one
    cutoff (LAMMPS' default comm cutoff) suffices and no ghost features are computed.
+   A ghost atom that is a periodic image of one of the rank's own atoms is read as that atom
+   (`fold_images yes`, the default): on one rank every ghost is, so the layers read the local
+   rows only and no exchanges are made.
 */
 
 #ifndef LMP_PAIR_FACET_H
@@ -132,6 +135,15 @@ class PairFacet : public Pair {
   torch::Tensor border_index;           // the same, on the model's device
   int border_nlocal = -1, border_nall = -1;
   void stage_rows(const torch::Tensor &src, int first_row);
+
+  // periodic images: image_of[j] (j < nall) is the local atom ghost j is an image of (the same
+  // tag), or j itself when it has none here (local atoms: themselves). Rebuilt whenever the send
+  // lists are (re-neighbouring). exchange_free: one rank and every ghost folded, so the layers
+  // read the nlocal local rows and the exchanges are skipped.
+  bool fold_images = true;
+  bool exchange_free = false;
+  std::vector<int> image_of;
+  void map_images(int nlocal, int nall);
 
   // per-call scratch (kept to avoid reallocations)
   std::vector<int64_t> pair_i, pair_j, species_buf;

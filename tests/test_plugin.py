@@ -166,6 +166,39 @@ def test_recomputing_evaluation_matches_ase(work, lmp_exe, nproc):
 
 
 @pytest.mark.mpi
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_folded_images_equal_exchanged_ghosts(work, lmp_exe, nproc):
+    """Ghost atoms read as the local atoms they are periodic images of (the default) against
+    every ghost row filled by the exchanges (`fold_images no`): the same numbers, both equal to
+    ASE. The cell is small enough that an atom meets several images of itself and of others.
+    On one rank the default makes no exchanges at all (its log and timer say so); on two ranks
+    the ghosts from the other rank are still exchanged."""
+    d = work["d"]
+    out = {}
+    for fold in ("yes", "no"):
+        tag = f"fold{fold}{nproc}"
+        pair = pair_lines(work["file"], ["Cu", "Au", "Ag"],
+                          "" if fold == "yes" else "fold_images no")
+        run_lmp(d, lmp_exe, deck_for(plugin_library(), work["data"], pair, dump=tag), nproc,
+                tag=tag)
+        log = (d / f"log.{tag}").read_text()
+        res = out[fold] = results(d, work["atoms"], tag)
+        assert_ref(res, work["ref"])
+        np.testing.assert_allclose(res["virial_atoms"], res["virial"], rtol=1e-10, atol=1e-10)
+        packed = float(re.findall(r"([\d.]+) / [\d.]+ values packed", log)[-1])
+        if fold == "yes" and nproc == 1:
+            assert "one rank: ghost atoms read as the local atoms they are periodic images of, " \
+                   "no exchanges" in log
+            assert packed == 0
+        else:
+            assert "per-layer halo exchange" in log and packed > 0
+            assert ("ghost images of a rank's own atoms read as those atoms" in log) == \
+                (fold == "yes")
+    for key in ("energy", "energies", "forces", "stress", "virial", "virial_atoms"):
+        np.testing.assert_allclose(out["yes"][key], out["no"][key], rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.mpi
 def test_plugin_equals_mliap_plain_and_kokkos_paths(work, lmp_exe):
     """The same structure through the plugin, ML-IAP's plain path and its KOKKOS path (2 ranks)."""
     d = work["d"]
