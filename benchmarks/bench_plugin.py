@@ -17,7 +17,8 @@ paths run back to back (their order alternates between rounds) so that they see 
         # with `malloc_tuning no` (glibc's default allocator behaviour); `@recompute`: with
         # `single_pass_edges 0` (the recomputing evaluation at every size); `@single`: the single
         # pass at every size; `@fixed`: `single_pass_edges 16384` (the CPU default before the
-        # single pass was sized by memory); ML-IAP paths `kokkos@optimised`,
+        # single pass was sized by memory); `@nofold`: `fold_images no` (every ghost row
+        # exchanged, also on one rank); ML-IAP paths `kokkos@optimised`,
         # `plain@optimised`: with FACET_JIT_OPTIMIZE=1 (TorchScript's optimising executor);
         # any path as `<path>@bmm`: files deployed with --no-fused-kernels (the torch
         # formulations instead of facet.ops' fused kernels, the default); `<path>@sp16k`:
@@ -46,7 +47,8 @@ SHIPPED = REPO / "examples" / "models" / "facet-emt-small.pt"
 PATHS = ("plugin", "kokkos", "plain", "plugin-aoti")
 # plugin paths as <path>@<variant>: the pair_style keywords the variant adds
 VARIANTS = {"untuned": "malloc_tuning no", "recompute": "single_pass_edges 0",
-            "single": "single_pass_edges 100000000", "fixed": "single_pass_edges 16384"}
+            "single": "single_pass_edges 100000000", "fixed": "single_pass_edges 16384",
+            "nofold": "fold_images no"}
 # ML-IAP paths as <path>@<variant>: the environment the variant's run gets
 ENV_VARIANTS = {"optimised": {"FACET_JIT_OPTIMIZE": "1"}}
 # any path as <path>@<variant>: files deployed with these facet-deploy options
