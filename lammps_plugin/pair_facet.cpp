@@ -1072,8 +1072,9 @@ void PairFacet::compute(int eflag, int vflag)
         : fmt::format("per-layer halo exchange ({} exchanges of up to {} doubles per ghost atom "
                       "each way{})",
                       num_layers - 1, comm_forward,
-                      fold_images ? "; ghost images of a rank's own atoms read as those atoms"
-                                  : "");
+                      fold_images && atom->tag_enable
+                          ? "; ghost images of a rank's own atoms read as those atoms"
+                          : "");
     utils::logmesg(lmp,
                    "Facet plugin: {}, {} on {}; recomputing evaluation in chunks of {} pairs "
                    "above {} pairs per rank{}; {}\n",

@@ -198,6 +198,40 @@ def test_folded_images_equal_exchanged_ghosts(work, lmp_exe, nproc):
         np.testing.assert_allclose(out["yes"][key], out["no"][key], rtol=1e-11, atol=1e-11)
 
 
+def test_without_atom_ids_every_ghost_is_exchanged(work, lmp_exe):
+    """`atom_modify id no`: no atom IDs to find a ghost's local image by, so every ghost row is
+    exchanged (and the log does not claim otherwise); the same numbers as with IDs."""
+    d = work["d"]
+    rows = {}
+    for ids in ("yes", "no"):
+        deck = f"""plugin load {plugin_library()}
+units metal
+atom_style atomic
+atom_modify id {ids}
+newton on
+boundary p p p
+lattice fcc 3.7
+region b block 0 3 0 3 0 3
+create_box 2 b
+create_atoms 1 box
+set type 1 type/fraction 2 0.3 11
+mass * 63.5
+displace_atoms all random 0.05 0.05 0.05 7
+{pair_lines(work["file"], ["Cu", "Au"])}
+thermo_style custom step pe pxx pyy pzz pyz pxz pxy
+thermo_modify format float %.15g
+run 0
+"""
+        run_lmp(d, lmp_exe, deck, tag=f"ids{ids}")
+        log = (d / f"log.ids{ids}").read_text()
+        rows[ids] = last_thermo_row(d / f"log.ids{ids}")
+        if ids == "yes":
+            assert "no exchanges" in log
+        else:
+            assert "per-layer halo exchange" in log and "ghost images" not in log
+    np.testing.assert_allclose(rows["yes"], rows["no"], rtol=1e-11, atol=1e-8)
+
+
 @pytest.mark.mpi
 def test_plugin_equals_mliap_plain_and_kokkos_paths(work, lmp_exe):
     """The same structure through the plugin, ML-IAP's plain path and its KOKKOS path (2 ranks)."""
