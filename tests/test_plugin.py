@@ -204,24 +204,12 @@ def test_without_atom_ids_every_ghost_is_exchanged(work, lmp_exe):
     d = work["d"]
     rows = {}
     for ids in ("yes", "no"):
-        deck = f"""plugin load {plugin_library()}
-units metal
-atom_style atomic
-atom_modify id {ids}
-newton on
-boundary p p p
-lattice fcc 3.7
-region b block 0 3 0 3 0 3
-create_box 2 b
-create_atoms 1 box
-set type 1 type/fraction 2 0.3 11
-mass * 63.5
-displace_atoms all random 0.05 0.05 0.05 7
-{pair_lines(work["file"], ["Cu", "Au"])}
-thermo_style custom step pe pxx pyy pzz pyz pxz pxy
-thermo_modify format float %.15g
-run 0
-"""
+        # the deck of the refused-input tests (BAD below), atom IDs on or off, rattled
+        deck = BAD.format(lib=plugin_library(), newton=f"newton on\natom_modify id {ids}",
+                          model=work["file"], elements="Cu Au", extra="").replace(
+            "run 0", "displace_atoms all random 0.05 0.05 0.05 7\n"
+            "thermo_style custom step pe pxx pyy pzz pyz pxz pxy\n"
+            "thermo_modify format float %.15g\nrun 0")
         run_lmp(d, lmp_exe, deck, tag=f"ids{ids}")
         log = (d / f"log.ids{ids}").read_text()
         rows[ids] = last_thermo_row(d / f"log.ids{ids}")
